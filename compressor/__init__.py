@@ -1,0 +1,23 @@
+"""ctxgate's compression engine: a library that knows nothing about HTTP.
+
+    from compressor import Compressor
+    result = Compressor().compress(context=docs, question="...", rate=0.25)
+
+``Compressor.compress`` is the one entry point; everything else here is types and helpers.
+"""
+
+from ._cache import CompressionCache, MemoryCache, SQLiteCache, cache_key
+from ._compressor import Compressor, compress
+from ._errors import ChecksumMismatch, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
+from ._markup import parse_markup, strip_markup
+from ._protect import find_protected
+from ._tokens import TokenCounter, get_counter
+from ._types import CompressRequest, CompressResult, Document, DocumentResult
+from .methods import METHOD_NAMES, METHODS
+
+__all__ = [
+    "METHODS", "METHOD_NAMES", "ChecksumMismatch", "CompressRequest", "CompressResult", "CompressionCache",
+    "Compressor", "CtxgateError", "Document", "DocumentResult", "InputTooLarge", "InvalidRequest",
+    "MemoryCache", "ModelError", "ModelNotPrepared", "SQLiteCache", "TokenCounter", "cache_key", "compress",
+    "find_protected", "get_counter", "parse_markup", "strip_markup",
+]

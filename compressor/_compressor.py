@@ -1,0 +1,290 @@
+"""``Compressor.compress(request) -> CompressResult``: the one public entry point of the engine.
+
+It does what every method shares: markup, protected spans, token accounting in the target
+tokenizer, budgets, the content-addressed cache and timing. Methods only decide what to keep.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._cache import CompressionCache, cache_key
+from ._errors import InputTooLarge, InvalidRequest
+from ._markup import Markup, parse_markup
+from ._tokens import TokenCounter, get_counter
+from ._types import CompressRequest, CompressResult, Document, DocumentResult
+from ._units import segment
+from .methods import METHOD_NAMES, make_method
+from .methods._base import Job, Method
+
+CACHE_VERSION = 1
+DEFAULT_RATE = 0.5
+
+
+class Compressor:
+    """Holds the loaded models and the cache; safe to share between threads.
+
+    ``scorer`` and ``embedder`` are model names (embedded names, HF ids or local folders).
+    ``tokenizer`` is the default target tokenizer for token accounting.
+    """
+
+    def __init__(
+        self,
+        *,
+        scorer: str = "smollm2",
+        embedder: str = "minilm",
+        tokenizer: str | None = None,
+        default_method: str = "hybrid",
+        cache: CompressionCache | None = None,
+        max_input_tokens: int = 1_000_000,
+        device: str | None = None,
+    ) -> None:
+        if default_method not in METHOD_NAMES:
+            raise InvalidRequest(f"unknown method {default_method!r}; choose one of {', '.join(METHOD_NAMES)}")
+        self.scorer = scorer
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+        self.default_method = default_method
+        self.cache = cache
+        self.max_input_tokens = max_input_tokens
+        self.device = device
+        self._methods: dict[str, Method] = {}
+        self._lock = threading.Lock()       # one model call at a time: 2 cores, no oversubscription
+        self._build_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+
+    def compress(self, request: CompressRequest | None = None, /, **fields: Any) -> CompressResult:
+        """Compress ``request`` (or build one from keyword fields, e.g. ``context=..., rate=0.25``)."""
+        if request is None:
+            try:
+                request = CompressRequest(**fields)
+            except TypeError as exc:
+                raise InvalidRequest(str(exc)) from None
+        elif fields:
+            raise InvalidRequest("pass either a CompressRequest or keyword fields, not both")
+        t0 = time.perf_counter()
+        method_name = self._method_name(request.method)
+        counter = get_counter(request.tokenizer or self.tokenizer)
+        docs = request.documents()
+        markups = [parse_markup(d.text) for d in docs]
+        doc_tokens = counter.count_many([m.text for m in markups])
+        total = sum(doc_tokens)
+        if total > self.max_input_tokens:
+            raise InputTooLarge(
+                f"input is {total} tokens, over the limit of {self.max_input_tokens} (max_input_tokens)"
+            )
+        budget = self._budget(request, total)
+        separator = str(request.options.get("separator", "\n\n"))
+
+        if total == 0 or (total <= budget and not any(m.has_compress_regions for m in markups)):
+            return self._unchanged(request, docs, markups, doc_tokens, counter, method_name, t0)
+
+        method = self.method(method_name)
+        key = None
+        if self.cache is not None:
+            key = self._key(request, method, method_name, counter, budget, markups, separator)
+            hit = self.cache.get(key)
+            if hit is not None:
+                result = msgspec.msgpack.decode(hit, type=CompressResult)
+                result.cache = "hit"
+                result.seconds = time.perf_counter() - t0
+                for dr, d in zip(result.documents, docs):
+                    dr.metadata = d.metadata
+                return result
+
+        texts, scores, warnings = self._run(method, request, markups, doc_tokens, budget, counter)
+        result = self._result(request, docs, texts, scores, doc_tokens, counter, method, separator, warnings, t0)
+        result.cache = "miss" if self.cache is not None else "off"
+        if self.cache is not None and key is not None:
+            stored = msgspec.structs.replace(
+                result, documents=[msgspec.structs.replace(d, metadata={}) for d in result.documents]
+            )
+            self.cache.set(key, msgspec.msgpack.encode(stored))
+        return result
+
+    def method(self, name: str) -> Method:
+        """The (lazily built, then reused) method object; loads its models on first use."""
+        name = self._method_name(name)
+        with self._build_lock:
+            if name not in self._methods:
+                self._methods[name] = make_method(
+                    name, scorer=self.scorer, embedder=self.embedder, device=self.device
+                )
+            return self._methods[name]
+
+    def warm_up(self, methods: tuple[str, ...] = ()) -> None:
+        """Load the models behind ``methods`` (default: the default method) ahead of traffic."""
+        for name in methods or (self.default_method,):
+            self.compress(context="warm up " * 64, question="warm up?", rate=0.5, method=name)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _method_name(self, name: str | None) -> str:
+        name = (name or "auto").strip().lower()
+        if name in ("auto", "default", ""):
+            return self.default_method
+        if name not in METHOD_NAMES:
+            raise InvalidRequest(f"unknown method {name!r}; choose one of auto, {', '.join(METHOD_NAMES)}")
+        return name
+
+    @staticmethod
+    def _budget(request: CompressRequest, total: int) -> int:
+        if request.target_tokens is not None:
+            return request.target_tokens
+        rate = request.rate if request.rate is not None else DEFAULT_RATE
+        return max(1, math.ceil(total * rate))
+
+    def _key(self, request, method, method_name, counter, budget, markups, separator) -> str:
+        opts = sorted((k, repr(v)) for k, v in request.options.items())
+        return cache_key(
+            [CACHE_VERSION, method_name, method.model_id, counter.name, budget,
+             request.rate, request.target_tokens, request.question, request.instruction,
+             opts, separator, request.is_documents, [m.text for m in markups],
+             [[(r.start, r.end) for r in m.keep] for m in markups],
+             [[(r.start, r.end, r.rate) for r in m.compress] for m in markups]]
+        )
+
+    def _run(
+        self,
+        method: Method,
+        request: CompressRequest,
+        markups: list[Markup],
+        doc_tokens: list[int],
+        budget: int,
+        counter: TokenCounter,
+    ) -> tuple[list[str | None], list[float | None] | None, list[str]]:
+        warnings: list[str] = []
+        texts: list[str | None] = [None] * len(markups)
+        free: list[int] = []
+        fixed_tokens = 0
+        for i, m in enumerate(markups):
+            if m.has_compress_regions:
+                texts[i] = self._compress_regions(method, request, m, counter)
+                fixed_tokens += counter.count(texts[i] or "")
+            else:
+                free.append(i)
+        scores: list[float | None] | None = None
+        if free:
+            keep_structures = bool(request.options.get("keep_structures", True))
+            segs = [segment(markups[i], keep_structures=keep_structures) for i in free]
+            free_total = sum(doc_tokens[i] for i in free)
+            free_budget = max(0, budget - fixed_tokens)
+            if free_total <= free_budget:
+                out_texts: list[str | None] = [s.text for s in segs]
+                out_scores = None
+            else:
+                job = Job(segs, [doc_tokens[i] for i in free], free_budget, counter,
+                          question=request.question, options=self._method_options(request))
+                with self._lock:
+                    out = method.run(job)
+                out_texts, out_scores = out.texts, out.scores
+                warnings.extend(out.warnings)
+                keep_tokens = sum(counter.count(s.text[u.start:u.end]) for s in segs for u in s.units if u.kind == "keep")
+                if keep_tokens > free_budget:
+                    warnings.append(
+                        f"protected content ({keep_tokens} tokens) is larger than the budget ({free_budget}); "
+                        "it was kept whole"
+                    )
+            for j, i in enumerate(free):
+                texts[i] = out_texts[j]
+            if out_scores is not None:
+                scores = [None] * len(markups)
+                for j, i in enumerate(free):
+                    scores[i] = out_scores[j]
+        return texts, scores, warnings
+
+    def _method_options(self, request: CompressRequest) -> dict[str, Any]:
+        opts = dict(request.options)
+        if request.instruction:
+            opts.setdefault("instruction", request.instruction)
+        opts.setdefault("is_documents", request.is_documents)
+        return opts
+
+    def _compress_regions(self, method: Method, request: CompressRequest, m: Markup, counter: TokenCounter) -> str:
+        """Only the <ctxgate:compress> regions of this text are compressed, each at its own rate."""
+        parts: list[str] = []
+        pos = 0
+        default_rate = request.rate if request.rate is not None else DEFAULT_RATE
+        for r in m.compress:
+            parts.append(m.text[pos:r.start])
+            region = Markup(m.text[r.start:r.end],
+                            keep=[type(k)(k.start - r.start, k.end - r.start) for k in m.keep
+                                  if k.start >= r.start and k.end <= r.end])
+            seg = segment(region)
+            n = counter.count(region.text)
+            budget = max(1, math.ceil(n * (r.rate if r.rate is not None else default_rate)))
+            if n <= budget or not seg.units:
+                parts.append(region.text)
+            else:
+                job = Job([seg], [n], budget, counter, question=request.question,
+                          options={**self._method_options(request), "is_documents": False})
+                with self._lock:
+                    out = method.run(job)
+                parts.append(out.texts[0] or "")
+            pos = r.end
+        parts.append(m.text[pos:])
+        return "".join(parts)
+
+    def _unchanged(self, request, docs, markups, doc_tokens, counter, method_name, t0) -> CompressResult:
+        texts = [m.text for m in markups]
+        total = sum(doc_tokens)
+        warnings = [] if total == 0 else ["context is within the budget; left unchanged"]
+        return CompressResult(
+            compressed="\n\n".join(texts) if request.is_documents else texts[0],
+            documents=[
+                DocumentResult(index=i, text=t, original_tokens=n, compressed_tokens=n, id=d.id, metadata=d.metadata)
+                for i, (d, t, n) in enumerate(zip(docs, texts, doc_tokens))
+            ],
+            original_tokens=total, compressed_tokens=total, ratio=1.0, rate=1.0,
+            method=method_name, model=None, seconds=time.perf_counter() - t0, cache="off",
+            tokenizer=counter.name, tokens_estimated=counter.estimated, warnings=warnings,
+        )
+
+    def _result(self, request, docs: list[Document], texts, scores, doc_tokens, counter, method, separator,
+                warnings, t0) -> CompressResult:
+        kept = [t if t is not None else "" for t in texts]
+        out_tokens = counter.count_many(kept)
+        doc_results = [
+            DocumentResult(
+                index=i, text=kept[i], original_tokens=doc_tokens[i], compressed_tokens=out_tokens[i],
+                dropped=texts[i] is None or (not kept[i].strip() and bool(docs[i].text.strip())),
+                score=None if scores is None else scores[i], id=d.id, metadata=d.metadata,
+            )
+            for i, d in enumerate(docs)
+        ]
+        if request.is_documents:
+            compressed = separator.join(dr.text for dr in doc_results if not dr.dropped)
+        else:
+            compressed = kept[0]
+        total = sum(doc_tokens)
+        after = counter.count(compressed)
+        return CompressResult(
+            compressed=compressed, documents=doc_results, original_tokens=total, compressed_tokens=after,
+            ratio=round(total / after, 4) if after else float(total),
+            rate=round(after / total, 4) if total else 1.0,
+            method=method.name, model=getattr(method, "model_name", None),
+            seconds=time.perf_counter() - t0, cache="off", tokenizer=counter.name,
+            tokens_estimated=counter.estimated, warnings=warnings,
+        )
+
+
+def compress(context: str | list[str] | list[Document], /, **fields: Any) -> CompressResult:
+    """One-shot helper for scripts: builds a default Compressor (cached) and compresses."""
+    return _default()(context=context, **fields)
+
+
+_DEFAULT: Compressor | None = None
+
+
+def _default() -> Callable[..., CompressResult]:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Compressor()
+    return _DEFAULT.compress

