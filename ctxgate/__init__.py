@@ -1,0 +1,6 @@
+"""ctxgate: prompt compression for LLM apps. The engine is ``compressor``; the sidecar is
+``service``; evals and benchmarks are ``eval``. This package holds the CLI and the RAG API."""
+
+from compressor import CompressRequest, CompressResult, Compressor, Document, compress
+
+__all__ = ["CompressRequest", "CompressResult", "Compressor", "Document", "compress"]

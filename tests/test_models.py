@@ -1,0 +1,75 @@
+"""Embedded model preparation: SHA-256 pinning, clear errors, idempotence, name resolution."""
+
+import sys
+
+import pytest
+
+from compressor import models
+from compressor._errors import ChecksumMismatch, ModelError, ModelNotPrepared
+from compressor.models import ModelSpec
+
+
+def _fake_package(tmp_path, monkeypatch, payload: bytes) -> ModelSpec:
+    pkg = tmp_path / "site" / "fake_model_pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('model packages must never be imported')\n")
+    (pkg / "data" / "part01.bin").write_bytes(payload[:5])
+    (pkg / "data" / "part02.bin").write_bytes(payload[5:])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    import hashlib
+
+    return ModelSpec(name="fake", kind="gguf-causal-lm", description="test", packages=("fake==1",),
+                     parts=(("fake_model_pkg", "data/part01.bin"), ("fake_model_pkg", "data/part02.bin")),
+                     sha256=hashlib.sha256(b"something else").hexdigest(), checked_file="fake.gguf", size_mb=0)
+
+
+def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "home"))
+    spec = _fake_package(tmp_path, monkeypatch, b"0123456789abcdef")
+    with pytest.raises(ChecksumMismatch, match="expected .*nothing was used"):
+        models.prepare(spec, log=lambda m: None)
+    assert "fake_model_pkg" not in sys.modules  # located, never imported
+    leftovers = list((tmp_path / "home" / "models").glob("**/*")) if (tmp_path / "home" / "models").exists() else []
+    assert [p for p in leftovers if p.is_file()] == []
+    ok, msg = models.verify(spec)
+    assert not ok and "SHA-256" in msg
+
+
+def test_unknown_and_unprepared_models_say_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "empty"))
+    with pytest.raises(ModelNotPrepared, match="ctxgate models prepare smollm2"):
+        models.resolve("scorer")
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        models.resolve("nope")
+    with pytest.raises(ModelError, match="not a model folder"):
+        models.resolve(str(tmp_path))
+
+
+def test_prepared_embedded_models_verify_and_prepare_is_idempotent():
+    for name in ("smollm2", "minilm"):
+        spec = models.lookup(name)
+        ok, msg = models.verify(spec)
+        assert ok, msg
+        before = (models.model_dir(name) / "ctxgate-model.json").stat().st_mtime
+        models.prepare(spec, log=lambda m: None)
+        assert (models.model_dir(name) / "ctxgate-model.json").stat().st_mtime == before
+
+
+def test_local_folder_and_role_names_resolve_to_the_same_weights():
+    by_role = models.resolve("scorer")
+    by_path = models.resolve(str(models.model_dir("smollm2")))
+    assert by_role.location == by_path.location
+    assert by_role.fingerprint == by_path.fingerprint
+
+
+def test_device_and_dtype_choice(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("CTXGATE_DEVICE", "cpu")
+    assert models.pick_device() == "cpu"
+    expected = torch.bfloat16 if models.cpu_has_native_bf16() else torch.float32
+    monkeypatch.delenv("CTXGATE_DTYPE", raising=False)
+    assert models.pick_dtype("cpu") == expected
+    monkeypatch.setenv("CTXGATE_DTYPE", "fp64")
+    with pytest.raises(Exception, match="CTXGATE_DTYPE"):
+        models.pick_dtype("cpu")
