@@ -84,7 +84,7 @@ class Compressor:
         separator = str(request.options.get("separator", "\n\n"))
 
         if total == 0 or (total <= budget and not any(m.has_compress_regions for m in markups)):
-            return self._unchanged(request, docs, markups, doc_tokens, counter, method_name, t0)
+            return self._unchanged(request, docs, markups, doc_tokens, counter, method_name, separator, t0)
 
         method = self.method(method_name)
         key = None
@@ -232,12 +232,12 @@ class Compressor:
         parts.append(m.text[pos:])
         return "".join(parts)
 
-    def _unchanged(self, request, docs, markups, doc_tokens, counter, method_name, t0) -> CompressResult:
+    def _unchanged(self, request, docs, markups, doc_tokens, counter, method_name, separator, t0) -> CompressResult:
         texts = [m.text for m in markups]
         total = sum(doc_tokens)
         warnings = [] if total == 0 else ["context is within the budget; left unchanged"]
         return CompressResult(
-            compressed="\n\n".join(texts) if request.is_documents else texts[0],
+            compressed=separator.join(texts) if request.is_documents else texts[0],
             documents=[
                 DocumentResult(index=i, text=t, original_tokens=n, compressed_tokens=n, id=d.id, metadata=d.metadata)
                 for i, (d, t, n) in enumerate(zip(docs, texts, doc_tokens))
