@@ -103,7 +103,11 @@ def _join_and_check(spec: ModelSpec, dest: Path) -> None:
 def _convert_gguf(spec: ModelSpec, gguf: Path, out: Path, log: Log) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # one line of our own instead of transformers' per-tensor progress bars and dtype advice
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     log(f"converting {gguf.name} to a bf16 safetensors folder (once; this takes a minute)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
