@@ -1,0 +1,5 @@
+"""``python -m eval ...`` is ``ctxgate eval ...``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""``ctxgate eval``: argv -> EvalConfig -> run_eval; prints where the report went."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from compressor import CtxgateError
+from compressor.methods import METHOD_NAMES
+
+from ._types import EvalConfig
+from .datasets import DATASETS
+
+DEFAULT_METHODS = "hybrid,extractive,longllmlingua,truncate,random"
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _rates(s: str) -> list[float]:
+    try:
+        rates = [float(x) for x in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates must be numbers like 0.25,0.1; got {s!r}") from None
+    bad = [r for r in rates if not 0 < r <= 1]
+    if bad or not rates:
+        raise argparse.ArgumentTypeError(f"rates are fractions of tokens kept, in (0, 1]; got {s!r}")
+    return rates
+
+
+def _option(s: str) -> tuple[str, object]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"--option takes key=value, got {s!r}")
+    k, v = s.split("=", 1)
+    for cast in (int, float):
+        try:
+            return k.strip(), cast(v)
+        except ValueError:
+            pass
+    return k.strip(), v
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctxgate eval", description="Answer quality under compression: methods x rates on a real dataset.",
+        epilog="datasets: " + "; ".join(f"{k}: {v[1]}" for k, v in DATASETS.items()),
+    )
+    p.add_argument("--dataset", default="nq20", choices=list(DATASETS))
+    p.add_argument("--limit", type=int, default=25, help="items (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (nq20 takes the first items)")
+    p.add_argument("--data-dir", default=None, help="shared data folder (default $CTXGATE_DATA or ../shared/data)")
+    p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. docs=10 gold_position=4 (nq), keys=25 (kv), context=article (squad)")
+    p.add_argument("--methods", type=_csv, default=_csv(DEFAULT_METHODS),
+                   help=f"comma list from {','.join(METHOD_NAMES)} (the full prompt always runs)")
+    p.add_argument("--rates", type=_rates, default=[0.25, 0.1], help="fractions kept, e.g. 0.5,0.25,0.1,0.05")
+    p.add_argument("--reader", default="qwen-1.5b", help="local model name, or the model name sent to --reader-url")
+    p.add_argument("--reader-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8340/v1")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="for --reader-url ($OPENAI_API_KEY)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the dataset's answer length cap")
+    p.add_argument("--tokenizer", default=None, help="token accounting (default: the reader's tokenizer)")
+    p.add_argument("--scorer", default="smollm2")
+    p.add_argument("--embedder", default="minilm")
+    p.add_argument("--out", default=None, help="output folder (default eval-results/<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue --out, skipping finished rows")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(argv: list[str]) -> EvalConfig:
+    a = parser().parse_args(argv)
+    unknown = [m for m in a.methods if m not in METHOD_NAMES]
+    if unknown:
+        raise SystemExit(f"ctxgate eval: error: unknown method(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(METHOD_NAMES)}")
+    if a.limit < 1:
+        raise SystemExit("ctxgate eval: error: --limit must be at least 1")
+    return EvalConfig(
+        dataset=a.dataset, limit=a.limit, seed=a.seed, data_dir=a.data_dir, methods=a.methods, rates=a.rates,
+        reader=a.reader, reader_url=a.reader_url, reader_api_key=a.api_key, max_new_tokens=a.max_new_tokens,
+        tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder, out=a.out or f"eval-results/{a.dataset}",
+        resume=a.resume, plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
+        command="ctxgate eval " + shlex.join(argv),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = config_from_args(argv)
+    from .runner import run_eval
+
+    try:
+        results = run_eval(config)
+    except CtxgateError as exc:
+        print(f"ctxgate eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{results.new_rows} new rows, {len(results.rows)} in all -> {results.out / 'results.jsonl'}")
+    print(f"report: {results.report}")
+    for m, why in results.skipped_methods.items():
+        print(f"skipped {m}: {why}", file=sys.stderr)
+    return 0

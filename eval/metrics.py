@@ -1,0 +1,178 @@
+"""Answer metrics, written out so their normalization is visible and tested.
+
+- NQ: best-subspan exact match (lost-in-the-middle): a normalized gold answer appears inside the
+  normalized prediction.
+- SQuAD: official EM and token F1 (max over references).
+- GSM8K: the final number ("The answer is N", else the last number) equals the reference.
+- Summaries: ROUGE-L F1 on lowercased word tokens (LCS), as rouge-score without stemming.
+- Fidelity to the full-prompt answer: token F1 and normalized exact agreement here; embedding
+  cosine in ``fidelity.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation and articles, squeeze spaces (SQuAD / lost-in-the-middle)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def normalize_context(s: str) -> str:
+    """As ``normalize_answer`` plus Unicode decomposition with accents dropped, so that
+    'Röntgen' in a document matches 'Rontgen' (used for answer-kept-in-context)."""
+    s = unicodedata.normalize("NFD", s)
+    s = "".join(ch for ch in s if not unicodedata.combining(ch))
+    return normalize_answer(s)
+
+
+def first_line(prediction: str) -> str:
+    """The first line with content: short-answer QA is scored on it (lost-in-the-middle)."""
+    for line in prediction.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def best_subspan_em(prediction: str, references: list[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(normalize_answer(r) and normalize_answer(r) in pred for r in references))
+
+
+def exact_match(prediction: str, references: list[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(r) for r in references))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not p or not r:
+        return float(p == r)
+    common = Counter(p) & Counter(r)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_f1(prediction: str, references: list[str]) -> float:
+    return max((token_f1(prediction, r) for r in references), default=0.0)
+
+
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
+
+
+def final_number(text: str) -> str | None:
+    """The number after the last 'The answer is', else the last number in the text."""
+    hits = _ANSWER_IS.findall(text)
+    raw = hits[-1] if hits else (_NUMBER.findall(text) or [None])[-1]
+    if raw is None:
+        return None
+    raw = raw.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def number_match(prediction: str, reference: str) -> float:
+    got, want = final_number(prediction), final_number(reference)
+    return float(got is not None and want is not None and float(got) == float(want))
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over lowercased alphanumeric tokens (rouge-score's default tokenizer, no stemmer)."""
+    p, r = _WORD.findall(prediction.lower()), _WORD.findall(reference.lower())
+    if not p or not r:
+        return 0.0
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_kept(context: str, references: list[str]) -> float:
+    """1 when some reference survives in the (compressed) context, after normalization."""
+    ctx = normalize_context(context)
+    return float(any(normalize_context(r) and normalize_context(r) in ctx for r in references))
+
+
+def exact_kept(context: str, references: list[str]) -> float:
+    """Byte-exact variant, for identifiers (UUIDs) that must survive unchanged."""
+    return float(any(r and r in context for r in references))
+
+
+def score(task: str, prediction: str, references: list[str]) -> tuple[float | None, dict[str, float]]:
+    """(headline accuracy, all metrics) of one prediction for ``task``."""
+    if task == "qa":
+        line = first_line(prediction)
+        acc = best_subspan_em(line, references)
+        return acc, {"subspan_em": acc, "em": exact_match(line, references), "f1": squad_f1(line, references)}
+    if task == "squad":
+        line = first_line(prediction)
+        f1 = squad_f1(line, references)
+        return f1, {"f1": f1, "em": exact_match(line, references), "subspan_em": best_subspan_em(line, references)}
+    if task == "math":
+        acc = number_match(prediction, references[0])
+        return acc, {"number_match": acc}
+    if task == "summary":
+        r = max((rouge_l(prediction, ref) for ref in references), default=0.0)
+        return r, {"rouge_l": r}
+    if task == "kv":
+        acc = exact_kept(prediction, references)
+        return acc, {"exact_value": acc}
+    if task == "fidelity":
+        return None, {}
+    raise ValueError(f"unknown task {task!r}")
+
+
+def kept(task: str, context: str, references: list[str]) -> float | None:
+    """Answer-kept-in-context for tasks where the gold string should appear in the context."""
+    if task in ("qa", "squad"):
+        return answer_kept(context, references)
+    if task == "kv":
+        return exact_kept(context, references)
+    return None
+
+
+def agreement(prediction: str, reference_answer: str, task: str) -> tuple[float, float]:
+    """(token F1, exact agreement) of a prediction with the full-prompt answer. For short-answer
+    tasks only the first line counts; for math, agreement is on the final number."""
+    if task in ("qa", "squad", "kv"):
+        prediction, reference_answer = first_line(prediction), first_line(reference_answer)
+    f1 = token_f1(prediction, reference_answer)
+    if task == "math":
+        a, b = final_number(prediction), final_number(reference_answer)
+        em = float(a is not None and a == b)
+    else:
+        em = float(normalize_answer(prediction) == normalize_answer(reference_answer))
+    return f1, em

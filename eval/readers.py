@@ -1,0 +1,135 @@
+"""Readers answer a prompt: a local causal LM (greedy, chat template) or an OpenAI-compatible
+endpoint (including a running ctxgate sidecar). Both stop early on the item's stop patterns and
+report whether the answer hit the max-new-tokens cap, since a capped answer is often cut off in a
+preamble rather than wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    hit_cap: bool
+    seconds: float
+
+
+class Reader(Protocol):
+    name: str
+
+    def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer: ...
+
+    def describe(self) -> dict[str, str]: ...
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Text up to the end of the earliest stop-pattern match, and whether one matched."""
+    ends = [m.end() for m in (re.search(p, text) for p in stop) if m]
+    if not ends:
+        return text, False
+    return text[: min(ends)], True
+
+
+def _messages(system: str | None, user: str) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+class LocalReader:
+    """A causal LM loaded through ``compressor.models`` (offline, device and dtype picked there)."""
+
+    def __init__(self, model: str = "qwen-1.5b", device: str | None = None) -> None:
+        from compressor.models import load_causal_lm
+
+        self.model, self.tokenizer, self.resolved = load_causal_lm(model, device=device)
+        self.name = self.resolved.name
+
+    def describe(self) -> dict[str, str]:
+        p = next(self.model.parameters())
+        return {"reader": self.name, "reader_kind": "local", "device": str(p.device),
+                "dtype": str(p.dtype).removeprefix("torch.")}
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tok = self.tokenizer
+        ids = tok.apply_chat_template(_messages(system, user), add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        input_ids = ids["input_ids"].to(self.model.device)
+        n_in = input_ids.shape[1]
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, seq, scores, **kwargs) -> bool:  # decoded-text check: stops are regexes
+                return bool(stop) and cut_at_stop(tok.decode(seq[0, n_in:], skip_special_tokens=True), stop)[1]
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        seconds = time.perf_counter() - t0
+        new = out[0, n_in:]
+        text = tok.decode(new, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, stop) if stop else (text, False)
+        ended = bool(len(new)) and int(new[-1]) in _eos_ids(self.model, tok)
+        hit_cap = len(new) >= max_new_tokens and not stopped and not ended
+        return Answer(text.strip(), n_in, len(new), hit_cap, seconds)
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+class HTTPReader:
+    """Any OpenAI-compatible ``/v1/chat/completions`` endpoint, by base URL (httpx, greedy)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 600.0,
+                 transport=None) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.name = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def describe(self) -> dict[str, str]:
+        return {"reader": self.name, "reader_kind": "http", "reader_url": self.base_url}
+
+    def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer:
+        body = {"model": self.name, "messages": _messages(system, user), "max_tokens": max_new_tokens,
+                "temperature": 0}
+        t0 = time.perf_counter()
+        resp = self._client.post("/chat/completions", json=body)
+        seconds = time.perf_counter() - t0
+        if resp.status_code >= 400:
+            raise RuntimeError(f"reader endpoint {self.base_url} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        data = resp.json()
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+        text, stopped = cut_at_stop(text, stop) if stop else (text, False)
+        usage = data.get("usage") or {}
+        return Answer(text.strip(), int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                      choice.get("finish_reason") == "length" and not stopped, seconds)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_reader(model: str, url: str | None = None, api_key: str | None = None) -> Reader:
+    return HTTPReader(url, model, api_key) if url else LocalReader(model)

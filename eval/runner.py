@@ -1,0 +1,246 @@
+"""``run_eval(config) -> EvalResults``: the matrix of methods x rates over one dataset.
+
+Every condition goes through ``Compressor.compress``. The full-prompt answer (``passthrough`` at
+rate 1) is computed once per item and is the reference for fidelity. Rows stream to
+``results.jsonl`` as they finish, item by item, so an interrupted run resumes where it stopped and
+a method added later (``--resume --methods ...``) is filled in for the items already done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from compressor import CtxgateError
+
+from . import metrics
+from ._types import EvalConfig, Item, Row
+from .datasets import load_dataset
+from .readers import Reader, make_reader
+
+log = logging.getLogger("ctxgate.eval")
+
+FULL = ("passthrough", 1.0)
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+
+
+class EvalError(CtxgateError, ValueError):
+    """A run cannot start as asked (one clear line)."""
+
+
+@dataclass
+class EvalResults:
+    out: Path
+    rows: list[Row]
+    report: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+    skipped_methods: dict[str, str] = field(default_factory=dict)
+    new_rows: int = 0
+
+
+def conditions(config: EvalConfig) -> list[tuple[str, float]]:
+    """(method, rate) pairs, the full prompt first; passthrough only at rate 1."""
+    out = [FULL]
+    for m in config.methods:
+        if m == "passthrough":
+            continue
+        out.extend((m, float(r)) for r in config.rates)
+    return list(dict.fromkeys(out))
+
+
+def load_rows(path: Path) -> list[Row]:
+    if not path.exists():
+        return []
+    rows = []
+    dec = msgspec.json.Decoder(Row)
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            try:
+                rows.append(dec.decode(line))
+            except msgspec.DecodeError:  # a line cut by a kill mid-write: redo that row
+                continue
+    return rows
+
+
+def _check_out(config: EvalConfig, out: Path) -> None:
+    """Refuse to mix runs: resuming needs the same dataset and reader."""
+    cfg_path, res_path = out / CONFIG, out / RESULTS
+    if res_path.exists() and res_path.stat().st_size and not config.resume:
+        raise EvalError(f"{res_path} already has results; pass --resume to continue it or choose another --out")
+    if cfg_path.exists() and config.resume:
+        old = json.loads(cfg_path.read_text())
+        for key in ("dataset", "reader", "reader_url", "seed", "tokenizer", "data_dir"):
+            if old.get(key) != msgspec.to_builtins(config).get(key):
+                raise EvalError(f"{out} was run with {key}={old.get(key)!r}, not {getattr(config, key)!r}; "
+                                "use another --out")
+
+
+def _save_config(config: EvalConfig, out: Path) -> None:
+    cfg_path = out / CONFIG
+    data = msgspec.to_builtins(config)
+    commands = []
+    if cfg_path.exists():
+        commands = json.loads(cfg_path.read_text()).get("commands", [])
+    if config.command and config.command not in commands:
+        commands.append(config.command)
+    data["commands"] = commands
+    cfg_path.write_text(json.dumps(data, indent=2))
+
+
+def _available(compressor, names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Methods that load; the rest are skipped with their reason (e.g. not written yet)."""
+    ok, skipped = [], {}
+    for name in names:
+        try:
+            compressor.method(name)
+            ok.append(name)
+        except Exception as exc:  # ImportError, ModelNotPrepared, ...: report and go on
+            skipped[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            log.warning("method %s skipped: %s", name, skipped[name])
+    return ok, skipped
+
+
+class _Fidelity:
+    """MiniLM cosine between an answer and the full-prompt answer (loaded on first use)."""
+
+    def __init__(self, embedder: str) -> None:
+        self.embedder = embedder
+        self._model = None
+
+    def cosine(self, a: str, b: str) -> float:
+        if not a.strip() or not b.strip():
+            return float(a.strip() == b.strip())
+        if self._model is None:
+            from compressor.models import load_embedder
+
+            self._model = load_embedder(self.embedder)[0]
+        va, vb = self._model.encode([a, b], normalize_embeddings=True, convert_to_numpy=True)
+        return float(max(-1.0, min(1.0, float(va @ vb))))
+
+
+def _evaluate(item: Item, method: str, rate: float, compressor, reader: Reader, reader_name: str,
+              max_new_tokens: int, reference: Row | None, fidelity: _Fidelity) -> Row:
+    options = {"separator": item.separator} if isinstance(item.context, list) else {}
+    result = compressor.compress(context=item.context, question=item.compression_question, rate=rate,
+                                 method=method, options=options)
+    ans = reader.answer(item.system, item.prompt(result.compressed), max_new_tokens=max_new_tokens, stop=item.stop)
+    acc, scores = metrics.score(item.task, ans.text, item.references)
+    ref_text = ans.text if reference is None else reference.prediction
+    f1, em = metrics.agreement(ans.text, ref_text, item.task)
+    if item.task in ("qa", "squad", "kv"):
+        cos = fidelity.cosine(metrics.first_line(ans.text), metrics.first_line(ref_text))
+    else:
+        cos = fidelity.cosine(ans.text, ref_text)
+    return Row(
+        dataset=item.dataset, item=item.id, method=method, rate=rate, task=item.task, reader=reader_name,
+        prediction=ans.text, reference_answer=ref_text, accuracy=acc, metrics=scores,
+        fidelity_cosine=cos, fidelity_f1=f1, fidelity_em=em,
+        answer_kept=metrics.kept(item.task, result.compressed, item.references),
+        original_tokens=result.original_tokens, compressed_tokens=result.compressed_tokens, ratio=result.ratio,
+        prompt_tokens=ans.prompt_tokens, new_tokens=ans.new_tokens, hit_cap=ans.hit_cap,
+        compress_seconds=result.seconds, reader_seconds=ans.seconds, warnings=list(result.warnings),
+    )
+
+
+def run_eval(config: EvalConfig) -> EvalResults:
+    """Run (or resume) the matrix, then write report.md and the plots."""
+    from compressor import Compressor
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out(config, out)
+    items = load_dataset(config.dataset, limit=config.limit, seed=config.seed, data=config.data_dir,
+                         **config.dataset_options)
+    _save_config(config, out)
+    res_path = out / RESULTS
+    rows = load_rows(res_path)
+    done = {r.key: r for r in rows if r.error is None}
+    wanted = conditions(config)
+    todo = [(it, m, r) for it in items for (m, r) in wanted if (it.id, m, round(r, 6)) not in done]
+    skipped: dict[str, str] = {}
+    new_rows = 0
+    if todo:
+        reader = make_reader(config.reader, config.reader_url, config.reader_api_key)
+        reader_name = reader.name
+        tokenizer = config.tokenizer or (reader_name if config.reader_url is None else "smollm2")
+        compressor = Compressor(scorer=config.scorer, embedder=config.embedder, tokenizer=tokenizer,
+                                default_method="passthrough")
+        ok, skipped = _available(compressor, list(dict.fromkeys(m for m, _ in wanted)))
+        todo = [t for t in todo if t[1] in ok]
+        fidelity = _Fidelity(config.embedder)
+        (out / "machine.json").write_text(json.dumps({**machine_info(), **reader.describe()}, indent=2))
+        bar = _progress(len(todo), config.progress)
+        with res_path.open("ab") as sink:
+            for item, method, rate in todo:
+                reference = done.get((item.id, *FULL))
+                row = _evaluate(item, method, rate, compressor, reader, reader_name,
+                                config.max_new_tokens or item.max_new_tokens, reference, fidelity)
+                sink.write(msgspec.json.encode(row) + b"\n")
+                sink.flush()
+                done[row.key] = row
+                rows.append(row)
+                new_rows += 1
+                bar.set_postfix_str(f"{method}@{rate:g} acc={row.accuracy}", refresh=False)
+                bar.update(1)
+        bar.close()
+        if hasattr(reader, "close"):
+            reader.close()
+        info = json.loads((out / "machine.json").read_text())
+        info["peak_rss_mib"] = str(_peak_rss_mib())
+        (out / "machine.json").write_text(json.dumps(info, indent=2))
+    results = EvalResults(out=out, rows=[r for r in done.values()], skipped_methods=skipped, new_rows=new_rows)
+    from .report import write_report
+
+    results.report, results.plots = write_report(out, config, results.rows, skipped, plots=config.plots)
+    return results
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="eval", unit="run", disable=not enabled, file=sys.stderr, smoothing=0.1)
+
+
+def _peak_rss_mib() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def machine_info() -> dict[str, str]:
+    """What the numbers were measured on; they mean little without it."""
+    import platform
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+            f.seek(0)
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    simd = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags.split()]
+    info = {"cpu": cpu, "cores": str(os.cpu_count()), "simd": ",".join(simd) or "?",
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        import torch
+        import transformers
+
+        info["torch"] = torch.__version__
+        info["transformers"] = transformers.__version__
+        info["torch_threads"] = str(torch.get_num_threads())
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except ImportError:
+        pass
+    return info

@@ -1,0 +1,75 @@
+"""``ctxgate eval`` end to end on a tiny slice: real data, the real Compressor, the SmolLM2 reader;
+then resume, a method added later, and the readers' stop and cap accounting."""
+
+import json
+
+import httpx
+import pytest
+
+from eval.cli import main
+from eval.readers import HTTPReader, cut_at_stop
+from eval.runner import load_rows
+
+ARGS = ["--dataset", "nq", "--option", "docs=5", "--limit", "2", "--reader", "smollm2", "--rates", "0.25",
+        "--max-new-tokens", "8", "--quiet"]
+
+
+@pytest.mark.slow
+def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*ARGS, "--methods", "truncate", "--out", str(out)]) == 0
+    rows = load_rows(out / "results.jsonl")
+    assert sorted((r.method, r.rate) for r in rows) == [("passthrough", 1.0)] * 2 + [("truncate", 0.25)] * 2
+    full = {r.item: r for r in rows if r.method == "passthrough"}
+    for r in rows:
+        assert r.prediction and r.reader == "smollm2" and r.new_tokens <= 8 and r.prompt_tokens > 0
+        assert r.reference_answer == full[r.item].prediction
+        assert r.accuracy in (0.0, 1.0) and 0.0 <= r.fidelity_f1 <= 1.0
+    assert all(r.ratio == 1.0 and r.fidelity_em == 1.0 and r.answer_kept == 1.0 for r in full.values())
+    trunc = [r for r in rows if r.method == "truncate"]
+    assert all(3.0 <= r.ratio <= 5.0 and r.compressed_tokens < r.original_tokens for r in trunc)
+    # gold documents sit at positions 0 and 2 of 5; keeping the first quarter keeps only the first
+    assert [r.answer_kept for r in sorted(trunc, key=lambda r: r.item)] == [1.0, 0.0]
+
+    report = (out / "report.md").read_text()
+    assert "| full prompt | 1 | 2 |" in report and "| truncate | 0.25 | 2 |" in report
+    assert "ctxgate eval --dataset nq" in report and " cores (" in report
+    for png in ("nq5_accuracy_vs_ratio.png", "nq5_latency.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "machine.json").read_text())["dtype"] == "float32"
+
+    # a rerun without --resume refuses to mix results
+    assert main([*ARGS, "--methods", "truncate", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resume with one more method: only the new rows run, the full-prompt answers are reused
+    assert main([*ARGS, "--methods", "truncate,random", "--out", str(out), "--resume"]) == 0
+    rows = load_rows(out / "results.jsonl")
+    assert len(rows) == 6 and sum(r.method == "random" for r in rows) == 2
+    assert "| random | 0.25 | 2 |" in (out / "report.md").read_text()
+
+
+def test_cut_at_stop_uses_the_earliest_match():
+    assert cut_at_stop("  Paris\nBecause", [r"\S[^\n]*\n"]) == ("  Paris\n", True)
+    assert cut_at_stop("x = 2\nThe answer is 4\nQuestion: next", [r"The answer is[^\n]*\d[^\n]*\n", r"\n\s*Question:"]) \
+        == ("x = 2\nThe answer is 4\n", True)
+    assert cut_at_stop("no stop", [r"\n"]) == ("no stop", False)
+
+
+def test_http_reader_speaks_openai_chat_and_reports_cap_hits():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        content = "Paris\nIt is the capital." if body["max_tokens"] > 5 else "Well, the answer"
+        finish = "stop" if body["max_tokens"] > 5 else "length"
+        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": content},
+                                                      "finish_reason": finish}],
+                                         "usage": {"prompt_tokens": 42, "completion_tokens": 7}})
+
+    reader = HTTPReader("http://test/v1", "gpt-x", transport=httpx.MockTransport(handler))
+    a = reader.answer("Be brief.", "Capital of France?", max_new_tokens=32, stop=[r"\S[^\n]*\n"])
+    assert (a.text, a.prompt_tokens, a.hit_cap) == ("Paris", 42, False)
+    assert seen[0]["messages"][0] == {"role": "system", "content": "Be brief."} and seen[0]["temperature"] == 0
+    assert reader.answer(None, "q", max_new_tokens=3, stop=[]).hit_cap is True
+    assert len(seen[1]["messages"]) == 1
