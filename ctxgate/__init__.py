@@ -3,4 +3,7 @@
 
 from compressor import CompressRequest, CompressResult, Compressor, Document, compress
 
-__all__ = ["CompressRequest", "CompressResult", "Compressor", "Document", "compress"]
+from .rag import RAGCompressor, RAGDocument, RAGResult, SidecarError
+
+__all__ = ["CompressRequest", "CompressResult", "Compressor", "Document", "RAGCompressor", "RAGDocument",
+           "RAGResult", "SidecarError", "compress"]
