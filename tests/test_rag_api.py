@@ -52,6 +52,18 @@ def test_relevance_order_without_scores_keeps_input_order(engine, docs):
     assert [d.index for d in r.documents] == sorted(d.index for d in r.documents)
 
 
+def test_relevance_order_follows_the_methods_scores(docs):
+    """Needs a method that scores documents: extractive ranks them with MiniLM."""
+    q, _ = question()
+    rev = docs[::-1]  # the gold passage is now last
+    r = RAGCompressor(method="extractive", rate=0.4, order="relevance").compress(rev, q)
+    scores = [d.score for d in r.documents]
+    assert len(scores) >= 2 and None not in scores and scores == sorted(scores, reverse=True)
+    assert r.documents[0].index == len(rev) - 1 and r.documents[0].metadata["hasanswer"]
+    same = RAGCompressor(method="extractive", rate=0.4).compress(rev, q)
+    assert [d.index for d in same.documents] == sorted(d.index for d in r.documents)
+
+
 def test_accepts_strings_documents_and_mappings(engine):
     r = RAGCompressor(method=METHOD, rate=1.0, compressor=engine).compress(
         ["plain string", Document(text="a Document", id="x", metadata={"k": 1}),
