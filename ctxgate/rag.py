@@ -13,83 +13,22 @@ logged warning that holds no document text) unless ``strict=True``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from compressor import CompressRequest, CompressResult, CtxgateError, Document, InvalidRequest
+from compressor import CompressRequest, CompressResult, Document, InvalidRequest
+from compressor._compressor import DEFAULT_RATE  # the engine's rate when neither rate nor target_tokens is given
+
+from ._rag_remote import SidecarClient, Unavailable
+from ._rag_types import DocumentLike, Mode, Order, RAGDocument, RAGResult, SidecarError, to_documents
 
 if TYPE_CHECKING:
-    import httpx
-
     from compressor import Compressor
 
 log = logging.getLogger("ctxgate.rag")
-
-Mode = Literal["local", "remote"]
-Order = Literal["original", "relevance"]
-DocumentLike = str | Document | Mapping[str, Any]
-
-COMPRESS_PATH = "/v1/compress"
-# The request itself is wrong: the same request would raise InvalidRequest in-process, so never fail open.
-_CLIENT_ERRORS = (400, 413, 422)
-
-
-class SidecarError(CtxgateError):
-    """The sidecar could not be reached or answered badly, and ``strict=True`` forbids failing open."""
-
-
-@dataclass
-class RAGDocument:
-    """One input document after compression. ``metadata`` is the caller's own object, untouched."""
-
-    index: int                  # position in the input list
-    text: str                   # compressed text ("" when dropped)
-    original_text: str
-    metadata: dict[str, Any]
-    id: str | None = None
-    original_tokens: int = 0
-    compressed_tokens: int = 0
-    score: float | None = None  # relevance, when the method ranks documents (higher is more relevant)
-    dropped: bool = False
-
-
-@dataclass
-class RAGResult:
-    """Kept documents in the chosen order, the dropped ones (reported, never lost), and totals.
-
-    Token totals are over the document texts (separators not counted). ``fallback`` is true when a
-    remote sidecar was unavailable and the documents came back uncompressed.
-    """
-
-    documents: list[RAGDocument]
-    dropped: list[RAGDocument]
-    original_tokens: int
-    compressed_tokens: int
-    ratio: float                # original / compressed (4.0 means 4x smaller)
-    seconds: float
-    method: str
-    mode: Mode
-    budget: int | None          # the token budget asked for (None for an empty input)
-    model: str | None = None
-    tokenizer: str | None = None
-    tokens_estimated: bool = False
-    cache: str = "off"
-    fallback: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def over_budget(self) -> bool:
-        """True when the kept text is larger than the budget (e.g. protected spans that had to stay whole)."""
-        return self.budget is not None and self.compressed_tokens > self.budget
-
-    def text(self, separator: str = "\n\n") -> str:
-        """The kept documents joined, ready to paste into a prompt."""
-        return separator.join(d.text for d in self.documents)
 
 
 class RAGCompressor:
@@ -136,7 +75,7 @@ class RAGCompressor:
         self.options = dict(options or {})
         self.headers = dict(headers or {})
         self._compressor = compressor
-        self._client: httpx.Client | None = None
+        self._sidecar = SidecarClient(url, timeout=timeout, headers=headers) if mode == "remote" else None
         CompressRequest(context=[], rate=rate, target_tokens=target_tokens)  # bad settings fail here, not per call
 
     # ------------------------------------------------------------------ public
@@ -162,8 +101,8 @@ class RAGCompressor:
         if self.mode == "local":
             return self._from_engine(docs, self._engine().compress(request), request)
         try:
-            response = self._post_sync(request)
-        except _Unavailable as exc:
+            response = self._remote().post(request)
+        except Unavailable as exc:
             return self._fail_open(docs, request, exc, t0)
         return self._from_response(docs, request, response, t0)
 
@@ -187,16 +126,15 @@ class RAGCompressor:
         if not docs:
             return self._empty(request, t0)
         try:
-            response = await self._post_async(request)
-        except _Unavailable as exc:
+            response = await self._remote().apost(request)
+        except Unavailable as exc:
             return self._fail_open(docs, request, exc, t0)
         return self._from_response(docs, request, response, t0)
 
     def close(self) -> None:
         """Close the pooled HTTP connection (remote mode)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._sidecar is not None:
+            self._sidecar.close()
 
     def __enter__(self) -> RAGCompressor:
         return self
@@ -206,15 +144,19 @@ class RAGCompressor:
 
     # ----------------------------------------------------------------- request
 
-    def _request(self, docs, question, rate, target_tokens, method) -> CompressRequest:
+    def _request(self, docs: list[Document], question: str | None, rate: float | None,
+                 target_tokens: int | None, method: str | None) -> CompressRequest:
         if rate is None and target_tokens is None:
             rate, target_tokens = self.rate, self.target_tokens
-        context = [d if isinstance(d, Document) else Document(text=d) for d in docs]
         # Validation (rate range, rate xor target_tokens) lives in CompressRequest: one rule for both modes.
         return CompressRequest(
-            context=context, question=question, rate=rate, target_tokens=target_tokens,
+            context=list(docs), question=question, rate=rate, target_tokens=target_tokens,
             method=method or self.method, tokenizer=self.tokenizer, options=dict(self.options),
         )
+
+    def _remote(self) -> SidecarClient:
+        assert self._sidecar is not None  # remote mode always has one (checked in __init__)
+        return self._sidecar
 
     def _engine(self) -> Compressor:
         if self._compressor is None:
@@ -223,45 +165,11 @@ class RAGCompressor:
             self._compressor = Compressor(tokenizer=self.tokenizer)
         return self._compressor
 
-    def _body(self, request: CompressRequest) -> dict[str, Any]:
-        """The sidecar's RAG form. Only text and ids travel; metadata stays in this process."""
-        body: dict[str, Any] = {
-            "context": [{"text": d.text, **({"id": d.id} if d.id is not None else {})} for d in request.documents()],
-            "method": request.method,
-        }
-        for key in ("question", "rate", "target_tokens", "tokenizer"):
-            value = getattr(request, key)
-            if value is not None:
-                body[key] = value
-        if request.options:
-            body["options"] = request.options
-        return body
-
-    # ------------------------------------------------------------------- HTTP
-
-    def _post_sync(self, request: CompressRequest) -> CompressResult:
-        import httpx
-
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
-        with _map_http_errors():
-            response = self._client.post(self.url + COMPRESS_PATH, json=self._body(request))
-        return _decode(response, self.url)
-
-    async def _post_async(self, request: CompressRequest) -> CompressResult:
-        import httpx
-
-        # A client per call: an AsyncClient is bound to the event loop that first used it.
-        async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
-            with _map_http_errors():
-                response = await client.post(self.url + COMPRESS_PATH, json=self._body(request))
-        return _decode(response, self.url)
-
     # ---------------------------------------------------------------- results
 
     def _from_response(self, docs, request, result: CompressResult, t0: float) -> RAGResult:
         if sorted(dr.index for dr in result.documents) != list(range(len(docs))):
-            return self._fail_open(docs, request, _Unavailable(
+            return self._fail_open(docs, request, Unavailable(
                 f"answered {len(result.documents)} documents for {len(docs)}"), t0)
         out = self._from_engine(docs, result, request)
         out.seconds = time.perf_counter() - t0  # the caller's wall time, network included
@@ -293,7 +201,7 @@ class RAGCompressor:
         return RAGResult(documents=[], dropped=[], original_tokens=0, compressed_tokens=0, ratio=1.0,
                          seconds=time.perf_counter() - t0, method=request.method, mode=self.mode, budget=None)
 
-    def _fail_open(self, docs: list[Document], request: CompressRequest, exc: _Unavailable, t0: float) -> RAGResult:
+    def _fail_open(self, docs: list[Document], request: CompressRequest, exc: Unavailable, t0: float) -> RAGResult:
         """Uncompressed documents and a warning, or SidecarError under ``strict``. Never logs document text."""
         if self.strict:
             raise SidecarError(f"ctxgate sidecar at {self.url} {exc.reason} (strict=True; "
@@ -318,33 +226,6 @@ class RAGCompressor:
 # ---------------------------------------------------------------------- helpers
 
 
-def to_documents(documents: Sequence[DocumentLike]) -> list[Document]:
-    """Normalise strings, ``compressor.Document`` and mappings (text or page_content, metadata, id)."""
-    if isinstance(documents, (str, bytes, Mapping)):
-        raise TypeError("documents must be a list of documents, not a single "
-                        f"{type(documents).__name__}; wrap it in a list")
-    out: list[Document] = []
-    for i, item in enumerate(documents):
-        if isinstance(item, Document):
-            doc = item
-        elif isinstance(item, str):
-            doc = Document(text=item)
-        elif isinstance(item, Mapping):
-            text = item.get("text", item.get("page_content"))
-            meta = item.get("metadata") or {}
-            if not isinstance(meta, dict):
-                raise TypeError(f"documents[{i}]: metadata must be a dict, got {type(meta).__name__}")
-            doc_id = item.get("id")
-            doc = Document(text=text, id=None if doc_id is None else str(doc_id), metadata=meta)  # type: ignore[arg-type]
-        else:
-            raise TypeError(f"documents[{i}] must be a str, a compressor.Document or a mapping with 'text', "
-                            f"got {type(item).__name__}")
-        if not isinstance(doc.text, str):
-            raise TypeError(f"documents[{i}]: text must be str, got {type(doc.text).__name__}")
-        out.append(doc)
-    return out
-
-
 def _ratio(before: int, after: int) -> float:
     return round(before / after, 4) if after else (float(before) if before else 1.0)
 
@@ -352,57 +233,8 @@ def _ratio(before: int, after: int) -> float:
 def _budget(request: CompressRequest, total: int) -> int:
     if request.target_tokens is not None:
         return request.target_tokens
-    from compressor._compressor import DEFAULT_RATE
-
     return max(1, math.ceil(total * (request.rate if request.rate is not None else DEFAULT_RATE)))
 
 
-class _Unavailable(Exception):
-    """Internal: the sidecar is down, slow, overloaded or answered nonsense (fail-open territory)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@contextlib.contextmanager
-def _map_http_errors() -> Iterator[None]:
-    """Turn httpx transport failures into _Unavailable (one place, like httpx's own exception map)."""
-    import httpx
-
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise _Unavailable(f"timed out ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
-        raise _Unavailable(f"is unreachable ({type(exc).__name__})") from exc
-
-
-def _decode(response: httpx.Response, url: str | None) -> CompressResult:
-    import msgspec
-
-    if response.status_code in _CLIENT_ERRORS:
-        raise InvalidRequest(f"the sidecar at {url} rejected the request (HTTP {response.status_code}): "
-                             f"{_detail(response)}")
-    if response.status_code != 200:
-        raise _Unavailable(f"answered HTTP {response.status_code}")
-    try:
-        return msgspec.json.decode(response.content, type=CompressResult)
-    except msgspec.DecodeError as exc:
-        # The body may echo document text: keep it out of the message.
-        raise _Unavailable("sent a response that is not a CompressResult") from exc
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict):
-        for key in ("detail", "error", "message"):
-            if body.get(key):
-                return str(body[key])[:300]
-    return str(body)[:200]
-
-
-__all__ = ["DocumentLike", "RAGCompressor", "RAGDocument", "RAGResult", "SidecarError", "to_documents"]
+__all__ = ["DocumentLike", "Mode", "Order", "RAGCompressor", "RAGDocument", "RAGResult", "SidecarError",
+           "to_documents"]
