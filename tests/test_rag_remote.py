@@ -83,7 +83,8 @@ def test_remote_mode_matches_local_mode(sidecar, docs):
     with RAGCompressor(mode="remote", url=sidecar, method=METHOD, rate=0.4) as rag:
         remote = rag.compress(docs, q)
         again = asyncio.run(rag.acompress(docs, q))
-    assert remote.mode == "remote" and not remote.fallback and not remote.warnings
+    assert not remote.fallback, remote.warnings  # e.g. "sidecar answered HTTP 500": see the sidecar's log
+    assert remote.mode == "remote" and not remote.warnings
     for r in (remote, again):
         assert [(d.index, d.text, d.compressed_tokens) for d in r.documents] == \
                [(d.index, d.text, d.compressed_tokens) for d in local.documents]
@@ -97,7 +98,8 @@ def test_metadata_never_leaves_the_process(sidecar):
     marker = object()  # not JSON-serialisable: the request would fail if metadata were sent
     r = RAGCompressor(mode="remote", url=sidecar, method=METHOD, rate=0.5).compress(
         [{"text": "alpha beta gamma delta " * 40, "metadata": {"obj": marker}, "id": "d1"}])
-    assert r.documents[0].metadata["obj"] is marker and r.documents[0].id == "d1" and not r.fallback
+    assert not r.fallback, r.warnings
+    assert r.documents[0].metadata["obj"] is marker and r.documents[0].id == "d1"
 
 
 def test_langchain_retriever_in_remote_mode(sidecar):
