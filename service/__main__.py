@@ -1,0 +1,5 @@
+"""``python -m service`` is ``ctxgate serve``."""
+
+from .serve import main
+
+raise SystemExit(main())

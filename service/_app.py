@@ -1,0 +1,122 @@
+"""``create_app(settings) -> Litestar`` and the lifespan that owns every long-lived resource.
+
+Nothing is created at import time. The lifespan opens the cache, the Compressor, the compression
+executor and the upstream ``httpx.AsyncClient``, and starts loading the models in a thread: the
+server accepts connections (``/healthz`` answers) at once, ``/readyz`` turns 200 once the models are
+loaded, and until then the proxy forwards uncompressed (fail-open reason ``not_ready``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+
+from compressor import Compressor
+
+from ._cache import TieredCache, build_cache
+from ._config import Settings, load_settings
+from ._errors import error_body, provider_for
+from ._local import LocalModel
+from ._metrics import Metrics
+from ._rewrite import Rewriter
+from ._upstream import Upstream
+
+log = logging.getLogger("ctxgate.service")
+
+
+@dataclass
+class Context:
+    """What handlers reach through ``app.state.ctx``."""
+
+    settings: Settings
+    metrics: Metrics
+    compressor: Compressor
+    rewriter: Rewriter
+    upstream: Upstream
+    executor: ThreadPoolExecutor
+    cache: TieredCache | None
+    local: LocalModel | None = None
+    load_error: str | None = None
+    loaded: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.rewriter.ready.is_set() and (self.local is None or self.local.ready.is_set())
+
+
+def _load(ctx: Context) -> None:
+    try:
+        if ctx.local is not None:
+            ctx.local.load()
+        if ctx.settings.warm_up:
+            ctx.rewriter.warm()
+        else:
+            ctx.rewriter.ready.set()
+        ctx.metrics.ready.set(1)
+        log.info("ctxgate models loaded; ready")
+    except Exception as exc:  # surfaced by /readyz; the proxy keeps failing open meanwhile
+        ctx.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("loading models failed: %s", ctx.load_error)
+    finally:
+        ctx.loaded.set()
+
+
+@asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    s: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+    cache = build_cache(s, on_error=lambda op: metrics.cache_errors.labels(op).inc())
+    compressor = Compressor(scorer=s.scorer, embedder=s.embedder, default_method=s.default_method, cache=cache,
+                            max_input_tokens=s.max_input_tokens, device=s.device)
+    executor = ThreadPoolExecutor(max(1, s.compress_workers), thread_name_prefix="ctxgate-compress")
+    rewriter = Rewriter(compressor, cache, executor, metrics, timeout=s.compress_timeout)
+    timeout = httpx.Timeout(s.upstream_timeout, connect=s.connect_timeout)
+    limits = httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=min(s.max_connections, 200))
+    client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=not s.embedded)
+    openai_base, anthropic_base = s.upstream_urls()
+    ctx = Context(s, metrics, compressor, rewriter, Upstream(client, openai_base, anthropic_base, metrics),
+                  executor, cache, LocalModel(s.local_model, s.local_max_tokens, s.device) if s.embedded else None)
+    app.state.ctx = ctx
+    threading.Thread(target=_load, args=(ctx,), name="ctxgate-load", daemon=True).start()
+    try:
+        yield
+    finally:
+        await client.aclose()
+        executor.shutdown(wait=False, cancel_futures=True)
+        if ctx.local is not None:
+            ctx.local.close()
+        if cache is not None:
+            cache.close()
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Litestar's own errors (413 body too large, 404, 405) in the route's provider format."""
+    status = exc.status_code
+    message = exc.detail if status != 413 else "the request body is over the size limit (max_body_bytes)"
+    return Response(error_body(provider_for(request.url.path), status, message), status_code=status,
+                    media_type="application/json")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The sidecar app. ``settings`` default: ``load_settings()`` (config file and CTXGATE_* env)."""
+    from . import handlers
+
+    settings = settings or load_settings()
+    return Litestar(
+        route_handlers=handlers.ROUTES,
+        lifespan=[_lifespan],
+        state=State({"settings": settings, "metrics": Metrics()}),
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers={HTTPException: _http_error},
+        openapi_config=None,
+        logging_config=None,
+    )

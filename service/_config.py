@@ -1,0 +1,213 @@
+"""One settings object for the sidecar: defaults < config file (YAML or TOML) < ``CTXGATE_*`` env < flags.
+
+Env vars: ``CTXGATE_<FIELD>`` for a top-level field (``CTXGATE_UPSTREAM``, ``CTXGATE_PORT``) and
+``CTXGATE_<SECTION>__<FIELD>`` for a nested one (``CTXGATE_CACHE__BACKEND=redis``,
+``CTXGATE_POLICY__RATE=0.3``). Env vars that name no field (``CTXGATE_HOME``, ``CTXGATE_DEVICE``...)
+belong to other layers and are ignored here.
+
+The upstreams are fixed here; nothing in a request can point the proxy at another host.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from compressor import InvalidRequest
+
+CacheBackend = Literal["memory", "sqlite", "redis", "off"]
+Route = Literal["chat", "messages", "compress"]
+
+
+class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What the proxy compresses and how hard. ``rate`` is the fraction of tokens to keep."""
+
+    enabled: bool = True
+    method: str = "auto"               # "auto" = the Compressor's default method (hybrid)
+    rate: float = 0.5
+    min_tokens: int = 200              # texts shorter than this (target tokenizer) are left alone
+    tool_results: bool = True          # OpenAI role=tool messages, Anthropic tool_result blocks
+    user_messages: bool = True         # user text (the trailing question paragraph always stays verbatim)
+    tokenizer: str | None = None       # token accounting; default: the request's model when we know it
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Overrides for requests matching ``route`` and ``model`` (shell globs); later rules win."""
+
+    route: str = "*"                   # chat | messages | compress | *
+    model: str = "*"
+    enabled: bool | None = None
+    method: str | None = None
+    rate: float | None = None
+    min_tokens: int | None = None
+    tool_results: bool | None = None
+    user_messages: bool | None = None
+    tokenizer: str | None = None
+    options: dict[str, Any] | None = None
+
+    def matches(self, route: str, model: str) -> bool:
+        return fnmatch.fnmatchcase(route, self.route) and fnmatch.fnmatchcase(model or "", self.model)
+
+
+class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    backend: CacheBackend = "sqlite"
+    path: str | None = None            # sqlite file; default $CTXGATE_HOME/cache/segments.sqlite
+    url: str | None = None             # redis://host:port/db
+    max_entries: int = 100_000         # sqlite / memory bound (redis is bounded by ttl)
+    ttl: float = 7 * 86400.0           # seconds
+    memory_entries: int = 4096         # in-process LRU in front of sqlite/redis (0 disables it)
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8340
+    # OpenAI-style base URL as the openai SDK takes it (with /v1), e.g. https://api.openai.com/v1
+    upstream: str | None = None
+    # Anthropic-style base URL as the anthropic SDK takes it (no /v1), e.g. https://api.anthropic.com.
+    # Unset with `upstream` set: `upstream` minus a trailing /v1 (vLLM, llama.cpp serve both APIs).
+    anthropic_upstream: str | None = None
+    # Embedded local upstream, used when no upstream is configured (served under /local on this port)
+    local_model: str = "smollm2"
+    local_max_tokens: int = 256        # hard cap on generated tokens per request
+    scorer: str = "smollm2"
+    embedder: str = "minilm"
+    default_method: str = "hybrid"
+    device: str | None = None
+    warm_up: bool = True               # load the default method's models at start-up (readyz waits)
+    policy: Policy = msgspec.field(default_factory=Policy)
+    rules: list[Rule] = msgspec.field(default_factory=list)
+    compress_timeout: float = 10.0     # seconds: the compression time budget per request (then fail open)
+    compress_workers: int = 1          # threads running compressions (the models are serialised anyway)
+    max_input_tokens: int = 200_000    # per text; bigger texts go upstream uncompressed
+    upstream_timeout: float = 600.0    # seconds between bytes from upstream (read/write/pool)
+    connect_timeout: float = 10.0
+    max_connections: int = 1000
+    max_body_bytes: int = 32 * 1024 * 1024
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.policy.rate <= 1:
+            raise InvalidRequest(f"policy.rate must be in (0, 1] (fraction of tokens kept), got {self.policy.rate}")
+        for i, r in enumerate(self.rules):
+            if r.rate is not None and not 0 < r.rate <= 1:
+                raise InvalidRequest(f"rules[{i}].rate must be in (0, 1], got {r.rate}")
+        for name in ("compress_timeout", "upstream_timeout", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise InvalidRequest(f"{name} must be positive seconds")
+        if self.cache.backend == "redis" and not self.cache.url:
+            raise InvalidRequest("cache.backend=redis needs cache.url (e.g. redis://127.0.0.1:6379/0)")
+        for name in ("upstream", "anthropic_upstream"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise InvalidRequest(f"{name} must be an http(s) URL, got {url!r}")
+
+    # ------------------------------------------------------------- derived
+
+    @property
+    def embedded(self) -> bool:
+        """No upstream configured: the local model answers, behind the proxy."""
+        return not self.upstream and not self.anthropic_upstream
+
+    def upstream_urls(self) -> tuple[str | None, str | None]:
+        """(OpenAI base with /v1, Anthropic base without /v1)."""
+        if self.embedded:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            local = f"http://{host}:{self.port}/local"
+            return local + "/v1", local
+        openai = self.upstream.rstrip("/") if self.upstream else None
+        anthropic = self.anthropic_upstream.rstrip("/") if self.anthropic_upstream else None
+        if anthropic is None and openai is not None:
+            anthropic = openai.removesuffix("/v1")
+        return openai, anthropic
+
+    def policy_for(self, route: str, model: str) -> Policy:
+        """The default policy with every matching rule applied in order."""
+        fields = msgspec.structs.asdict(self.policy)
+        for rule in self.rules:
+            if rule.matches(route, model):
+                for key, value in msgspec.structs.asdict(rule).items():
+                    if key not in ("route", "model") and value is not None:
+                        fields[key] = value
+        return Policy(**fields)
+
+    def cache_path(self) -> Path:
+        if self.cache.path:
+            return Path(self.cache.path).expanduser()
+        from compressor.models import home
+
+        return home() / "cache" / "segments.sqlite"
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InvalidRequest(f"config file {p} not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # yaml and toml raise their own kinds; one clear line either way
+        raise InvalidRequest(f"config file {p}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    top = {f.encode_name for f in msgspec.structs.fields(Settings)}
+    nested = {"policy": Policy, "cache": CacheSettings}
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("CTXGATE_"):
+            continue
+        name = key[len("CTXGATE_"):].lower()
+        section, _, field = name.partition("__")
+        if field and section in nested:
+            if field in {f.encode_name for f in msgspec.structs.fields(nested[section])}:
+                out.setdefault(section, {})[field] = value
+        elif name in top and name not in nested and name != "rules":
+            out[name] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from a file (``CTXGATE_CONFIG`` when ``path`` is None), env vars and overrides."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get("CTXGATE_CONFIG")
+    if path:
+        data = _read_file(path)
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        # strict=False: env values are strings ("8340", "true") and convert to the field types
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"bad setting: {exc}") from None

@@ -1,0 +1,33 @@
+"""Prometheus metrics, one registry per app (two apps in one process never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("ctxgate_requests", "Requests by route and status", ["route", "status"], registry=r)
+        self.tokens_before = Counter("ctxgate_tokens_before", "Prompt tokens before compression", ["route"], registry=r)
+        self.tokens_after = Counter("ctxgate_tokens_after", "Prompt tokens after compression", ["route"], registry=r)
+        self.tokens_saved = Counter("ctxgate_tokens_saved", "Prompt tokens removed by compression", ["route"],
+                                    registry=r)
+        self.compression_seconds = Histogram("ctxgate_compression_seconds", "Time spent deciding and compressing",
+                                             ["route"], buckets=_LATENCY, registry=r)
+        self.cache_hits = Counter("ctxgate_cache_hits", "Segment cache hits", registry=r)
+        self.cache_misses = Counter("ctxgate_cache_misses", "Segment cache misses (compressed now)", registry=r)
+        self.cache_errors = Counter("ctxgate_cache_errors", "Cache backend failures (treated as misses)", ["op"],
+                                    registry=r)
+        self.fail_open = Counter("ctxgate_fail_open", "Requests forwarded uncompressed because compression failed",
+                                 ["reason"], registry=r)
+        self.upstream_seconds = Histogram("ctxgate_upstream_seconds", "Upstream time to response headers",
+                                          ["route"], buckets=_LATENCY, registry=r)
+        self.upstream_errors = Counter("ctxgate_upstream_errors", "Upstream transport failures", ["route", "kind"],
+                                       registry=r)
+        self.ready = Gauge("ctxgate_ready", "1 once the models are loaded", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

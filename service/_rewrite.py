@@ -1,0 +1,370 @@
+"""Prefix-stable rewriting of a request's texts, with a time budget and fail-open.
+
+Each compressible text (a ``Slot``) is looked up in the segment cache by a key made of its full
+text, its kind, the method, the rate and options, the target tokenizer and the model fingerprint --
+deliberately *not* the question. On a miss it is compressed (question-aware, with the current
+question) and the rendered text is stored; on every later turn the same message comes back as the
+same bytes, whatever the question is then, so provider prompt caches stay warm. Question-aware
+compression therefore applies only to context the proxy has not seen before.
+
+Three steps, cheapest first:
+1. on the event loop: in-process LRU hits and memoised token counts (the common repeat-turn case);
+2. in a worker thread: backend (sqlite/redis) lookups and counting of new texts;
+3. in the compression executor, under the remaining time budget: model work for what is left.
+If step 2 or 3 fails or runs out of time, the texts still missing go upstream uncompressed (markup
+stripped) and the reason is counted; cached texts are still applied, so earlier turns keep their
+bytes. A compression that overruns the budget still finishes in its thread and fills the cache,
+so the next turn gets it.
+
+``service`` holds no scoring logic: all compression goes through ``Compressor.compress``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import msgspec
+
+from compressor import (CompressRequest, Compressor, InputTooLarge, cache_key, get_counter, parse_markup,
+                        strip_markup)
+from compressor.models import lookup
+
+from ._cache import TieredCache
+from ._config import Policy
+from ._metrics import Metrics
+from ._policy import Plan, Slot, split_question
+
+log = logging.getLogger("ctxgate.service")
+
+SEGMENT_VERSION = 1
+_COMPRESS_TAG = re.compile(r"<ctxgate:compress\b", re.I)
+_OPENAI = ("gpt-", "o1", "o3", "o4", "chatgpt", "text-embedding", "davinci", "babbage")
+_ESTIMATED = ("claude", "gemini", "anthropic")
+
+
+class Entry(msgspec.Struct, array_like=True):
+    """A rendered slot: what goes upstream, and its size before/after in the target tokenizer."""
+
+    text: str
+    before: int
+    after: int
+    compressed: bool
+
+
+@dataclass
+class Outcome:
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    cache: str = "off"               # hit | miss | partial | off
+    fail_open: str | None = None     # reason, when some text went upstream uncompressed
+    seconds: float = 0.0
+
+
+@dataclass
+class _Item:
+    slot: Slot
+    segment: bool                    # through the segment cache and, on a miss, the compressor
+    key: str | None = None
+    entry: Entry | None = None       # segments: set once, as the last step (read across threads)
+    status: str | None = None        # hit | miss
+    text: str | None = None          # non-segments: the markup-stripped text
+    count: int | None = None         # non-segments: its tokens
+
+
+@dataclass
+class _Job:
+    method: str
+    tokenizer: str | None            # requested tokenizer name (None: the compressor's default)
+    policy: Policy
+    question: str | None
+    explicit_question: str | None
+    deadline: float
+    reasons: list[str] = field(default_factory=list)
+
+
+class _CountMemo:
+    """LRU of token counts keyed by (tokenizer, text): system prompts and old turns repeat."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._data: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, tok: str, text: str) -> int | None:
+        with self._lock:
+            n = self._data.get((tok, text))
+            if n is not None:
+                self._data.move_to_end((tok, text))
+            return n
+
+    def set(self, tok: str, text: str, n: int) -> None:
+        with self._lock:
+            self._data[(tok, text)] = n
+            if len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+def _strip(text: str) -> str:
+    return strip_markup(text) if "ctxgate:" in text.lower() else text
+
+
+class Rewriter:
+    def __init__(self, compressor: Compressor, cache: TieredCache | None, executor: Executor, metrics: Metrics,
+                 *, timeout: float) -> None:
+        self.compressor = compressor
+        self.cache = cache
+        self.executor = executor
+        self.metrics = metrics
+        self.timeout = timeout
+        self.ready = threading.Event()
+        self._fingerprints: dict[str, str | None] = {}
+        self._counters: dict[str | None, str] = {}   # requested tokenizer -> a name get_counter accepts
+        self._memo = _CountMemo()
+
+    # --------------------------------------------------------------- public
+
+    def method_name(self, name: str | None) -> str:
+        name = (name or "auto").strip().lower()
+        return self.compressor.default_method if name in ("", "auto", "default") else name
+
+    def warm(self) -> None:
+        """Load the default method's models (runs in a thread at start-up)."""
+        self.compressor.warm_up()
+        self._fingerprint(self.compressor.default_method)
+        self.ready.set()
+
+    async def rewrite(self, route: str, plan: Plan, policy: Policy, *, tokenizer: str | None,
+                      explicit_question: str | None) -> Outcome:
+        t0 = time.perf_counter()
+        job = _Job(self.method_name(policy.method), tokenizer, policy, plan.question, explicit_question,
+                   time.monotonic() + self.timeout)
+        items = [self._item(s, policy) for s in plan.slots]
+        self._fast(items, job)
+        if not self._resolved(items):
+            await self._slow(items, job)
+        return self._finish(route, items, job, t0)
+
+    def count_plan(self, plan: Plan, policy: Policy, tokenizer: str | None) -> tuple[int, int]:
+        """(all tokens, compressible tokens) of a plan in the target tokenizer; blocking."""
+        counter = get_counter(self._counter_name(tokenizer))
+        total = compressible = 0
+        for slot in plan.slots:
+            total += counter.count(_strip(slot.text))
+            if self._item(slot, policy).segment:
+                context = split_question(slot.text).context if slot.split else slot.text
+                n = counter.count(_strip(context))
+                if n >= policy.min_tokens:
+                    compressible += n
+        return total, compressible
+
+    # ---------------------------------------------------------------- steps
+
+    def _item(self, slot: Slot, policy: Policy) -> _Item:
+        text = slot.text
+        regions = False
+        if "ctxgate:" in text.lower():
+            parse_markup(text)          # bad markup is the client's error (400), found before any work
+            regions = bool(_COMPRESS_TAG.search(text))
+        wanted = (slot.kind == "tool" and policy.tool_results) or (slot.kind == "user" and policy.user_messages)
+        # tokens <= UTF-8 bytes for byte-level BPE: short texts never reach min_tokens, skip the cache
+        small = len(text) < policy.min_tokens and len(text.encode("utf-8")) < policy.min_tokens
+        return _Item(slot, segment=regions or (wanted and not small))
+
+    def _fast(self, items: list[_Item], job: _Job) -> None:
+        tok = self._counters.get(job.tokenizer)
+        fp_known = job.method in self._fingerprints
+        for it in items:
+            if it.segment:
+                if fp_known and tok is not None and self.cache is not None:
+                    it.key = self._key(it.slot, job, tok)
+                    raw = self.cache.get_fast(it.key)
+                    if raw is not None:
+                        it.entry, it.status = msgspec.msgpack.decode(raw, type=Entry), "hit"
+            elif tok is not None:
+                it.text = _strip(it.slot.text)
+                it.count = self._memo.get(tok, it.text)
+
+    async def _slow(self, items: list[_Item], job: _Job) -> None:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._lookup_and_count, items, job), self._left(job))
+        except TimeoutError:
+            job.reasons.append("timeout")
+            return
+        except Exception as exc:
+            log.warning("token counting failed: %s", type(exc).__name__)
+            job.reasons.append("error")
+            return
+        if all(it.entry is not None for it in items if it.segment):
+            return
+        if not self.ready.is_set():
+            job.reasons.append("not_ready")
+            return
+        future = asyncio.get_running_loop().run_in_executor(self.executor, self._compress_missing, items, job)
+        try:
+            await asyncio.wait_for(future, self._left(job))
+        except TimeoutError:
+            job.reasons.append("timeout")
+        except Exception as exc:
+            log.warning("compression failed: %s", type(exc).__name__)
+            job.reasons.append("error")
+
+    def _lookup_and_count(self, items: list[_Item], job: _Job) -> None:
+        """Worker thread: backend lookups for segments, counts for everything else."""
+        tok = self._counter_name(job.tokenizer)
+        counter = get_counter(tok)
+        fp_known = job.method in self._fingerprints
+        for it in items:
+            if it.segment:
+                if it.entry is None and fp_known and self.cache is not None:
+                    it.key = it.key or self._key(it.slot, job, tok)
+                    raw = self.cache.get(it.key)
+                    if raw is not None:
+                        it.status = "hit"
+                        it.entry = msgspec.msgpack.decode(raw, type=Entry)
+            elif it.count is None:
+                it.text = _strip(it.slot.text)
+                it.count = counter.count(it.text)
+                self._memo.set(tok, it.text, it.count)
+
+    def _compress_missing(self, items: list[_Item], job: _Job) -> None:
+        """Compression executor: model work for the segments still missing, until the deadline."""
+        tok = self._counter_name(job.tokenizer)
+        counter = get_counter(tok)
+        self._fingerprint(job.method)
+        for it in items:
+            if not it.segment or it.entry is not None:
+                continue
+            if time.monotonic() > job.deadline:
+                return                  # the caller has given up; later turns retry with a fresh budget
+            it.key = it.key or self._key(it.slot, job, tok)
+            raw = self.cache.get(it.key) if self.cache is not None else None
+            if raw is not None:
+                it.status = "hit"
+                it.entry = msgspec.msgpack.decode(raw, type=Entry)
+                continue
+            try:
+                entry = self._compress(it.slot, job, tok, counter)
+            except InputTooLarge:
+                job.reasons.append("too_large")
+                continue
+            except Exception as exc:   # a failing method must not fail the request
+                log.warning("method %s failed: %s", job.method, type(exc).__name__)
+                job.reasons.append("error")
+                continue
+            if self.cache is not None:
+                self.cache.set(it.key, msgspec.msgpack.encode(entry))
+            it.status = "miss" if entry.compressed else None
+            it.entry = entry
+
+    def _compress(self, slot: Slot, job: _Job, tok: str, counter) -> Entry:
+        text = slot.text
+        full = parse_markup(text).text
+        marked = bool(_COMPRESS_TAG.search(text))
+        if marked:
+            context, sep, tail = text, "", ""           # explicit markup: only the marked regions change
+        elif slot.split:
+            sp = split_question(text, job.explicit_question)
+            context, sep, tail = sp.context, sp.sep, sp.tail
+        else:
+            context, sep, tail = text, "", ""
+        plain = parse_markup(context).text
+        n_context = counter.count(plain)
+        rendered = full
+        if context and (marked or n_context >= job.policy.min_tokens):
+            result = self.compressor.compress(CompressRequest(
+                context=context, question=job.question, rate=job.policy.rate, method=job.method,
+                tokenizer=tok, options=dict(job.policy.options)))
+            if result.compressed_tokens < n_context:
+                rendered = result.compressed + sep + parse_markup(tail).text
+        before, after = counter.count_many([full, rendered]) if rendered != full else [counter.count(full)] * 2
+        return Entry(rendered, before, after, compressed=rendered != full)
+
+    def _finish(self, route: str, items: list[_Item], job: _Job, t0: float) -> Outcome:
+        before = after = 0
+        known = True
+        statuses = set()
+        for it in items:
+            entry = it.entry
+            if it.segment and entry is not None:
+                it.slot.write(entry.text)
+                before += entry.before
+                after += entry.after
+                if it.status:
+                    statuses.add(it.status)
+                    (self.metrics.cache_hits if it.status == "hit" else self.metrics.cache_misses).inc()
+                continue
+            if it.segment:
+                known = False           # failed open: uncounted
+            text = it.text if it.text is not None else _strip(it.slot.text)
+            if text != it.slot.text:
+                it.slot.write(text)
+            if it.count is None:
+                known = False
+            else:
+                before += it.count
+                after += it.count
+        if any(it.segment and it.entry is None for it in items) and not job.reasons:
+            job.reasons.append("timeout")
+        reason = job.reasons[0] if job.reasons else None
+        if reason:
+            self.metrics.fail_open.labels(reason).inc()
+        seconds = time.perf_counter() - t0
+        self.metrics.compression_seconds.labels(route).observe(seconds)
+        cache = "partial" if len(statuses) > 1 else statuses.pop() if statuses else "off"
+        if not known:
+            return Outcome(cache=cache, fail_open=reason, seconds=seconds)
+        self.metrics.tokens_before.labels(route).inc(before)
+        self.metrics.tokens_after.labels(route).inc(after)
+        self.metrics.tokens_saved.labels(route).inc(max(0, before - after))
+        return Outcome(before, after, cache, reason, seconds)
+
+    # -------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _resolved(items: list[_Item]) -> bool:
+        return all((it.entry is not None) if it.segment else (it.count is not None) for it in items)
+
+    def _left(self, job: _Job) -> float:
+        return max(0.0, job.deadline - time.monotonic())
+
+    def _key(self, slot: Slot, job: _Job, tok: str) -> str:
+        p = job.policy
+        return cache_key([SEGMENT_VERSION, "segment", slot.kind, slot.split, job.method,
+                          self._fingerprints.get(job.method), tok, p.rate, p.min_tokens,
+                          sorted((k, repr(v)) for k, v in p.options.items()), slot.text])
+
+    def _fingerprint(self, method: str) -> None:
+        if method not in self._fingerprints:
+            self._fingerprints[method] = self.compressor.method(method).model_id
+
+    def _counter_name(self, requested: str | None) -> str:
+        """The tokenizer name to count in: the model's own when we can load it, else the default."""
+        name = self._counters.get(requested)
+        if name is not None:
+            return name
+        name = requested or self.compressor.tokenizer or "smollm2"
+        try:
+            get_counter(name)
+        except Exception:  # unknown model name or an HF id we cannot reach: count in the default
+            name = self.compressor.tokenizer or "smollm2"
+        self._counters[requested] = name
+        return name
+
+
+def resolve_tokenizer(model: str | None) -> str | None:
+    """A tokenizer name for a request's ``model``, or None when we have no tokenizer for it."""
+    if not model:
+        return None
+    m = model.strip().lower()
+    if m.startswith(_OPENAI) or m.startswith(_ESTIMATED) or m in ("cl100k_base", "o200k_base", "estimate"):
+        return model
+    if lookup(m) is not None:
+        return model
+    return None

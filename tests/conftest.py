@@ -1,0 +1,132 @@
+"""Shared fixtures: real servers on real free ports (uvicorn in a thread), a real redis-server, and
+real NQ documents. Keep each fixture small and documented; add new ones below the existing ones."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app, port: int | None = None, timeout: float = 60.0) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread; yields its base URL.
+    The lifespan runs (startup before the yield, shutdown after)."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           access_log=False, timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"server on port {port} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def test_upstream():
+    """The recording, fault-injecting upstream of tests/upstreams.py, shared by the session."""
+    from tests.upstreams import TestUpstream
+
+    up = TestUpstream()
+    with serve(up) as url:
+        up.url = url
+        yield up
+
+
+@pytest.fixture()
+def upstream(test_upstream):
+    """``test_upstream`` with its request log cleared for this test."""
+    test_upstream.clear()
+    return test_upstream
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real redis-server on a free port (no persistence), stopped at the end of the session."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make system-deps installs it)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def nq_item() -> dict:
+    """The first NQ 20-document item: question, answers and 20 real Wikipedia passages."""
+    with (DATA / "nq" / "nq-open-20docs-derived_first500.jsonl").open(encoding="utf-8") as f:
+        return json.loads(f.readline())
+
+
+@contextlib.contextmanager
+def run_sidecar(settings, ready_timeout: float = 120.0) -> Iterator[str]:
+    """A ctxgate sidecar (service.create_app) on ``settings.port``; waits for /readyz unless it reports failure."""
+    import httpx
+
+    from service import create_app
+
+    with serve(create_app(settings), port=settings.port) as url:
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            r = httpx.get(url + "/readyz", timeout=5)
+            if r.status_code == 200 or r.json().get("status") == "failed":
+                break
+            time.sleep(0.05)
+        yield url
+
+
+@pytest.fixture()
+def sidecar(upstream, tmp_path):
+    """Factory: ``with sidecar(**settings) as url`` runs a sidecar in front of the test upstream.
+    Defaults: the deterministic model-free ``truncate`` method, an in-memory cache, min_tokens=50."""
+    from service import CacheSettings, Policy, Settings
+
+    def make(*, policy: dict | None = None, cache: dict | None = None, **kw):
+        kw.setdefault("upstream", upstream.url + "/v1")
+        kw.setdefault("anthropic_upstream", upstream.url)
+        kw.setdefault("default_method", "truncate")
+        kw.setdefault("port", free_port())
+        pol = {"min_tokens": 50, "rate": 0.3, **(policy or {})}
+        cch = {"backend": "memory", **(cache or {})}
+        return run_sidecar(Settings(policy=Policy(**pol), cache=CacheSettings(**cch), **kw))
+
+    return make

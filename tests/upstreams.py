@@ -1,0 +1,182 @@
+"""A real local upstream for the sidecar tests: a small ASGI app speaking just enough OpenAI and
+Anthropic, which records every request it receives and misbehaves on demand.
+
+The behaviour comes from the ``x-test-behavior`` request header (the proxy passes unknown headers
+through), so concurrent tests never share state:
+    ok (default) | error500 | slow:<seconds> | reset (breaks the stream after two events, or the
+    body half-way) | garbage (200 with a body that is not JSON) | drip (streams one event every
+    0.1 s for 20 s, and records whether the proxy hung up on it)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+@dataclass
+class TestUpstream:
+    """``requests`` holds what arrived, in order; ``aborted`` the paths of streams the client dropped."""
+
+    __test__ = False  # not a pytest class
+
+    requests: list[Received] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def last(self, path_suffix: str = "") -> Received:
+        with self.lock:
+            for r in reversed(self.requests):
+                if r.path.endswith(path_suffix):
+                    return r
+        raise AssertionError(f"upstream received no request ending in {path_suffix!r}")
+
+    def clear(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.aborted.clear()
+
+    # ------------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        raw = b""
+        while True:
+            msg = await receive()
+            raw += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        rec = Received(scope["method"], scope["path"], scope.get("query_string", b"").decode(), headers, raw)
+        with self.lock:
+            self.requests.append(rec)
+        behavior = headers.get("x-test-behavior", "ok")
+        anthropic = scope["path"].endswith("/messages")
+        if behavior.startswith("slow:"):
+            await asyncio.sleep(float(behavior.split(":", 1)[1]))
+        if behavior == "error500":
+            body = ({"type": "error", "error": {"type": "api_error", "message": "upstream exploded"}} if anthropic
+                    else {"error": {"message": "upstream exploded", "type": "server_error", "param": None,
+                                    "code": "boom"}})
+            return await _send(send, 500, json.dumps(body).encode(), extra=[(b"x-request-id", b"req-500")])
+        if behavior == "garbage":
+            return await _send(send, 200, b"<html>definitely not json", ctype=b"text/html")
+        if scope["path"].endswith("/models"):
+            return await _send(send, 200, json.dumps({"object": "list", "data": [
+                {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"}]}).encode())
+        body = json.loads(raw or b"{}")
+        if body.get("stream"):
+            return await self._stream(send, receive, scope["path"], anthropic, body, behavior)
+        reply = _anthropic_message(body) if anthropic else _openai_completion(body)
+        payload = json.dumps(reply).encode()
+        if behavior == "reset":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
+            raise ConnectionResetError("test upstream: reset half-way through the body")
+        await _send(send, 200, payload, extra=[(b"x-request-id", b"req-ok"), (b"openai-processing-ms", b"7")])
+
+    async def _stream(self, send, receive, path, anthropic, body, behavior) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-request-id", b"req-sse")]})
+        events = stream_events(body, anthropic)
+        if behavior == "drip":
+            events = events[:1] + [events[1]] * 200
+        for i, ev in enumerate(events):
+            if behavior == "reset" and i == 2:
+                raise ConnectionResetError("test upstream: reset mid-stream")
+            if behavior == "drip" and i:
+                # the proxy closing its upstream connection shows up here as a disconnect
+                try:
+                    msg = await asyncio.wait_for(receive(), 0.1)
+                except TimeoutError:
+                    msg = None
+                if msg is not None and msg["type"] == "http.disconnect":
+                    with self.lock:
+                        self.aborted.append(path)
+                    return
+            await send({"type": "http.response.body", "body": ev, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send(send, status: int, body: bytes, ctype: bytes = b"application/json", extra=()) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _prompt_chars(body: dict[str, Any]) -> int:
+    return len(json.dumps(body.get("messages", [])))
+
+
+def _openai_completion(body: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", "test-model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"ok {_prompt_chars(body)}"},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+            "unknown_vendor_field": {"kept": True}}
+
+
+def _anthropic_message(body: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "msg_test", "type": "message", "role": "assistant", "model": body.get("model", "test-model"),
+            "content": [{"type": "text", "text": f"ok {_prompt_chars(body)}"}], "stop_reason": "end_turn",
+            "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 2}}
+
+
+def _sse(obj: Any, event: str | None = None) -> bytes:
+    return (f"event: {event}\n" if event else "").encode() + b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def stream_events(body: dict[str, Any], anthropic: bool) -> list[bytes]:
+    """The exact bytes the test upstream streams (tests compare what the client got against these)."""
+    model = body.get("model", "test-model")
+    words = ["Hello", " from", " the", " test", " upstream"]
+    if anthropic:
+        evs = [_sse({"type": "message_start", "message": {"id": "msg_test", "type": "message", "role": "assistant",
+                                                          "model": model, "content": [], "stop_reason": None,
+                                                          "stop_sequence": None,
+                                                          "usage": {"input_tokens": 10, "output_tokens": 0}}},
+                    "message_start"),
+               _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                    "content_block_start")]
+        evs += [_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
+                     "content_block_delta") for w in words]
+        evs += [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+                _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                      "usage": {"output_tokens": 5}}, "message_delta"),
+                _sse({"type": "message_stop"}, "message_stop")]
+        return evs
+    base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+    evs = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                      "finish_reason": None}]})]
+    evs += [_sse({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in words]
+    evs += [_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            _sse({**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
+            b"data: [DONE]\n\n"]
+    return evs
