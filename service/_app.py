@@ -106,6 +106,13 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
                     media_type="application/json")
 
 
+def _internal_error(request: Request, exc: Exception) -> Response:
+    """Anything unexpected: a provider-format 500 (the type is logged, never the request)."""
+    log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+    return Response(error_body(provider_for(request.url.path), 500, f"internal error ({type(exc).__name__})"),
+                    status_code=500, media_type="application/json")
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """The sidecar app. ``settings`` default: ``load_settings()`` (config file and CTXGATE_* env)."""
     from . import handlers
@@ -116,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_lifespan],
         state=State({"settings": settings, "metrics": Metrics()}),
         request_max_body_size=settings.max_body_bytes,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         openapi_config=None,
         logging_config=None,
     )

@@ -130,3 +130,10 @@ def sidecar(upstream, tmp_path):
         return run_sidecar(Settings(policy=Policy(**pol), cache=CacheSettings(**cch), **kw))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def nq_items() -> list[dict]:
+    """The first five NQ 20-document items (different questions, different passages)."""
+    with (DATA / "nq" / "nq-open-20docs-derived_first500.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line) for line, _ in zip(f, range(5))]

@@ -1,0 +1,71 @@
+"""The segment cache backends behind the proxy: SQLite survives a restart, Redis is shared by two
+instances, and a hit sends the same bytes without model work."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.test_service_proxy import _metric, oai, rag_prompt
+
+
+def _send(url: str, prompt: str):
+    return oai(url).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+
+
+def test_sqlite_cache_survives_a_restart(sidecar, upstream, nq_item, tmp_path):
+    prompt = rag_prompt(nq_item, 10)
+    path = str(tmp_path / "segments.sqlite")
+    with sidecar(cache={"backend": "sqlite", "path": path}) as url:
+        assert _send(url, prompt).headers["x-ctxgate-cache"] == "miss"
+        first = upstream.last().raw
+    with sidecar(cache={"backend": "sqlite", "path": path}) as url:
+        r = _send(url, prompt)
+        assert r.headers["x-ctxgate-cache"] == "hit" and upstream.last().raw == first
+        m = httpx.get(url + "/metrics").text
+        assert _metric(m, "ctxgate_cache_hits_total") == 1 and _metric(m, "ctxgate_cache_misses_total") == 0
+
+
+def test_redis_cache_is_shared_by_two_instances(sidecar, upstream, nq_item, redis_url):
+    import redis
+
+    prompt = rag_prompt(nq_item, 12)
+    cache = {"backend": "redis", "url": redis_url, "ttl": 3600}
+    with sidecar(cache=cache) as a, sidecar(cache=cache) as b:
+        assert _send(a, prompt).headers["x-ctxgate-cache"] == "miss"
+        from_a = upstream.last().raw
+        assert _send(b, prompt).headers["x-ctxgate-cache"] == "hit"
+        assert upstream.last().raw == from_a
+        assert _metric(httpx.get(b + "/metrics").text, "ctxgate_cache_misses_total") == 0
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys("ctxgate:c:*")
+    assert keys and all(0 < client.ttl(k) <= 3600 for k in keys)           # bounded by TTL
+
+
+def test_redis_down_degrades_to_misses_not_errors(sidecar, upstream, nq_item):
+    from tests.conftest import free_port
+
+    cache = {"backend": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "memory_entries": 0}
+    with sidecar(cache=cache) as url:
+        r = _send(url, rag_prompt(nq_item, 6))
+        assert r.status_code == 200 and r.headers["x-ctxgate-cache"] == "miss"
+        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_cache_errors_total", '{op="get"}') >= 1
+
+
+def test_cache_off_compresses_every_time(sidecar, upstream, nq_item):
+    prompt = rag_prompt(nq_item, 6)
+    with sidecar(cache={"backend": "off"}) as url:
+        assert [_send(url, prompt).headers["x-ctxgate-cache"] for _ in range(2)] == ["miss", "miss"]
+
+
+def test_redis_cache_unit(redis_url):
+    from compressor._cache_redis import RedisCache
+
+    c = RedisCache(redis_url, ttl=60, prefix="ctxgate:unit:")
+    assert c.get("nope") is None
+    c.set("k", b"\x00bytes")
+    assert c.get("k") == b"\x00bytes" and c.ping()
+    with pytest.raises(Exception, match="ttl"):
+        RedisCache(redis_url, ttl=0)
+    c.close()

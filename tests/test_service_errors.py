@@ -1,0 +1,178 @@
+"""Faults and bad input: every error reaches the client in the provider's own format and status,
+the proxy fails open when compression cannot finish, and the server stays healthy afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.test_service_proxy import _metric, ant, oai, rag_prompt
+
+
+@pytest.fixture(scope="module")
+def shared(test_upstream):
+    from service import CacheSettings, Policy, Settings
+    from tests.conftest import free_port, run_sidecar
+
+    s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),
+                 default_method="truncate", cache=CacheSettings(backend="memory"), upstream_timeout=1.0,
+                 policy=Policy(min_tokens=50, rate=0.3), max_body_bytes=256 * 1024, compress_timeout=120)
+    with run_sidecar(s) as url:
+        yield url
+
+
+@pytest.fixture()
+def proxy(shared, upstream):
+    yield shared
+    assert httpx.get(shared + "/healthz").status_code == 200          # still healthy after each fault
+
+
+def test_malformed_json_is_400_in_each_provider_format(proxy, upstream):
+    r = httpx.post(proxy + "/v1/chat/completions", content=b'{"model": "x", "messages": [', timeout=10,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(proxy + "/v1/messages", content=b"[1, 2]", timeout=10)
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert upstream.requests == []
+
+
+def test_body_over_the_limit_is_413(proxy, upstream):
+    big = {"model": "x", "messages": [{"role": "user", "content": "word " * 100_000}]}
+    with pytest.raises(openai.APIStatusError) as exc:
+        oai(proxy).chat.completions.create(**big)
+    assert exc.value.status_code == 413 and "size limit" in exc.value.message
+    with pytest.raises(anthropic.APIStatusError) as exc2:
+        ant(proxy).messages.create(max_tokens=5, **big)
+    assert exc2.value.status_code == 413 and exc2.value.body["error"]["type"] == "request_too_large"
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("header,value", [("x-ctxgate-rate", "2"), ("x-ctxgate-rate", "lots"),
+                                          ("x-ctxgate-method", "magic"), ("x-ctxgate-bypass", "maybe")])
+def test_bad_control_headers_are_400_naming_the_header(proxy, upstream, header, value):
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={header: value})
+    assert header in exc.value.message and exc.value.body["param"] == header
+    with pytest.raises(anthropic.BadRequestError, match=header):
+        ant(proxy).messages.create(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={header: value})
+    with pytest.raises(openai.BadRequestError, match="ctxgate.rate"):
+        oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                           extra_body={"ctxgate": {"rate": 0}})
+    assert upstream.requests == []
+
+
+def test_unknown_fields_empty_messages_and_non_text_parts_pass_untouched(proxy, upstream, nq_item):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+    call = {"id": "call_9", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}
+    msgs = [{"role": "user", "content": [{"type": "text", "text": rag_prompt(nq_item, 5)}, image], "x_meta": 7},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_9", "content": "{\"a\": 1}"}]
+    oai(proxy).chat.completions.create(model="x", messages=msgs, extra_body={"future_param": {"deep": [None]}})
+    sent = upstream.last().json
+    assert sent["future_param"] == {"deep": [None]} and sent["messages"][0]["x_meta"] == 7
+    assert sent["messages"][0]["content"][1] == image and sent["messages"][1:] == msgs[1:]
+    assert len(sent["messages"][0]["content"][0]["text"]) < len(rag_prompt(nq_item, 5))
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "x", "messages": []}, timeout=10)
+    assert r.status_code == 200 and upstream.last().json["messages"] == []
+
+
+def test_upstream_500_reaches_the_client_as_is(proxy, upstream):
+    with pytest.raises(openai.InternalServerError) as exc:
+        oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"x-test-behavior": "error500"})
+    assert exc.value.status_code == 500 and exc.value.body["code"] == "boom"
+    assert exc.value.response.headers["x-request-id"] == "req-500"
+    with pytest.raises(anthropic.InternalServerError, match="upstream exploded"):
+        ant(proxy).messages.create(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={"x-test-behavior": "error500"})
+
+
+def test_upstream_timeout_is_504(proxy, upstream):
+    with pytest.raises(openai.APIStatusError) as exc:
+        oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"x-test-behavior": "slow:3"})
+    assert exc.value.status_code == 504 and "timed out" in exc.value.message
+    with pytest.raises(anthropic.APIStatusError) as exc2:
+        ant(proxy).messages.create(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={"x-test-behavior": "slow:3"})
+    assert exc2.value.status_code == 504 and exc2.value.body["type"] == "error"
+
+
+def test_upstream_reset_mid_stream_and_mid_body(proxy, upstream):
+    stream = oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True, extra_headers={"x-test-behavior": "reset"})
+    got = []
+    with pytest.raises(openai.APIError, match="broke off"):
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 2                                              # what arrived before the reset
+    with pytest.raises(anthropic.APIError, match="broke off"):
+        with ant(proxy).messages.stream(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                        extra_headers={"x-test-behavior": "reset"}) as s:
+            list(s.text_stream)
+    with pytest.raises(openai.APIStatusError) as exc:
+        oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"x-test-behavior": "reset"})
+    assert exc.value.status_code == 502
+    assert _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
+                   '{kind="reset",route="chat"}') >= 2
+
+
+def test_a_bad_upstream_answer_is_passed_through_not_rewritten(proxy, upstream):
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "x", "messages": []}, timeout=10,
+                   headers={"x-test-behavior": "garbage"})
+    assert (r.status_code, r.content) == (200, b"<html>definitely not json")
+    assert r.headers["content-type"].startswith("text/html")
+
+
+def test_unreachable_upstream_is_502(sidecar):
+    from tests.conftest import free_port
+
+    with sidecar(upstream=f"http://127.0.0.1:{free_port()}/v1", anthropic_upstream=None) as url:
+        with pytest.raises(openai.APIStatusError) as exc:
+            oai(url).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+        assert exc.value.status_code == 502 and "unreachable" in exc.value.message
+        with pytest.raises(anthropic.APIStatusError) as exc2:   # derived Anthropic base: same dead host
+            ant(url).messages.create(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+        assert exc2.value.status_code == 502
+
+
+def test_fail_open_when_the_time_budget_runs_out(sidecar, upstream, nq_item):
+    prompt = rag_prompt(nq_item, 20)
+    with sidecar(compress_timeout=0.001) as url:
+        r = oai(url).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+        assert r.headers["x-ctxgate-fail-open"] == "timeout"
+        assert upstream.last().json["messages"][0]["content"] == prompt           # forwarded uncompressed
+        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="timeout"}') == 1
+
+
+def test_fail_open_when_the_method_errors(sidecar, upstream, nq_item):
+    # a scorer that does not exist: the hybrid method fails when it runs, the request still goes through
+    prompt = rag_prompt(nq_item, 5)
+    with sidecar(default_method="hybrid", scorer="no-such-model", embedder="no-such-embedder", warm_up=False,
+                 compress_timeout=60) as url:
+        r = oai(url).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+        assert r.headers["x-ctxgate-fail-open"] == "error" and r.parse().choices[0].message.content.startswith("ok")
+        assert upstream.last().json["messages"][0]["content"] == prompt
+        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="error"}') == 1
+
+
+def test_a_huge_single_message_is_bounded_by_the_budget(sidecar, upstream, nq_item):
+    text = "\n\n".join(c["text"] for c in nq_item["ctxs"]) * 60          # ~1.5 MB of real text
+    with sidecar(compress_timeout=2.0, max_input_tokens=100_000, max_body_bytes=8 * 1024 * 1024) as url:
+        r = httpx.post(url + "/v1/chat/completions", timeout=120,
+                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text + "\n\nWhy?"}]})
+        assert r.status_code == 200 and r.headers["x-ctxgate-fail-open"] in ("timeout", "too_large")
+        assert len(upstream.last().json["messages"][0]["content"]) == len(text) + len("\n\nWhy?")
+        assert httpx.get(url + "/healthz").status_code == 200
+        assert json.loads(httpx.get(url + "/readyz").content)["status"] == "ready"
