@@ -65,6 +65,30 @@ class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     memory_entries: int = 4096         # in-process LRU in front of sqlite/redis (0 disables it)
 
 
+class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Shadow checks and the adaptive rate (``service.fidelity``): a sample of compressed chat/messages
+    requests also goes upstream uncompressed, off the client's path; the answers are compared and the
+    keep-rate of a (route, model) goes up when fidelity drops below ``threshold``."""
+
+    sample_rate: float = 0.0           # fraction of compressed requests shadowed (0 = off: they cost money)
+    daily_max_calls: int = 1000        # shadow calls per UTC day (0 = no cap)
+    daily_max_tokens: int = 0          # upstream tokens (prompt + completion) of shadow calls per UTC day (0 = no cap)
+    max_concurrency: int = 2           # shadow calls in flight
+    max_pending: int = 16              # waiting for a slot; beyond that a sample is skipped ("busy")
+    timeout: float = 120.0             # seconds per shadow call
+    store_text: bool = False           # keep prompts and both answers in the store (off: scores and counts only)
+    path: str | None = None            # sqlite file; default $CTXGATE_HOME/cache/fidelity.sqlite
+    record_traffic: bool = True        # one row per compressed request (tokens before/after) for the dashboard
+    adaptive: bool = True              # let the controller change the rate
+    metric: Literal["cosine", "f1", "em"] = "cosine"
+    threshold: float = 0.8             # rolling mean of `metric` below this: compress less
+    window: int = 20                   # samples in the rolling mean; a step down needs a full window
+    min_samples: int = 5               # samples before a step up
+    step_up: float = 0.1               # keep-rate added on low fidelity (bounded at 1.0)
+    step_down: float = 0.02            # keep-rate removed when fidelity holds (down to the configured rate)
+    probe_after: int = 200             # at rate 1.0 nothing is compressed or sampled: step down after this many requests
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8340
@@ -91,6 +115,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: int = 1000
     max_body_bytes: int = 32 * 1024 * 1024
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    fidelity: FidelitySettings = msgspec.field(default_factory=FidelitySettings)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -104,6 +129,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise InvalidRequest(f"{name} must be positive seconds")
         if self.cache.backend == "redis" and not self.cache.url:
             raise InvalidRequest("cache.backend=redis needs cache.url (e.g. redis://127.0.0.1:6379/0)")
+        f = self.fidelity
+        if not 0 <= f.sample_rate <= 1 or not 0 <= f.threshold <= 1 or not 0 < f.step_up <= 1 or not 0 < f.step_down <= 1:
+            raise InvalidRequest("fidelity.sample_rate, threshold must be in [0, 1]; step_up, step_down in (0, 1]")
+        if f.window < 1 or not 1 <= f.min_samples <= f.window or f.max_concurrency < 1 or f.timeout <= 0:
+            raise InvalidRequest("fidelity: window >= min_samples >= 1, max_concurrency >= 1, timeout > 0")
         for name in ("upstream", "anthropic_upstream"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("http://", "https://")):
@@ -138,6 +168,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                         fields[key] = value
         return Policy(**fields)
 
+    def fidelity_path(self) -> Path:
+        if self.fidelity.path:
+            return Path(self.fidelity.path).expanduser()
+        from compressor.models import home
+
+        return home() / "cache" / "fidelity.sqlite"
+
     def cache_path(self) -> Path:
         if self.cache.path:
             return Path(self.cache.path).expanduser()
@@ -167,7 +204,7 @@ def _read_file(path: str | Path) -> dict[str, Any]:
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     top = {f.encode_name for f in msgspec.structs.fields(Settings)}
-    nested = {"policy": Policy, "cache": CacheSettings}
+    nested = {"policy": Policy, "cache": CacheSettings, "fidelity": FidelitySettings}
     out: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith("CTXGATE_"):
