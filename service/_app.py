@@ -29,6 +29,7 @@ from ._local import LocalModel
 from ._metrics import Metrics
 from ._rewrite import Rewriter
 from ._upstream import Upstream
+from .fidelity import Fidelity
 
 log = logging.getLogger("ctxgate.service")
 
@@ -45,6 +46,7 @@ class Context:
     executor: ThreadPoolExecutor
     cache: TieredCache | None
     local: LocalModel | None = None
+    fidelity: Fidelity | None = None
     load_error: str | None = None
     loaded: threading.Event = field(default_factory=threading.Event)
 
@@ -85,11 +87,14 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     openai_base, anthropic_base = s.upstream_urls()
     ctx = Context(s, metrics, compressor, rewriter, Upstream(client, openai_base, anthropic_base, metrics),
                   executor, cache, LocalModel(s.local_model, s.local_max_tokens, s.device) if s.embedded else None)
+    ctx.fidelity = Fidelity(s, metrics, client, ctx.upstream.url)
+    await ctx.fidelity.start()
     app.state.ctx = ctx
     threading.Thread(target=_load, args=(ctx,), name="ctxgate-load", daemon=True).start()
     try:
         yield
     finally:
+        await ctx.fidelity.close()              # cancels shadow checks in flight, then flushes the store
         await client.aclose()
         executor.shutdown(wait=False, cancel_futures=True)
         if ctx.local is not None:

@@ -4,6 +4,7 @@ all scoring lives in ``compressor``.
 Proxy:    POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic), GET /v1/models
 Engine:   POST /v1/compress (headroom-compatible messages form, and the RAG form)
 Ops:      GET /healthz, GET /readyz, GET /metrics
+Fidelity: GET /v1/fidelity, GET /v1/fidelity/series, GET /dashboard (handlers in ``fidelity/_routes.py``)
 Embedded: POST /local/v1/chat/completions, POST /local/v1/messages, GET /local/v1/models
 """
 
@@ -24,6 +25,8 @@ from . import _local
 from ._app import Context
 from ._control import Control, parse_control
 from ._errors import ProxyError, error_body
+from .fidelity import ROUTES as FIDELITY_ROUTES
+from .fidelity import Candidate
 from ._policy import Slot, plan_for
 from ._rewrite import Outcome, resolve_tokenizer
 from ._upstream import ClientGone, until_disconnect
@@ -72,28 +75,34 @@ def _strip_all(slots: list[Slot]) -> None:
             s.write(strip_markup(s.text))
 
 
-async def _rewrite_body(ctx: Context, route: str, raw: bytes, headers) -> tuple[bytes, dict[str, str]]:
-    """The body to forward (compressed per policy, ctxgate field and tags removed) and our headers."""
+async def _rewrite_body(ctx: Context, route: str, raw: bytes,
+                        headers) -> tuple[bytes, dict[str, str], Candidate | None]:
+    """The body to forward (compressed per policy, ctxgate field and tags removed), our headers, and
+    the shadow-check candidate when this request was drawn for one."""
     body = _decode(raw)
     had_field = "ctxgate" in body
     ctl = parse_control(headers, body)
     model = body.get("model") if isinstance(body.get("model"), str) else ""
-    policy = ctl.apply(ctx.settings.policy_for(route, model))
+    configured = ctx.settings.policy_for(route, model)
+    policy = ctl.apply(ctx.fidelity.policy(route, model, configured))   # a request's own rate beats the controller
     if ctl.bypass or not policy.enabled:
         if not had_field and b"ctxgate:" not in raw.lower():
-            return raw, {"x-ctxgate-cache": "bypass"}          # byte-for-byte: nothing of ours inside
+            return raw, {"x-ctxgate-cache": "bypass"}, None    # byte-for-byte: nothing of ours inside
         _strip_all(plan_for(route, body).slots)
-        return msgspec.json.encode(body), {"x-ctxgate-cache": "bypass"}
+        return msgspec.json.encode(body), {"x-ctxgate-cache": "bypass"}, None
     plan = plan_for(route, body, ctl.question)
     outcome = await ctx.rewriter.rewrite(route, plan, policy, explicit_question=ctl.question,
                                          tokenizer=policy.tokenizer or resolve_tokenizer(model))
-    return msgspec.json.encode(body), _outcome_headers(outcome)
+    cand = ctx.fidelity.candidate(route, model, ctx.rewriter.method_name(policy.method), policy, configured.rate,
+                                  ctl.rate is not None, outcome.tokens_before, outcome.tokens_after)
+    return msgspec.json.encode(body), _outcome_headers(outcome), cand
 
 
 async def _proxy(request: Request, route: str, provider: str, path: str) -> Response:
     ctx = _ctx(request)
+    raw = await request.body()
     try:
-        content, extra = await _rewrite_body(ctx, route, await request.body(), request.headers)
+        content, extra, cand = await _rewrite_body(ctx, route, raw, request.headers)
     except ProxyError as exc:
         ctx.metrics.requests.labels(route, str(exc.status)).inc()
         return _error(provider, exc)
@@ -107,6 +116,8 @@ async def _proxy(request: Request, route: str, provider: str, path: str) -> Resp
         ctx.metrics.requests.labels(route, "499").inc()
         return Response(b"", status_code=499)
     ctx.metrics.requests.labels(route, str(response.status_code)).inc()
+    if cand is not None:
+        response = ctx.fidelity.watch(cand, request.headers, request.url.query, raw, response)
     return response
 
 
@@ -343,4 +354,4 @@ async def local_models(request: Request) -> Response:
 
 
 ROUTES = [chat_completions, messages, models, compress, healthz, readyz, metrics,
-          local_chat, local_messages, local_models]
+          local_chat, local_messages, local_models, *FIDELITY_ROUTES]

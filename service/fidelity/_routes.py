@@ -1,0 +1,54 @@
+"""Fidelity routes: ``GET /v1/fidelity`` (aggregates), ``GET /v1/fidelity/series`` (the dashboard's data),
+``GET /dashboard`` and its two static files (no CDN: plain SVG drawn by our own script)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+from litestar import Request, Response, get
+
+from . import _report
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+_FILES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+_NO_STORE = {"cache-control": "no-store"}
+
+
+def _fid(request: Request):
+    return request.app.state.ctx.fidelity
+
+
+def _json(obj, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(obj), status_code=status, media_type="application/json", headers=_NO_STORE)
+
+
+@get("/v1/fidelity")
+async def fidelity(request: Request) -> Response:
+    return _json(await asyncio.to_thread(_report.aggregates, _fid(request)))
+
+
+@get("/v1/fidelity/series")
+async def fidelity_series(request: Request, since: float = 86400.0, bucket: float | None = None) -> Response:
+    """``since``: seconds back from now (default a day); ``bucket``: seconds (default: about 120 points)."""
+    if since <= 0 or (bucket is not None and bucket <= 0):
+        return _json({"error": {"message": "since and bucket must be positive seconds", "type": "invalid_request_error"}},
+                     400)
+    return _json(await asyncio.to_thread(_report.series, _fid(request), since, bucket))
+
+
+@get("/dashboard")
+async def dashboard() -> Response:
+    html = await asyncio.to_thread((STATIC / "dashboard.html").read_bytes)
+    return Response(html, media_type="text/html; charset=utf-8", headers=_NO_STORE)
+
+
+@get("/dashboard/{name:str}")
+async def dashboard_file(name: str) -> Response:
+    if name not in _FILES:                      # a fixed list: no path from the URL reaches the disk
+        return Response(b"not found", status_code=404, media_type="text/plain")
+    return Response(await asyncio.to_thread((STATIC / name).read_bytes), media_type=_FILES[name], headers=_NO_STORE)
+
+
+ROUTES = [fidelity, fidelity_series, dashboard, dashboard_file]

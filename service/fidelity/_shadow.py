@@ -1,0 +1,312 @@
+"""Shadow checks: a sample of compressed requests goes upstream again, uncompressed, in the background.
+
+Off the client's path: the decision is a dict lookup and a random draw; the shadow call starts as an
+``asyncio`` task after the compressed response is in hand (non-streaming) or has been fully relayed
+(streaming), so the client's response never waits on it. Concurrency is bounded by a semaphore,
+with a bounded queue in front of it, and a daily cap on calls and tokens (UTC days, kept in the
+store so a restart does not reset it).
+
+Streaming clients: the compressed answer is taken by teeing the SSE bytes as they are relayed --
+each chunk is yielded unchanged before it is copied -- rather than by a second compressed call,
+which would double the cost and could differ from what the client actually got. A stream the
+client dropped, or that broke, is not compared.
+
+The client's auth headers are reused for the shadow call; they live only in the task's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+
+from .._config import Policy, Settings
+from .._metrics import Metrics
+from .._upstream import forward_headers
+from . import _answers
+from ._controller import Change, Controller
+from ._store import Store
+
+log = logging.getLogger("ctxgate.service")
+
+ROUTES = {"chat": ("openai", "/chat/completions"), "messages": ("anthropic", "/v1/messages")}
+TEE_LIMIT = 8 * 1024 * 1024          # bytes of SSE kept for comparison; a longer stream is not compared
+
+
+@dataclass
+class Candidate:
+    """A compressed request picked for a shadow check (decided before it went upstream)."""
+
+    route: str
+    provider: str
+    path: str
+    model: str
+    method: str
+    rate: float
+    configured: float
+    overridden: bool
+    tokens_before: int
+    tokens_after: int
+    ts: float
+
+
+def _day() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+class Fidelity:
+    def __init__(self, settings: Settings, metrics: Metrics, client: httpx.AsyncClient, urls) -> None:
+        self.settings = settings
+        self.cfg = settings.fidelity
+        self.metrics = metrics
+        self.client = client
+        self.urls = urls                          # (provider, path) -> upstream URL or None
+        self.store: Store | None = None
+        self.controller = Controller(self.cfg, self._changed)
+        self.day, self.calls, self.tokens = _day(), 0, 0
+        self.pending = 0
+        self._slots = asyncio.Semaphore(self.cfg.max_concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._embedder = None
+        self._embedder_name = settings.embedder
+
+    # ------------------------------------------------------------------ lifespan
+
+    async def start(self) -> None:
+        self.store = await asyncio.to_thread(Store, self.settings.fidelity_path())
+        rows = await asyncio.to_thread(self.store.query, "SELECT calls, tokens FROM budget WHERE day = ?", (self.day,))
+        if rows:
+            self.calls, self.tokens = rows[0]
+        last = await asyncio.to_thread(self.store.query, "SELECT route, model, new_rate FROM adjustments "
+                                       "WHERE rowid IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)")
+        self.controller.restore({(r, m): rate for r, m, rate in last})
+        for (route, model), st in self.controller.states.items():
+            self.metrics.fidelity_rate.labels(route, model).set(st.rate)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+    async def idle(self, timeout: float = 60.0) -> None:
+        """Wait for the shadow checks in flight (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------ request path (event loop, cheap)
+
+    def policy(self, route: str, model: str, policy: Policy) -> Policy:
+        """The configured policy with the controller's rate for this (route, model)."""
+        if route not in ROUTES:
+            return policy
+        rate = self.controller.rate(route, model, policy.rate)
+        return policy if rate == policy.rate else msgspec.structs.replace(policy, rate=rate)
+
+    def candidate(self, route: str, model: str, method: str, policy: Policy, configured: float, overridden: bool,
+                  tokens_before: int | None, tokens_after: int | None) -> Candidate | None:
+        """Record a compressed request's savings; a Candidate when it is drawn for a shadow check."""
+        if tokens_before is None or tokens_after is None or tokens_after >= tokens_before:
+            return None                             # not compressed: nothing to check
+        now = time.time()
+        if self.cfg.record_traffic and self.store is not None:
+            self.store.add_traffic(now, route, model, method, policy.rate, tokens_before, tokens_after)
+        if route not in ROUTES or self.cfg.sample_rate <= 0 or random.random() >= self.cfg.sample_rate:
+            return None
+        provider, path = ROUTES[route]
+        return Candidate(route, provider, path, model, method, policy.rate, configured, overridden, tokens_before,
+                         tokens_after, now)
+
+    def watch(self, cand: Candidate, headers: Mapping[str, str], query: str, raw: bytes,
+              response: Response) -> Response:
+        """Start the shadow check once the compressed answer is known; the response itself is unchanged."""
+        if response.status_code != 200:
+            return response
+        saved = dict(headers)
+        if isinstance(response, Stream):
+            response.iterator = self._tee(response.iterator, cand, saved, query, raw)
+        elif isinstance(response.content, bytes):
+            self._spawn(cand, saved, query, raw, _answers.from_json(cand.provider, response.content), False)
+        return response
+
+    async def _tee(self, inner: AsyncIterator[bytes], cand: Candidate, headers: dict[str, str], query: str,
+                   raw: bytes) -> AsyncIterator[bytes]:
+        buf = bytearray()
+        done = False
+        try:
+            async for chunk in inner:
+                yield chunk
+                if len(buf) <= TEE_LIMIT:
+                    buf += chunk
+            done = True
+        finally:
+            with anyio.CancelScope(shield=True):
+                await inner.aclose()            # a dropped client must still hang up on upstream now
+            if done and len(buf) <= TEE_LIMIT:
+                self._spawn(cand, headers, query, raw, _answers.from_sse(cand.provider, bytes(buf)), True)
+            else:
+                self.metrics.fidelity_shadow.labels(cand.route, "incomplete").inc()
+
+    def _spawn(self, cand: Candidate, headers: dict[str, str], query: str, raw: bytes,
+               compressed: _answers.Answer, stream: bool) -> None:
+        if not compressed.complete:
+            self.metrics.fidelity_shadow.labels(cand.route, "incomplete").inc()
+            return
+        if self.pending >= self.cfg.max_concurrency + self.cfg.max_pending:
+            self.metrics.fidelity_shadow.labels(cand.route, "busy").inc()
+            return
+        if not self._reserve():
+            self.metrics.fidelity_shadow.labels(cand.route, "budget").inc()
+            return
+        self.pending += 1
+        task = asyncio.get_running_loop().create_task(self._check(cand, headers, query, raw, compressed, stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reserve(self) -> bool:
+        """Take one call from today's budget (event loop only, so no race between checks)."""
+        if (day := _day()) != self.day:
+            self.day, self.calls, self.tokens = day, 0, 0
+        if self.cfg.daily_max_calls and self.calls >= self.cfg.daily_max_calls:
+            return False
+        if self.cfg.daily_max_tokens and self.tokens >= self.cfg.daily_max_tokens:
+            return False
+        self.calls += 1
+        self._save_budget()
+        return True
+
+    def _save_budget(self) -> None:
+        if self.store is not None:
+            self.store.set_budget(self.day, self.calls, self.tokens)
+
+    # ------------------------------------------------------------------ the check (background task)
+
+    async def _check(self, cand: Candidate, headers: dict[str, str], query: str, raw: bytes,
+                     compressed: _answers.Answer, stream: bool) -> None:
+        t0 = time.perf_counter()
+        try:
+            async with self._slots:
+                status, full, body = await self._call_full(cand, headers, query, raw)
+                spent = full.total_tokens() if full.total_tokens() is not None else cand.tokens_before
+                self.tokens += spent
+                self._save_budget()
+                if status != "ok":
+                    self.metrics.fidelity_shadow.labels(cand.route, status).inc()
+                    self._record(cand, status, stream, full, compressed, None, body, t0)
+                    return
+                scores = await asyncio.to_thread(self._score, compressed.text, full.text)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failing check must never disturb the proxy; the type only, never the text
+            log.warning("fidelity shadow check failed: %s", type(exc).__name__)
+            self.metrics.fidelity_shadow.labels(cand.route, "error").inc()
+            return
+        finally:
+            self.pending -= 1
+        self.metrics.fidelity_shadow.labels(cand.route, "ok").inc()
+        self._record(cand, "ok", stream, full, compressed, scores, body, t0)
+        score = dict(zip(("cosine", "f1", "em"), scores))[self.cfg.metric]
+        self.controller.observe(cand.route, cand.model, cand.configured, cand.rate, cand.overridden, score)
+        rolling = self.controller.rolling(cand.route, cand.model)
+        if rolling is not None:
+            self.metrics.fidelity_score.labels(cand.route, cand.model).set(rolling)
+
+    async def _call_full(self, cand: Candidate, headers: dict[str, str], query: str,
+                         raw: bytes) -> tuple[str, _answers.Answer, dict[str, Any] | None]:
+        """The same request, uncompressed and non-streaming: (status, answer, the body sent)."""
+        url = self.urls(cand.provider, cand.path)
+        body = _uncompressed(cand.route, raw)
+        if url is None or body is None:
+            return "error", _answers.Answer(), None
+        try:
+            resp = await self.client.post(url, content=json.dumps(body).encode(), headers=forward_headers(headers),
+                                          params=query or None, timeout=self.cfg.timeout)
+        except httpx.HTTPError as exc:
+            log.warning("fidelity shadow call failed: %s", type(exc).__name__)
+            return "upstream_error", _answers.Answer(), body
+        if resp.status_code != 200:
+            return "upstream_error", _answers.Answer(), body
+        answer = _answers.from_json(cand.provider, resp.content)
+        return ("ok" if answer.complete else "upstream_error"), answer, body
+
+    def _score(self, compressed: str, full: str) -> tuple[float, float, float]:
+        """(cosine, token F1, exact agreement); blocking, in a worker thread."""
+        f1, em = _answers.agreement_scores(compressed, full)
+        if self._embedder is None:
+            from compressor.models import load_embedder
+
+            self._embedder, _ = load_embedder(self._embedder_name, self.settings.device)
+        return _answers.cosine(self._embedder, compressed, full), f1, em
+
+    def _record(self, cand: Candidate, status: str, stream: bool, full: _answers.Answer,
+                compressed: _answers.Answer, scores: tuple[float, float, float] | None,
+                body: dict[str, Any] | None, t0: float) -> None:
+        if self.store is None:
+            return
+        p_full, p_comp = full.prompt_tokens(), compressed.prompt_tokens()
+        measured = p_full is not None and p_comp is not None
+        row: dict[str, Any] = {
+            "ts": cand.ts, "route": cand.route, "model": cand.model, "method": cand.method, "rate": cand.rate,
+            "configured_rate": cand.configured, "override": int(cand.overridden), "stream": int(stream),
+            "status": status, "tokens_before": cand.tokens_before, "tokens_after": cand.tokens_after,
+            "ratio": cand.tokens_before / cand.tokens_after if cand.tokens_after else None,
+            "usage_full": json.dumps(full.usage) if full.usage else None,
+            "usage_compressed": json.dumps(compressed.usage) if compressed.usage else None,
+            "prompt_tokens_full": p_full, "prompt_tokens_compressed": p_comp,
+            "tokens_saved": (p_full - p_comp) if measured else cand.tokens_before - cand.tokens_after,
+            "saved_source": "usage" if measured else "estimate", "seconds": time.perf_counter() - t0,
+        }
+        if scores is not None:
+            row["cosine"], row["f1"], row["em"] = scores
+        if self.cfg.store_text and body is not None:
+            row["prompt"] = json.dumps({k: body[k] for k in ("system", "messages") if k in body})
+            row["answer_full"], row["answer_compressed"] = full.text, compressed.text
+        self.store.add_sample(row)
+
+    def _changed(self, change: Change) -> None:
+        self.metrics.fidelity_rate.labels(change.route, change.model).set(change.new)
+        if change.reason != "start":
+            direction = "up" if change.new > change.old else "down"
+            self.metrics.fidelity_adjustments.labels(change.route, change.model, direction).inc()
+            log.info("fidelity: %s %s keep-rate %.3f -> %.3f (%s)", change.route, change.model, change.old,
+                     change.new, change.reason)
+        if self.store is not None:
+            self.store.add_adjustment(change.ts, change.route, change.model, change.old, change.new, change.reason,
+                                      change.fidelity, change.samples)
+
+
+def _uncompressed(route: str, raw: bytes) -> dict[str, Any] | None:
+    """The client's body as it would go upstream with compression bypassed, forced non-streaming."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    body.pop("ctxgate", None)
+    if b"ctxgate:" in raw.lower():
+        from compressor import strip_markup
+
+        from .._policy import plan_for
+
+        for slot in plan_for(route, body).slots:
+            if "ctxgate:" in slot.text.lower():
+                slot.write(strip_markup(slot.text))
+    body["stream"] = False
+    body.pop("stream_options", None)
+    return body
