@@ -30,9 +30,14 @@ async def fidelity(request: Request) -> Response:
 
 
 @get("/v1/fidelity/series")
-async def fidelity_series(request: Request, since: float = 86400.0, bucket: float | None = None) -> Response:
+async def fidelity_series(request: Request) -> Response:
     """``since``: seconds back from now (default a day); ``bucket``: seconds (default: about 120 points)."""
-    if since <= 0 or (bucket is not None and bucket <= 0):
+    try:
+        since = float(request.query_params.get("since") or 86400.0)
+        bucket = float(request.query_params["bucket"]) if request.query_params.get("bucket") else None
+    except ValueError:
+        since = -1.0
+    if not since > 0 or (bucket is not None and not bucket > 0):
         return _json({"error": {"message": "since and bucket must be positive seconds", "type": "invalid_request_error"}},
                      400)
     return _json(await asyncio.to_thread(_report.series, _fid(request), since, bucket))
@@ -44,10 +49,9 @@ async def dashboard() -> Response:
     return Response(html, media_type="text/html; charset=utf-8", headers=_NO_STORE)
 
 
-@get("/dashboard/{name:str}")
-async def dashboard_file(name: str) -> Response:
-    if name not in _FILES:                      # a fixed list: no path from the URL reaches the disk
-        return Response(b"not found", status_code=404, media_type="text/plain")
+@get([f"/dashboard/{name}" for name in _FILES])
+async def dashboard_file(request: Request) -> Response:
+    name = request.url.path.rsplit("/", 1)[1]   # one of _FILES: no path from the URL reaches the disk
     return Response(await asyncio.to_thread((STATIC / name).read_bytes), media_type=_FILES[name], headers=_NO_STORE)
 
 
