@@ -32,8 +32,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from compressor import (CompressRequest, Compressor, InputTooLarge, cache_key, get_counter, parse_markup,
-                        strip_markup)
+from compressor import (
+    Compressor,
+    CompressRequest,
+    InputTooLarge,
+    cache_key,
+    get_counter,
+    parse_markup,
+    strip_markup,
+)
 from compressor.models import lookup
 
 from ._cache import TieredCache
@@ -228,6 +235,14 @@ class Rewriter:
                     if raw is not None:
                         it.status = "hit"
                         it.entry = msgspec.msgpack.decode(raw, type=Entry)
+                        continue
+                if it.entry is None:
+                    # short user turns need no model work: settle them here, not behind compressions
+                    entry = self._cheap_entry(it.slot, job, counter)
+                    if entry is not None:
+                        if it.key is not None and self.cache is not None:
+                            self.cache.set(it.key, msgspec.msgpack.encode(entry))
+                        it.entry = entry
             elif it.count is None:
                 it.text = _strip(it.slot.text)
                 it.count = counter.count(it.text)
@@ -262,6 +277,21 @@ class Rewriter:
                 self.cache.set(it.key, msgspec.msgpack.encode(entry))
             it.status = "miss" if entry.compressed else None
             it.entry = entry
+
+    @staticmethod
+    def _cheap_entry(slot: Slot, job: _Job, counter) -> Entry | None:
+        """The slot unchanged when its compressible part is under ``min_tokens``; None when it needs a model."""
+        text = slot.text
+        if _COMPRESS_TAG.search(text):
+            return None
+        context = split_question(text, job.explicit_question).context if slot.split else text
+        if len(context) > 32 * job.policy.min_tokens:        # surely long enough: skip counting it twice
+            return None
+        if counter.count(parse_markup(context).text) >= job.policy.min_tokens:
+            return None
+        full = parse_markup(text).text
+        n = counter.count(full)
+        return Entry(full, n, n, compressed=False)
 
     def _compress(self, slot: Slot, job: _Job, tok: str, counter) -> Entry:
         text = slot.text

@@ -88,10 +88,17 @@ class Upstream:
         self.client = client
         self.bases = {"openai": openai_base, "anthropic": anthropic_base}
         self.metrics = metrics
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
-    def url(self, provider: str, path: str) -> str | None:
-        base = self.bases[provider]
-        return None if base is None else base + path
+    def url(self, provider: str, path: str) -> httpx.URL | None:
+        """The fixed upstream URL for a route (parsed once: httpx's URL parser is costly per request)."""
+        url = self._urls.get((provider, path))
+        if url is None:
+            base = self.bases[provider]
+            if base is None:
+                return None
+            url = self._urls[(provider, path)] = httpx.URL(base + path)
+        return url
 
     async def forward(self, request: Request, *, route: str, provider: str, path: str, method: str = "POST",
                       content: bytes | None = None, extra_headers: dict[str, str] | None = None) -> Response:
@@ -99,8 +106,9 @@ class Upstream:
         if url is None:
             return self.error(provider, 502, f"no {provider} upstream is configured for {request.url.path}")
         headers = forward_headers(request.headers)
-        req = self.client.build_request(method, url, content=content, headers=headers,
-                                        params=request.url.query or None)
+        query = request.scope.get("query_string", b"")
+        req = self.client.build_request(method, url.copy_with(query=query) if query else url, content=content,
+                                        headers=headers)
         t0 = time.perf_counter()
         try:
             resp = await until_disconnect(request, self.client.send(req, stream=True))

@@ -25,11 +25,11 @@ from . import _local
 from ._app import Context
 from ._control import Control, parse_control
 from ._errors import ProxyError, error_body
-from .fidelity import ROUTES as FIDELITY_ROUTES
-from .fidelity import Candidate
 from ._policy import Slot, plan_for
 from ._rewrite import Outcome, resolve_tokenizer
 from ._upstream import ClientGone, until_disconnect
+from .fidelity import ROUTES as FIDELITY_ROUTES
+from .fidelity import Candidate
 
 JSON = "application/json"
 

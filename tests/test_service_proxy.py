@@ -22,7 +22,8 @@ SYSTEM = "You answer questions about Wikipedia passages. Be brief."
 
 
 def rag_prompt(item: dict, n_docs: int = 8, question: str | None = None) -> str:
-    docs = "\n".join(f"Document [{i + 1}](Title: {c['title']}) {c['text']}" for i, c in enumerate(item["ctxs"][:n_docs]))
+    docs = "\n".join(f"Document [{i + 1}](Title: {c['title']}) {c['text']}"
+                     for i, c in enumerate(item["ctxs"][:n_docs]))
     return ("Write a high-quality answer for the given question using only the provided search results.\n\n"
             f"{docs}\n\nQuestion: {question or item['question']}\nAnswer:")
 
@@ -191,7 +192,7 @@ def test_markup_is_honoured_and_never_reaches_upstream(proxy, upstream, nq_item)
     raw = upstream.last().raw.decode()
     assert "ctxgate" not in raw
     sent = upstream.last().json["messages"]
-    assert sent[0]["content"] == "Be brief." and sent[2]["content"] == "Short reply" and sent[3]["content"] == "and now?"
+    assert [sent[i]["content"] for i in (0, 2, 3)] == ["Be brief.", "Short reply", "and now?"]
     assert sent[1]["content"].endswith(f"\n\n{keep}\n\nWhat is the code?")
     assert len(sent[1]["content"]) < 0.4 * len(docs)
     with pytest.raises(openai.BadRequestError, match="never closed"):
@@ -208,10 +209,14 @@ def test_question_field_keeps_that_question_verbatim(proxy, upstream, nq_item):
     assert sent["messages"][0]["content"].endswith("\n" + question) and "ctxgate" not in sent
 
 
-def test_models_are_passed_through(proxy, upstream):
+def test_models_and_query_strings_are_passed_through_to_the_fixed_host(proxy, upstream):
     models = oai(proxy).models.list()
     assert [m.id for m in models.data] == ["test-model"]
     assert upstream.last().path == "/v1/models" and upstream.last().method == "GET"
+    r = httpx.post(proxy + "/v1/chat/completions?api-version=2024-10-01", timeout=10,
+                   headers={"host": "evil.example"}, json={"model": "x", "messages": []})
+    assert r.status_code == 200 and upstream.last().query == "api-version=2024-10-01"
+    assert upstream.last().headers["host"] == upstream.url.removeprefix("http://")
 
 
 def test_client_disconnect_cancels_the_upstream_stream(proxy, upstream):

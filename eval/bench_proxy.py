@@ -1,0 +1,305 @@
+"""``ctxgate bench proxy``: latency the sidecar adds to streaming requests, over loopback.
+
+Three processes: a minimal fast SSE upstream (not an LLM: it answers at once with a few chunks),
+the sidecar in front of it (``python -m service``, memory cache), and this client. For each
+concurrency (default 1 and 100) it runs:
+
+    direct   client -> upstream                               (the baseline)
+    bypass   client -> sidecar (x-ctxgate-bypass: 1) -> upstream
+    hit      client -> sidecar -> upstream, with a RAG prompt whose compression is a cache hit
+
+and reports p50/p99 of time to first byte and of the whole stream, and the *added* latency
+(sidecar minus direct, per percentile). Each run is bounded by a request count and a time limit.
+The machine (CPU, cores, load average before and after) goes into the JSON, because on a shared
+2-core machine the client, the sidecar and the upstream compete for the same cores.
+
+    ctxgate bench proxy --requests 2000 --concurrency 1,100 --out bench_proxy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_EVENTS = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'] + [
+    b'data: {"choices":[{"index":0,"delta":{"content":"tok%d"}}]}\n\n' % i for i in range(8)
+] + [b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":8}}\n\n', b"data: [DONE]\n\n"]
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+async def fast_upstream(scope, receive, send) -> None:
+    """A minimal OpenAI-style SSE upstream: reads the body, streams 11 events at once."""
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            await send({"type": msg["type"] + ".complete"})
+            if msg["type"] == "lifespan.shutdown":
+                return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+    for ev in _EVENTS:
+        await send({"type": "http.response.body", "body": ev, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _serve_upstream(port: int) -> int:
+    import uvicorn
+
+    uvicorn.run(fast_upstream, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
+
+
+# ----------------------------------------------------------------------------- client
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f}s")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+class _Conn:
+    """A minimal keep-alive HTTP/1.1 client for one connection: POST, then read the (chunked or
+    sized) response as it arrives. The client must cost less than what it measures; httpx's pool
+    costs milliseconds per request at 100 concurrent connections on these machines."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, float]:
+        """(status, body, seconds to the first body byte)."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        t0 = time.perf_counter()
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n{head}"
+                          f"content-length: {len(body)}\r\n\r\n".encode() + body)
+        r = self.reader
+        status = int((await r.readline()).split()[1])
+        length, chunked = None, False
+        while (line := await r.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        first = None
+        parts = []
+        if chunked:
+            while True:
+                size = int((await r.readline()).split(b";")[0], 16)
+                if size == 0:
+                    await r.readline()
+                    break
+                parts.append(await r.readexactly(size))
+                first = first or time.perf_counter() - t0
+                await r.readline()
+        else:
+            parts.append(await r.readexactly(length or 0))
+            first = time.perf_counter() - t0
+        return status, b"".join(parts), first or 0.0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int, requests: int,
+               seconds: float) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    ttfb: list[float] = []
+    total: list[float] = []
+    errors = 0
+    issued = 0
+    deadline = time.monotonic() + seconds
+    expected = b"".join(_EVENTS)
+
+    async def worker() -> None:
+        nonlocal issued, errors
+        conn = _Conn(u.hostname or "127.0.0.1", u.port or 80)
+        try:
+            while issued < requests and time.monotonic() < deadline:
+                issued += 1
+                t0 = time.perf_counter()
+                try:
+                    status, got, first = await conn.post(u.path, body, headers)
+                except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+                    errors += 1
+                    conn.close()
+                    conn = _Conn(u.hostname or "127.0.0.1", u.port or 80)
+                    continue
+                if status != 200 or got != expected:
+                    errors += 1
+                    continue
+                ttfb.append(first)
+                total.append(time.perf_counter() - t0)
+        finally:
+            conn.close()
+
+    t_start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t_start
+    ms = lambda xs, q: round(_percentile(xs, q) * 1000, 3)  # noqa: E731
+    return {"requests": len(total), "errors": errors, "wall_s": round(wall, 3),
+            "req_per_s": round(len(total) / wall, 1) if wall else 0.0,
+            "ttfb_p50_ms": ms(ttfb, 50), "ttfb_p99_ms": ms(ttfb, 99),
+            "total_p50_ms": ms(total, 50), "total_p99_ms": ms(total, 99)}
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512": " avx512f" in flags,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _rag_body(data_dir: str | None) -> bytes:
+    """A real NQ 20-document prompt (falls back to a synthetic one when the data is absent)."""
+    from eval.bench import NQ20
+    from eval.bench import data_dir as find_data
+
+    try:
+        with (find_data(data_dir) / NQ20).open(encoding="utf-8") as f:
+            row = json.loads(f.readline())
+        docs = "\n".join(f"Document [{i + 1}](Title: {c['title']}) {c['text']}" for i, c in enumerate(row["ctxs"]))
+        prompt = f"Answer using the documents.\n\n{docs}\n\nQuestion: {row['question']}\nAnswer:"
+    except Exception:  # no data folder: still measure, with a labelled synthetic prompt
+        prompt = " ".join(f"synthetic{i}" for i in range(3000)) + "\n\nQuestion: which word comes first?"
+    return json.dumps({"model": "gpt-4o-mini", "stream": True,
+                       "messages": [{"role": "user", "content": prompt}]}).encode()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'scenario':<8} {'conc':>4} {'n':>6} {'err':>4} {'req/s':>7} {'ttfb p50':>9} {'ttfb p99':>9} "
+            f"{'total p50':>9} {'total p99':>9} {'added p50':>9} {'added p99':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        add50 = f"{r['added_p50_ms']:9.3f}" if "added_p50_ms" in r else f"{'-':>9}"
+        add99 = f"{r['added_p99_ms']:9.3f}" if "added_p99_ms" in r else f"{'-':>9}"
+        lines.append(f"{r['scenario']:<8} {r['concurrency']:>4} {r['requests']:>6} {r['errors']:>4} "
+                     f"{r['req_per_s']:>7.1f} {r['ttfb_p50_ms']:>9.3f} {r['ttfb_p99_ms']:>9.3f} "
+                     f"{r['total_p50_ms']:>9.3f} {r['total_p99_ms']:>9.3f} {add50} {add99}")
+    lines.append("times in ms; added = sidecar minus direct at the same percentile, over the whole stream")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ctxgate bench proxy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=2000, help="requests per run, at most (default 2000)")
+    p.add_argument("--seconds", type=float, default=30.0, help="time limit per run (default 30)")
+    p.add_argument("--concurrency", default="1,100", help="comma-separated concurrent streams (default 1,100)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed requests before each run")
+    p.add_argument("--method", default="truncate", help="compression method for the cache-hit run")
+    p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
+    p.add_argument("--out", default="bench_proxy.json", help="JSON results (default bench_proxy.json)")
+    p.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_upstream:
+        return _serve_upstream(args.serve_upstream)
+    levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    up_port, px_port = _free_port(), _free_port()
+    env = {**os.environ, "CTXGATE_CACHE__BACKEND": "memory", "CTXGATE_DEFAULT_METHOD": args.method,
+           "CTXGATE_POLICY__MIN_TOKENS": "100", "CTXGATE_LOG_LEVEL": "warning"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port)], cwd=REPO_ROOT,
+                         env=env),
+        subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
+                          f"http://127.0.0.1:{up_port}/v1"], cwd=REPO_ROOT, env=env),
+    ]
+    load_before = os.getloadavg()
+    try:
+        direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        proxied = f"http://127.0.0.1:{px_port}/v1/chat/completions"
+        _wait(f"http://127.0.0.1:{px_port}/readyz", 300)
+        body = _rag_body(args.data_dir)
+        import httpx
+
+        first = httpx.post(proxied, content=body, timeout=300)     # compresses once; later requests hit
+        if first.headers.get("x-ctxgate-cache") != "miss":
+            print(f"warning: the priming request was not compressed ({dict(first.headers)})", file=sys.stderr)
+        scenarios = [("direct", direct, {}), ("bypass", proxied, {"x-ctxgate-bypass": "1"}),
+                     ("hit", proxied, {})]
+        rows: list[dict[str, Any]] = []
+        for conc in levels:
+            base = None
+            for name, url, headers in scenarios:
+                headers = {"content-type": "application/json", **headers}
+                asyncio.run(_run(url, body, headers, conc, args.warmup, args.seconds))
+                res = asyncio.run(_run(url, body, headers, conc, args.requests, args.seconds))
+                row = {"scenario": name, "concurrency": conc, **res}
+                if name == "direct":
+                    base = res
+                elif base is not None:
+                    row["added_p50_ms"] = round(res["total_p50_ms"] - base["total_p50_ms"], 3)
+                    row["added_p99_ms"] = round(res["total_p99_ms"] - base["total_p99_ms"], 3)
+                rows.append(row)
+                print(f"  {name} x{conc}: {res['requests']} requests, p50 {res['total_p50_ms']} ms", file=sys.stderr)
+        hit_check = httpx.post(proxied, content=body, timeout=30)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+    out = {"machine": {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
+                       "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+           "settings": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup,
+                        "method": args.method, "prompt_bytes": len(body),
+                        "cache_status_of_hit_run": hit_check.headers.get("x-ctxgate-cache")},
+           "targets_ms": {"added_p50": 2.0, "added_p99": 10.0, "at_concurrency": 100},
+           "results": rows}
+    print(_table(rows))
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
