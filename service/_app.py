@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -113,7 +114,9 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
 
 def _internal_error(request: Request, exc: Exception) -> Response:
     """Anything unexpected: a provider-format 500 (the type is logged, never the request)."""
-    log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+    # the frames, not the message: an exception message may quote request text
+    log.error("unhandled %s on %s\n%s", type(exc).__name__, request.url.path,
+              "".join(traceback.format_tb(exc.__traceback__)))
     return Response(error_body(provider_for(request.url.path), 500, f"internal error ({type(exc).__name__})"),
                     status_code=500, media_type="application/json")
 

@@ -191,3 +191,11 @@ def _logical_lines(text: str) -> list[str]:
             lines.append(cur.strip())
             cur = ""
     return lines
+
+
+def test_the_example_config_loads():
+    from service import load_settings
+
+    s = load_settings(ROOT / "service" / "ctxgate.example.yaml", env={})
+    assert s.upstream == "https://api.openai.com/v1" and s.policy_for("messages", "claude-3-5-haiku").rate == 0.4
+    assert s.policy_for("chat", "gpt-4o-mini").method == "extractive" and s.cache.backend == "sqlite"
