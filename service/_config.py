@@ -86,7 +86,7 @@ class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     min_samples: int = 5               # samples before a step up
     step_up: float = 0.1               # keep-rate added on low fidelity (bounded at 1.0)
     step_down: float = 0.02            # keep-rate removed when fidelity holds (down to the configured rate)
-    probe_after: int = 200             # at rate 1.0 nothing is compressed or sampled: step down after this many requests
+    probe_after: int = 200             # at rate 1.0 nothing is compressed or sampled: step down after N requests
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -130,7 +130,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.cache.backend == "redis" and not self.cache.url:
             raise InvalidRequest("cache.backend=redis needs cache.url (e.g. redis://127.0.0.1:6379/0)")
         f = self.fidelity
-        if not 0 <= f.sample_rate <= 1 or not 0 <= f.threshold <= 1 or not 0 < f.step_up <= 1 or not 0 < f.step_down <= 1:
+        if not (0 <= f.sample_rate <= 1 and 0 <= f.threshold <= 1 and 0 < f.step_up <= 1 and 0 < f.step_down <= 1):
             raise InvalidRequest("fidelity.sample_rate, threshold must be in [0, 1]; step_up, step_down in (0, 1]")
         if f.window < 1 or not 1 <= f.min_samples <= f.window or f.max_concurrency < 1 or f.timeout <= 0:
             raise InvalidRequest("fidelity: window >= min_samples >= 1, max_concurrency >= 1, timeout > 0")

@@ -31,8 +31,8 @@ class Metrics:
         # service.fidelity: shadow checks and the adaptive rate
         self.fidelity_shadow = Counter("ctxgate_fidelity_shadow", "Shadow calls by result (ok, upstream_error, "
                                        "error, budget, busy, incomplete)", ["route", "result"], registry=r)
-        self.fidelity_score = Gauge("ctxgate_fidelity_score", "Rolling fidelity the controller sees", ["route", "model"],
-                                    registry=r)
+        self.fidelity_score = Gauge("ctxgate_fidelity_score", "Rolling fidelity the controller sees",
+                                    ["route", "model"], registry=r)
         self.fidelity_rate = Gauge("ctxgate_fidelity_rate", "Keep-rate the controller applies", ["route", "model"],
                                    registry=r)
         self.fidelity_adjustments = Counter("ctxgate_fidelity_adjustments", "Controller rate changes",

@@ -38,8 +38,8 @@ async def fidelity_series(request: Request) -> Response:
     except ValueError:
         since = -1.0
     if not since > 0 or (bucket is not None and not bucket > 0):
-        return _json({"error": {"message": "since and bucket must be positive seconds", "type": "invalid_request_error"}},
-                     400)
+        error = {"message": "since and bucket must be positive seconds", "type": "invalid_request_error"}
+        return _json({"error": error}, 400)
     return _json(await asyncio.to_thread(_report.series, _fid(request), since, bucket))
 
 
