@@ -90,7 +90,7 @@ def machine(device: str | None) -> dict[str, Any]:
         "dtype": str(pick_dtype(dev)).removeprefix("torch."), "platform": platform.platform(),
     }
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # what the workers ran with
-    info["load_average"] = [round(x, 2) for x in os.getloadavg()]  # other jobs sharing the cores
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs sharing the cores
     if dev.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     for pkg in ("transformers", "llmlingua", "sentence-transformers"):
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_argv += ["--text", str(Path(args.text).resolve() if Path(args.text).exists() else args.text)]
     else:
         worker_argv += ["--data-dir", str(data_dir(args.data_dir))]
+    load_start = [round(x, 2) for x in os.getloadavg()]
     results = []
     for m in methods:
         print(f"bench: {m} ...", file=sys.stderr, flush=True)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybrid vs longllmlingua speedup: {speedup:.2f}x")
     report = {
         "command": "ctxgate bench " + " ".join(argv),
-        "machine": machine(args.device),
+        "machine": {**machine(args.device), "load_average_start": load_start},
         "input": {"text": args.text, "max_chars": args.max_chars} if args.text
         else {"dataset": NQ20, "items": args.items, "docs": args.docs or 20},
         "rate": args.rate, "scorer": args.scorer, "embedder": args.embedder, "tokenizer": args.tokenizer,
