@@ -76,6 +76,7 @@ class EvalConfig(msgspec.Struct, kw_only=True):
     embedder: str = "minilm"
     out: str = "eval-results/run"
     resume: bool = True
+    report_only: bool = False              # rebuild report.md and plots from results.jsonl, run nothing
     plots: bool = True
     progress: bool = True
     command: str = ""                      # the exact command line, for the report
@@ -106,6 +107,7 @@ class Row(msgspec.Struct, kw_only=True, omit_defaults=False):
     new_tokens: int = 0
     hit_cap: bool = False
     compress_seconds: float = 0.0
+    compress_cache: str = "off"           # "hit" when the same context was compressed before (GSM8K demos)
     reader_seconds: float = 0.0
     error: str | None = None
     warnings: list[str] = msgspec.field(default_factory=list)

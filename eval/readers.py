@@ -42,18 +42,53 @@ def _messages(system: str | None, user: str) -> list[dict[str, str]]:
 
 
 class LocalReader:
-    """A causal LM loaded through ``compressor.models`` (offline, device and dtype picked there)."""
+    """A causal LM loaded through ``compressor.models`` (offline, device and dtype picked there).
 
-    def __init__(self, model: str = "qwen-1.5b", device: str | None = None) -> None:
+    ``prefix_cache`` keeps the KV cache of the last few prompts and reuses the longest shared
+    token prefix (at least ``MIN_PREFIX`` tokens), as vLLM prefix caching would: GSM8K prompts share
+    the whole 8-shot demonstration block, so only the question is prefilled per item.
+    """
+
+    MIN_PREFIX = 128
+    KEEP = 4
+
+    def __init__(self, model: str = "qwen-1.5b", device: str | None = None, prefix_cache: bool = True) -> None:
         from compressor.models import load_causal_lm
 
         self.model, self.tokenizer, self.resolved = load_causal_lm(model, device=device)
         self.name = self.resolved.name
+        self.prefix_cache = prefix_cache
+        self._caches: list[tuple[list[int], object]] = []   # (prompt ids, KV cache of exactly those ids)
+        self.reused_tokens = 0
 
     def describe(self) -> dict[str, str]:
         p = next(self.model.parameters())
         return {"reader": self.name, "reader_kind": "local", "device": str(p.device),
-                "dtype": str(p.dtype).removeprefix("torch.")}
+                "dtype": str(p.dtype).removeprefix("torch."), "prefix_cache": "on" if self.prefix_cache else "off"}
+
+    def _cached_prefix(self, ids: list[int]):
+        """A private copy of the cache sharing the longest prefix with ``ids`` (None when short)."""
+        import copy
+
+        best, best_len = None, 0
+        for cached_ids, cache in self._caches:
+            n = 0
+            for a, b in zip(cached_ids, ids):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len:
+                best, best_len = cache, n
+        best_len = min(best_len, len(ids) - 1)  # generate needs at least one new token to prefill
+        if best is None or best_len < self.MIN_PREFIX:
+            return None, 0
+        cache = copy.deepcopy(best)
+        _crop_to(cache, best_len)
+        return cache, best_len
+
+    def _remember(self, ids: list[int], cache) -> None:
+        _crop_to(cache, len(ids))
+        self._caches = [(i, c) for i, c in self._caches if i != ids][-(self.KEEP - 1):] + [(ids, cache)]
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -72,20 +107,45 @@ class LocalReader:
             def __call__(self, seq, scores, **kwargs) -> bool:  # decoded-text check: stops are regexes
                 return bool(stop) and cut_at_stop(tok.decode(seq[0, n_in:], skip_special_tokens=True), stop)[1]
 
+        prompt_ids = input_ids[0].tolist()
+        past, reused = self._cached_prefix(prompt_ids) if self.prefix_cache else (None, 0)
+        self.reused_tokens += reused
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(
+            gen = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
+                do_sample=False, temperature=None, top_p=None, top_k=None, **_cache_kwarg(past),
                 stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                return_dict_in_generate=True,
             )
         seconds = time.perf_counter() - t0
+        out = gen.sequences
+        cache = getattr(gen, "cache", None) or getattr(gen, "past_key_values", None)
+        if self.prefix_cache and cache is not None:
+            self._remember(prompt_ids, cache)
         new = out[0, n_in:]
         text = tok.decode(new, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stop) if stop else (text, False)
         ended = bool(len(new)) and int(new[-1]) in _eos_ids(self.model, tok)
         hit_cap = len(new) >= max_new_tokens and not stopped and not ended
         return Answer(text.strip(), n_in, len(new), hit_cap, seconds)
+
+
+def _cache_kwarg(cache) -> dict:
+    """transformers 5 renamed generate's ``past_key_values`` to ``cache``."""
+    if cache is None:
+        return {}
+    import transformers
+
+    return {"cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values": cache}
+
+
+def _crop_to(cache, length: int) -> None:
+    """Keep the first ``length`` tokens. A negative ``crop`` argument removes tokens from the end
+    in transformers 4 and 5 alike (5 rejects the old positive 'new length' form)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
 
 
 def _eos_ids(model, tok) -> set[int]:

@@ -37,6 +37,7 @@ class Cell:
     compress_s: float
     reader_s: float
     cap_hits: int
+    cache_hits: int = 0
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -76,6 +77,7 @@ def aggregate(rows: list[Row], method_order: list[str] | None = None) -> list[Ce
             ratio=orig / comp if comp else 1.0, prompt_tokens=statistics.mean(r.prompt_tokens for r in rs),
             compress_s=statistics.mean(r.compress_seconds for r in rs),
             reader_s=statistics.mean(r.reader_seconds for r in rs), cap_hits=sum(r.hit_cap for r in rs),
+            cache_hits=sum(r.compress_cache == "hit" for r in rs),
         ))
     return cells
 
@@ -97,7 +99,8 @@ def table(cells: list[Cell]) -> str:
         lines.append(
             f"| {'full prompt' if c.method == 'passthrough' else c.method} | {c.rate:g} | {c.n} | {acc} "
             f"| {_f(c.full_same_items)} | {_f(c.fidelity_cosine)} | {_f(c.fidelity_f1)} | {_f(c.fidelity_em)} "
-            f"| {_f(c.kept, 2)} | {c.ratio:.2f}x | {c.prompt_tokens:.0f} | {c.compress_s:.2f} | {c.reader_s:.2f} "
+            f"| {_f(c.kept, 2)} | {c.ratio:.2f}x | {c.prompt_tokens:.0f} | {c.compress_s:.2f}"
+            + (f" ({c.cache_hits} cached)" if c.cache_hits else "") + f" | {c.reader_s:.2f} "
             f"| {c.cap_hits}/{c.n} |"
         )
     return "\n".join(lines)

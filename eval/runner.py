@@ -146,15 +146,28 @@ def _evaluate(item: Item, method: str, rate: float, compressor, reader: Reader, 
         answer_kept=metrics.kept(item.task, result.compressed, item.references),
         original_tokens=result.original_tokens, compressed_tokens=result.compressed_tokens, ratio=result.ratio,
         prompt_tokens=ans.prompt_tokens, new_tokens=ans.new_tokens, hit_cap=ans.hit_cap,
-        compress_seconds=result.seconds, reader_seconds=ans.seconds, warnings=list(result.warnings),
+        compress_seconds=result.seconds, compress_cache=result.cache, reader_seconds=ans.seconds, warnings=list(result.warnings),
     )
 
 
 def run_eval(config: EvalConfig) -> EvalResults:
     """Run (or resume) the matrix, then write report.md and the plots."""
-    from compressor import Compressor
+    from compressor import Compressor, MemoryCache
 
     out = Path(config.out)
+    if config.report_only:
+        if not (out / RESULTS).exists():
+            raise EvalError(f"{out / RESULTS} not found; nothing to report")
+        rows = [r for r in load_rows(out / RESULTS) if r.error is None]
+        if (out / CONFIG).exists():  # describe the run as it was made, not this command's defaults
+            saved = json.loads((out / CONFIG).read_text())
+            config = msgspec.structs.replace(config, **{k: saved[k] for k in ("dataset", "methods", "reader", "scorer",
+                                                                             "embedder") if k in saved})
+        results = EvalResults(out=out, rows=rows)
+        from .report import write_report
+
+        results.report, results.plots = write_report(out, config, rows, plots=config.plots)
+        return results
     out.mkdir(parents=True, exist_ok=True)
     _check_out(config, out)
     items = load_dataset(config.dataset, limit=config.limit, seed=config.seed, data=config.data_dir,
@@ -171,8 +184,10 @@ def run_eval(config: EvalConfig) -> EvalResults:
         reader = make_reader(config.reader, config.reader_url, config.reader_api_key)
         reader_name = reader.name
         tokenizer = config.tokenizer or (reader_name if config.reader_url is None else "smollm2")
+        # the cache only hits where items share a context compressed the same way (GSM8K's demos,
+        # which are not compressed question-aware): one compression serves every question, as in use
         compressor = Compressor(scorer=config.scorer, embedder=config.embedder, tokenizer=tokenizer,
-                                default_method="passthrough")
+                                default_method="passthrough", cache=MemoryCache(256))
         ok, skipped = _available(compressor, list(dict.fromkeys(m for m, _ in wanted)))
         todo = [t for t in todo if t[1] in ok]
         fidelity = _Fidelity(config.embedder)

@@ -46,6 +46,10 @@ def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys):
     rows = load_rows(out / "results.jsonl")
     assert len(rows) == 6 and sum(r.method == "random" for r in rows) == 2
     assert "| random | 0.25 | 2 |" in (out / "report.md").read_text()
+    # the report can be rebuilt from results.jsonl alone
+    (out / "report.md").unlink()
+    assert main(["--report-only", "--out", str(out)]) == 0
+    assert "| random | 0.25 | 2 |" in (out / "report.md").read_text()
 
 
 def test_cut_at_stop_uses_the_earliest_match():
@@ -73,3 +77,18 @@ def test_http_reader_speaks_openai_chat_and_reports_cap_hits():
     assert seen[0]["messages"][0] == {"role": "system", "content": "Be brief."} and seen[0]["temperature"] == 0
     assert reader.answer(None, "q", max_new_tokens=3, stop=[]).hit_cap is True
     assert len(seen[1]["messages"]) == 1
+
+
+@pytest.mark.slow
+def test_prefix_cache_reuses_the_shared_demonstrations_and_answers_the_same():
+    from eval.datasets import load_dataset
+    from eval.readers import LocalReader
+
+    demos = load_dataset("gsm8k", limit=1)[0].context[:1500]
+    cached, plain = LocalReader("smollm2"), LocalReader("smollm2", prefix_cache=False)
+    for q in ("Tom has 3 apples and buys 4 more. How many apples?", "A box holds 6 eggs. How many eggs in 7 boxes?"):
+        prompt = f"{demos}\n\nQuestion: {q}\nLet's think step by step\n"
+        a = cached.answer(None, prompt, max_new_tokens=12, stop=[])
+        b = plain.answer(None, prompt, max_new_tokens=12, stop=[])
+        assert a.text == b.text and a.prompt_tokens == b.prompt_tokens
+    assert cached.reused_tokens > 300 and plain.reused_tokens == 0
