@@ -171,6 +171,9 @@ def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:
                 continue
             ax.plot([c.ratio for c in mc], [y(c) for c in mc], marker="o", label=method)
         ax.set_xscale("log")
+        ticks = [t for t in (1, 2, 4, 10, 20, 50) if min(c.ratio for c in cs) / 1.5 <= t <= max(c.ratio for c in cs) * 1.5]
+        ax.set_xticks(ticks, [f"{t}x" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("achieved compression ratio (x)")
         ax.set_ylabel("fidelity to full-prompt answer (cosine)" if use_fidelity else "accuracy")
         ax.set_title(f"{ds}: {'fidelity' if use_fidelity else 'accuracy'} vs compression")
@@ -183,7 +186,7 @@ def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:
         paths.append(p)
 
         fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(cs) + 1.5))
-        labels = [f"{c.method}@{c.rate:g}" for c in cs]
+        labels = ["full prompt" if c.method == "passthrough" else f"{c.method}@{c.rate:g}" for c in cs]
         comp = [c.compress_s for c in cs]
         read = [c.reader_s for c in cs]
         ax.barh(labels, comp, label="compress")
