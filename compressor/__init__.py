@@ -7,6 +7,7 @@
 """
 
 from ._cache import CompressionCache, MemoryCache, SQLiteCache, cache_key
+from ._cache_redis import RedisCache
 from ._compressor import Compressor, compress
 from ._errors import ChecksumMismatch, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
 from ._markup import parse_markup, strip_markup
@@ -18,6 +19,6 @@ from .methods import METHOD_NAMES, METHODS
 __all__ = [
     "METHODS", "METHOD_NAMES", "ChecksumMismatch", "CompressRequest", "CompressResult", "CompressionCache",
     "Compressor", "CtxgateError", "Document", "DocumentResult", "InputTooLarge", "InvalidRequest",
-    "MemoryCache", "ModelError", "ModelNotPrepared", "SQLiteCache", "TokenCounter", "cache_key", "compress",
+    "MemoryCache", "ModelError", "ModelNotPrepared", "RedisCache", "SQLiteCache", "TokenCounter", "cache_key", "compress",
     "find_protected", "get_counter", "parse_markup", "strip_markup",
 ]

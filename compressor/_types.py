@@ -32,7 +32,7 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compressed (it is not counted in the budget).
     """
 
-    context: str | list[str] | list[Document]
+    context: str | list[str | Document]
     question: str | None = None
     instruction: str | None = None
     rate: float | None = None

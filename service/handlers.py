@@ -170,25 +170,11 @@ async def compress(request: Request) -> Response:
     return response
 
 
-class RagBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The wire form of CompressRequest (msgspec cannot decode its ``list[str] | list[Document]`` union)."""
-
-    context: str | list[str | Document]
-    question: str | None = None
-    instruction: str | None = None
-    rate: float | None = None
-    target_tokens: int | None = None
-    method: str = "auto"
-    tokenizer: str | None = None
-    options: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
 async def _compress_rag(ctx: Context, body: dict[str, Any]) -> Response:
     try:
-        wire = msgspec.convert(body, RagBody)
+        req = msgspec.convert(body, CompressRequest)              # __post_init__ validates the budget
     except msgspec.ValidationError as exc:
         raise ProxyError(400, f"bad RAG compress request: {exc}") from None
-    req = CompressRequest(**msgspec.structs.asdict(wire))       # validates rate / target_tokens
     if not ctx.rewriter.ready.is_set():
         raise ProxyError(503, "models are still loading; see /readyz")
     loop = asyncio.get_running_loop()

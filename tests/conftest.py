@@ -3,7 +3,13 @@ real NQ documents. Keep each fixture small and documented; add new ones below th
 
 from __future__ import annotations
 
-import contextlib
+import os
+
+# Before torch is imported: the servers, the tests and torch share two cores, and busy-waiting
+# OpenMP workers (the default policy) slow everything else down by several times.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import contextlib  # noqa: E402
 import json
 import shutil
 import socket
