@@ -1,15 +1,16 @@
 """``ctxgate bench proxy``: latency the sidecar adds to streaming requests, over loopback.
 
-Three processes: a minimal fast SSE upstream (not an LLM: it answers at once with a few chunks),
-the sidecar in front of it (``python -m service``, memory cache), and this client. For each
-concurrency (default 1 and 100) it runs:
+Three processes: a minimal SSE upstream (not an LLM, but paced like one: by default 50 events
+20 ms apart, a one-second answer at 50 tokens/s; ``--chunk-ms 0`` sends them all at once, a
+stress test of request overhead), the sidecar in front of it (``python -m service``, memory
+cache), and this client. For each concurrency (default 1 and 100 streams in flight) it runs:
 
     direct   client -> upstream                               (the baseline)
     bypass   client -> sidecar (x-ctxgate-bypass: 1) -> upstream
     hit      client -> sidecar -> upstream, with a RAG prompt whose compression is a cache hit
 
 and reports p50/p99 of time to first byte and of the whole stream, and the *added* latency
-(sidecar minus direct, per percentile). Each run is bounded by a request count and a time limit.
+(sidecar minus direct, per percentile) of both. Each run is bounded by a request count and a time limit.
 The machine (CPU, cores, load average before and after) goes into the JSON, because on a shared
 2-core machine the client, the sidecar and the upstream compete for the same cores.
 
@@ -31,35 +32,48 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_EVENTS = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'] + [
-    b'data: {"choices":[{"index":0,"delta":{"content":"tok%d"}}]}\n\n' % i for i in range(8)
-] + [b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":8}}\n\n', b"data: [DONE]\n\n"]
+
+
+def _events(n: int) -> list[bytes]:
+    """An OpenAI chat stream: a role chunk, ``n`` content chunks, a usage chunk and [DONE]."""
+    return [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'] + [
+        b'data: {"choices":[{"index":0,"delta":{"content":"tok%d"}}]}\n\n' % i for i in range(n)
+    ] + [b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":%d}}\n\n' % n, b"data: [DONE]\n\n"]
 
 
 # --------------------------------------------------------------------------- upstream
 
 
-async def fast_upstream(scope, receive, send) -> None:
-    """A minimal OpenAI-style SSE upstream: reads the body, streams 11 events at once."""
-    if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            await send({"type": msg["type"] + ".complete"})
-            if msg["type"] == "lifespan.shutdown":
-                return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
-    for ev in _EVENTS:
-        await send({"type": "http.response.body", "body": ev, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+def make_upstream(chunks: int, chunk_ms: float):
+    """A minimal OpenAI-style SSE upstream: reads the body, streams ``chunks`` content events
+    ``chunk_ms`` apart (0: all at once)."""
+    events = _events(chunks)
+    gap = chunk_ms / 1000
+
+    async def upstream(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                await send({"type": msg["type"] + ".complete"})
+                if msg["type"] == "lifespan.shutdown":
+                    return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        for i, ev in enumerate(events):
+            if gap and i:
+                await asyncio.sleep(gap)
+            await send({"type": "http.response.body", "body": ev, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return upstream
 
 
-def _serve_upstream(port: int) -> int:
+def _serve_upstream(port: int, chunks: int, chunk_ms: float) -> int:
     import uvicorn
 
-    uvicorn.run(fast_upstream, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(make_upstream(chunks, chunk_ms), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     return 0
 
 
@@ -144,7 +158,7 @@ class _Conn:
 
 
 async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int, requests: int,
-               seconds: float) -> dict[str, Any]:
+               seconds: float, expected: bytes) -> dict[str, Any]:
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
@@ -153,7 +167,6 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
     errors = 0
     issued = 0
     deadline = time.monotonic() + seconds
-    expected = b"".join(_EVENTS)
 
     async def worker() -> None:
         nonlocal issued, errors
@@ -219,15 +232,17 @@ def _rag_body(data_dir: str | None) -> bytes:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'scenario':<8} {'conc':>4} {'n':>6} {'err':>4} {'req/s':>7} {'ttfb p50':>9} {'ttfb p99':>9} "
-            f"{'total p50':>9} {'total p99':>9} {'added p50':>9} {'added p99':>9}")
+            f"{'total p50':>9} {'total p99':>9} {'+ttfb p50':>9} {'+ttfb p99':>9} {'+total p50':>10} {'+total p99':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        add50 = f"{r['added_p50_ms']:9.3f}" if "added_p50_ms" in r else f"{'-':>9}"
-        add99 = f"{r['added_p99_ms']:9.3f}" if "added_p99_ms" in r else f"{'-':>9}"
+        def added(key: str, width: int = 9) -> str:
+            return f"{r[key]:{width}.3f}" if key in r else f"{'-':>{width}}"
+
         lines.append(f"{r['scenario']:<8} {r['concurrency']:>4} {r['requests']:>6} {r['errors']:>4} "
                      f"{r['req_per_s']:>7.1f} {r['ttfb_p50_ms']:>9.3f} {r['ttfb_p99_ms']:>9.3f} "
-                     f"{r['total_p50_ms']:>9.3f} {r['total_p99_ms']:>9.3f} {add50} {add99}")
-    lines.append("times in ms; added = sidecar minus direct at the same percentile, over the whole stream")
+                     f"{r['total_p50_ms']:>9.3f} {r['total_p99_ms']:>9.3f} {added('added_ttfb_p50_ms')} "
+                     f"{added('added_ttfb_p99_ms')} {added('added_p50_ms', 10)} {added('added_p99_ms', 10)}")
+    lines.append("times in ms; + = sidecar minus direct at the same percentile (time to first byte; whole stream)")
     return "\n".join(lines)
 
 
@@ -237,20 +252,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="time limit per run (default 30)")
     p.add_argument("--concurrency", default="1,100", help="comma-separated concurrent streams (default 1,100)")
     p.add_argument("--warmup", type=int, default=50, help="untimed requests before each run")
+    p.add_argument("--chunks", type=int, default=50, help="content events per upstream stream (default 50)")
+    p.add_argument("--chunk-ms", type=float, default=20.0,
+                   help="ms between upstream events (default 20, an LLM at 50 tokens/s; 0 = all at once)")
     p.add_argument("--method", default="truncate", help="compression method for the cache-hit run")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     p.add_argument("--out", default="bench_proxy.json", help="JSON results (default bench_proxy.json)")
     p.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_upstream:
-        return _serve_upstream(args.serve_upstream)
+        return _serve_upstream(args.serve_upstream, args.chunks, args.chunk_ms)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     up_port, px_port = _free_port(), _free_port()
     env = {**os.environ, "CTXGATE_CACHE__BACKEND": "memory", "CTXGATE_DEFAULT_METHOD": args.method,
            "CTXGATE_POLICY__MIN_TOKENS": "100", "CTXGATE_LOG_LEVEL": "warning"}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port)], cwd=REPO_ROOT,
-                         env=env),
+        subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port),
+                          "--chunks", str(args.chunks), "--chunk-ms", str(args.chunk_ms)], cwd=REPO_ROOT, env=env),
         subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
                           f"http://127.0.0.1:{up_port}/v1"], cwd=REPO_ROOT, env=env),
     ]
@@ -260,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         proxied = f"http://127.0.0.1:{px_port}/v1/chat/completions"
         _wait(f"http://127.0.0.1:{px_port}/readyz", 300)
         body = _rag_body(args.data_dir)
+        expected = b"".join(_events(args.chunks))
         import httpx
 
         first = httpx.post(proxied, content=body, timeout=300)     # compresses once; later requests hit
@@ -272,14 +291,15 @@ def main(argv: list[str] | None = None) -> int:
             base = None
             for name, url, headers in scenarios:
                 headers = {"content-type": "application/json", **headers}
-                asyncio.run(_run(url, body, headers, conc, args.warmup, args.seconds))
-                res = asyncio.run(_run(url, body, headers, conc, args.requests, args.seconds))
+                asyncio.run(_run(url, body, headers, conc, args.warmup, args.seconds, expected))
+                res = asyncio.run(_run(url, body, headers, conc, args.requests, args.seconds, expected))
                 row = {"scenario": name, "concurrency": conc, **res}
                 if name == "direct":
                     base = res
                 elif base is not None:
-                    row["added_p50_ms"] = round(res["total_p50_ms"] - base["total_p50_ms"], 3)
-                    row["added_p99_ms"] = round(res["total_p99_ms"] - base["total_p99_ms"], 3)
+                    for q in ("p50", "p99"):
+                        row[f"added_ttfb_{q}_ms"] = round(res[f"ttfb_{q}_ms"] - base[f"ttfb_{q}_ms"], 3)
+                        row[f"added_{q}_ms"] = round(res[f"total_{q}_ms"] - base[f"total_{q}_ms"], 3)
                 rows.append(row)
                 print(f"  {name} x{conc}: {res['requests']} requests, p50 {res['total_p50_ms']} ms", file=sys.stderr)
         hit_check = httpx.post(proxied, content=body, timeout=30)
@@ -291,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
            "settings": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup,
+                        "chunks": args.chunks, "chunk_ms": args.chunk_ms,
                         "method": args.method, "prompt_bytes": len(body),
                         "cache_status_of_hit_run": hit_check.headers.get("x-ctxgate-cache")},
            "targets_ms": {"added_p50": 2.0, "added_p99": 10.0, "at_concurrency": 100},

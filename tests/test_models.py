@@ -73,3 +73,22 @@ def test_device_and_dtype_choice(monkeypatch):
     monkeypatch.setenv("CTXGATE_DTYPE", "fp64")
     with pytest.raises(Exception, match="CTXGATE_DTYPE"):
         models.pick_dtype("cpu")
+
+
+def test_a_copied_cache_verifies_without_the_package_and_a_changed_file_is_caught(tmp_path, monkeypatch):
+    import shutil
+
+    spec = models.lookup("minilm")
+    models.prepare(spec, log=lambda m: None)                 # records the prepared files' hashes
+    src = models.model_dir("minilm")
+    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path))
+    shutil.copytree(src, models.model_dir("minilm"))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])   # package out of reach
+    assert models.missing_packages(spec)
+    ok, msg = models.verify(spec)
+    assert ok, msg
+    weights = models.model_dir("minilm") / "model.safetensors"
+    with weights.open("ab") as f:
+        f.write(b"\0")
+    ok, msg = models.verify(spec)
+    assert not ok and "prepare --force minilm" in msg

@@ -148,6 +148,10 @@ def prepare(spec: ModelSpec, *, log: Log = print, force: bool = False) -> Path:
     offline_env()
     target = model_dir(spec.name)
     if is_prepared(spec) and not force:
+        manifest = read_manifest(spec.name) or {}
+        if "files" not in manifest:             # prepared by an older ctxgate: record the hashes once
+            manifest["files"] = _folder_hashes(target)
+            (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
         log(f"{spec.name}: already prepared in {target}")
         return target
     install_packages(spec, log)
@@ -170,6 +174,7 @@ def prepare(spec: ModelSpec, *, log: Log = print, force: bool = False) -> Path:
             "kind": spec.kind,
             "sha256": spec.sha256,
             "packages": list(spec.packages),
+            "files": _folder_hashes(staging),
             "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -183,8 +188,20 @@ def prepare(spec: ModelSpec, *, log: Log = print, force: bool = False) -> Path:
     return target
 
 
-def verify(spec: ModelSpec) -> tuple[bool, str]:
-    """Re-check the source package hash and the prepared folder; returns (ok, message)."""
+def _folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a prepared folder (the manifest excluded), by relative path."""
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        h = hashlib.sha256()
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
+def _verify_source(spec: ModelSpec) -> tuple[bool, str]:
+    """The installed package(s) against the pinned SHA-256."""
     try:
         if spec.kind == "gguf-causal-lm":
             with tempfile.TemporaryDirectory() as tmp:
@@ -193,8 +210,22 @@ def verify(spec: ModelSpec) -> tuple[bool, str]:
             _check_folder(spec)
     except ModelError as exc:
         return False, str(exc)
+    return True, f"{spec.name}: ok"
+
+
+def verify(spec: ModelSpec) -> tuple[bool, str]:
+    """Re-check the prepared folder against the hashes recorded when it was made, and the source
+    package against the pinned SHA-256 when it is installed. The prepared copy does not need the
+    package: a cache shared by several venvs (or baked into an image) verifies on its own."""
     if not is_prepared(spec):
-        return False, f"{spec.name}: source ok, not prepared; run: ctxgate models prepare {spec.name}"
-    if not (model_dir(spec.name) / "config.json").exists():
-        return False, f"{spec.name}: prepared folder is incomplete; run: ctxgate models prepare --force {spec.name}"
+        if missing_packages(spec):
+            return False, f"{spec.name}: not prepared; run: ctxgate models prepare {spec.name}"
+        ok, msg = _verify_source(spec)
+        return False, msg if not ok else f"{spec.name}: source ok, not prepared; run: ctxgate models prepare {spec.name}"
+    target = model_dir(spec.name)
+    recorded = (read_manifest(spec.name) or {}).get("files")
+    if not (target / "config.json").exists() or (recorded is not None and _folder_hashes(target) != recorded):
+        return False, f"{spec.name}: prepared folder changed or incomplete; run: ctxgate models prepare --force {spec.name}"
+    if recorded is None or not missing_packages(spec):
+        return _verify_source(spec)
     return True, f"{spec.name}: ok"
