@@ -405,7 +405,8 @@ def test_adapted_rate_survives_a_restart_and_series_reports_it(fid_sidecar, need
         raw = ask(url, nq_items[1], "start")
         assert float(raw.headers["x-ctxgate-ratio"]) < 1.5              # compressed at 0.8, not 0.3
         wait_samples(url, 2)                                            # both runs' samples: one store
-        series = httpx.get(url + "/v1/fidelity/series", params={"since": 600}, timeout=30).json()
+        # millisecond buckets: a fast restart can put both samples in the same default (1 s) bucket
+        series = httpx.get(url + "/v1/fidelity/series", params={"since": 600, "bucket": 0.001}, timeout=30).json()
         bad = httpx.get(url + "/v1/fidelity/series", params={"since": -1}, timeout=30)
     assert bad.status_code == 400
     (s,) = series["series"]
