@@ -1,7 +1,7 @@
 """Texts as sequences of *units*: the atoms that word-level methods keep or drop.
 
-A unit is a whitespace-delimited word, widened to cover any protected span it touches, so a URL
-or a JSON block is one unit. Rendering copies kept units from the original text (never
+A unit is a whitespace-delimited word (one character in unspaced CJK text), widened to cover any
+protected span it touches, so a URL or a JSON block is one unit. Rendering copies kept units from the original text (never
 re-decoded from model tokens), so casing, Unicode and spacing stay exactly as they were.
 """
 
@@ -16,8 +16,13 @@ from ._protect import find_protected
 
 UnitKind = Literal["word", "atom", "keep"]
 
-_WORD = re.compile(r"\S+")
-_SENT_END = re.compile(r"(?<=[.!?。！？])[\"')\]]*\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
+# Scripts written without spaces (Chinese, Japanese kana, Korean syllables when unspaced): each
+# character is a unit, with any CJK/full-width punctuation that follows it, so such a text can be
+# compressed rather than kept or dropped whole. Everything else: whitespace-delimited words.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_CJK_PUNCT = "\u3000-\u303f\uff00-\uffef"
+_WORD = re.compile(rf"[{_CJK}][{_CJK_PUNCT}]*|[^\s{_CJK}]+")
+_SENT_END = re.compile(r"(?<=[.!?。！？])[\"')\]]*\s+|(?<=[。！？])(?=\S)|\n\s*\n|\n(?=\s*(?:[-*•]|\d+[.)])\s)")
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ def _cuts_near(cuts: set[int], lo: int, hi: int):
 
 def render(seg: Segmented, keep: set[int] | list[int]) -> str:
     """Kept units joined by their original whitespace; gaps left by dropped units collapse to
-    one space, or one newline if the dropped stretch crossed a line break."""
+    one space, or one newline if the dropped stretch crossed a line break, or nothing if it held
+    no whitespace at all."""
     keep_sorted = sorted(set(keep))
     if not keep_sorted:
         return ""
@@ -125,7 +131,8 @@ def render(seg: Segmented, keep: set[int] | list[int]) -> str:
             parts.append(text[units[prev].end : u.start])
         else:
             gap = text[units[prev].end : u.start]
-            parts.append("\n" if "\n" in gap else " ")
+            # a dropped stretch with no whitespace in it (unspaced CJK) closes up without a space
+            parts.append("\n" if "\n" in gap else " " if any(c.isspace() for c in gap) else "")
         parts.append(text[u.start : u.end])
         prev = i
     if prev == len(units) - 1:
