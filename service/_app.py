@@ -83,12 +83,18 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(max(1, s.compress_workers), thread_name_prefix="ctxgate-compress")
     rewriter = Rewriter(compressor, cache, executor, metrics, timeout=s.compress_timeout)
     timeout = httpx.Timeout(s.upstream_timeout, connect=s.connect_timeout)
-    limits = httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=min(s.max_connections, 200))
-    client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=not s.embedded)
+    # Several small pools, not one big one: httpcore scans every pooled connection (with a socket
+    # poll each) whenever a request is assigned or released, so one pool serving N concurrent
+    # streams costs O(N) per request; at 100 streams that scan was most of the proxy's CPU.
+    pools = max(1, min(s.upstream_pools, s.max_connections))
+    per_pool = max(1, s.max_connections // pools)
+    limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=max(1, min(per_pool, 200 // pools)))
+    clients = [httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=not s.embedded)
+               for _ in range(pools)]
     openai_base, anthropic_base = s.upstream_urls()
-    ctx = Context(s, metrics, compressor, rewriter, Upstream(client, openai_base, anthropic_base, metrics),
+    ctx = Context(s, metrics, compressor, rewriter, Upstream(clients, openai_base, anthropic_base, metrics),
                   executor, cache, LocalModel(s.local_model, s.local_max_tokens, s.device) if s.embedded else None)
-    ctx.fidelity = Fidelity(s, metrics, client, ctx.upstream.url)
+    ctx.fidelity = Fidelity(s, metrics, clients[0], ctx.upstream.url)
     await ctx.fidelity.start()
     app.state.ctx = ctx
     threading.Thread(target=_load, args=(ctx,), name="ctxgate-load", daemon=True).start()
@@ -96,7 +102,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await ctx.fidelity.close()              # cancels shadow checks in flight, then flushes the store
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
         executor.shutdown(wait=False, cancel_futures=True)
         if ctx.local is not None:
             ctx.local.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -81,14 +82,21 @@ def response_headers(resp: httpx.Response) -> dict[str, str]:
 
 
 class Upstream:
-    """One pooled ``httpx.AsyncClient`` for the lifetime of the app (opened in the lifespan)."""
+    """Pooled ``httpx.AsyncClient`` shards for the lifetime of the app (opened in the lifespan); each
+    request takes the next shard, so no pool holds more than its share of the streams in flight."""
 
-    def __init__(self, client: httpx.AsyncClient, openai_base: str | None, anthropic_base: str | None,
+    def __init__(self, clients: list[httpx.AsyncClient], openai_base: str | None, anthropic_base: str | None,
                  metrics: Metrics) -> None:
-        self.client = client
+        if not clients:
+            raise ValueError("Upstream needs at least one client")
+        self._clients = itertools.cycle(clients)
         self.bases = {"openai": openai_base, "anthropic": anthropic_base}
         self.metrics = metrics
         self._urls: dict[tuple[str, str], httpx.URL] = {}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return next(self._clients)
 
     def url(self, provider: str, path: str) -> httpx.URL | None:
         """The fixed upstream URL for a route (parsed once: httpx's URL parser is costly per request)."""
@@ -107,11 +115,12 @@ class Upstream:
             return self.error(provider, 502, f"no {provider} upstream is configured for {request.url.path}")
         headers = forward_headers(request.headers)
         query = request.scope.get("query_string", b"")
-        req = self.client.build_request(method, url.copy_with(query=query) if query else url, content=content,
-                                        headers=headers)
+        client = self.client
+        req = client.build_request(method, url.copy_with(query=query) if query else url, content=content,
+                                   headers=headers)
         t0 = time.perf_counter()
         try:
-            resp = await until_disconnect(request, self.client.send(req, stream=True))
+            resp = await until_disconnect(request, client.send(req, stream=True))
         except httpx.TimeoutException:
             self.metrics.upstream_errors.labels(route, "timeout").inc()
             return self.error(provider, 504, "the upstream API timed out")

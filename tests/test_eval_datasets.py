@@ -24,6 +24,9 @@ def test_nq20_keeps_file_order_and_lost_in_the_middle_format():
     assert [i.meta["gold_index"] for i in items] == [0, 4, 9, 14, 19]
     assert items[0].context[0].startswith("Document [1](Title: List of Nobel laureates in Physics) The first")
     assert len(items[0].context) == 20 and items[0].references == ["Wilhelm Conrad Röntgen"]
+    later = load_dataset("nq20", limit=3, offset=100)            # clear of the rows methods were tuned on
+    assert [i.id for i in later] == ["nq20-100", "nq20-101", "nq20-102"]
+    assert [i.meta["gold_index"] for i in later] == [0, 4, 9]
 
 
 def test_builder_follows_the_derived_file_rule():
