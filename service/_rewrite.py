@@ -72,6 +72,8 @@ class Outcome:
     cache: str = "off"               # hit | miss | partial | off
     fail_open: str | None = None     # reason, when some text went upstream uncompressed
     seconds: float = 0.0
+    tokenizer: str | None = None     # what the counts are in
+    estimated: bool = False          # True when that tokenizer is only an estimate (e.g. Claude models)
 
 
 @dataclass
@@ -353,7 +355,8 @@ class Rewriter:
         self.metrics.tokens_before.labels(route).inc(before)
         self.metrics.tokens_after.labels(route).inc(after)
         self.metrics.tokens_saved.labels(route).inc(max(0, before - after))
-        return Outcome(before, after, cache, reason, seconds)
+        counter = get_counter(self._counter_name(job.tokenizer))
+        return Outcome(before, after, cache, reason, seconds, tokenizer=counter.name, estimated=counter.estimated)
 
     # -------------------------------------------------------------- helpers
 

@@ -62,6 +62,10 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
         h["x-ctxgate-tokens-before"] = str(o.tokens_before)
         h["x-ctxgate-tokens-after"] = str(o.tokens_after)
         h["x-ctxgate-ratio"] = f"{o.tokens_before / o.tokens_after:.4f}" if o.tokens_after else "1.0000"
+        if o.tokenizer:
+            h["x-ctxgate-tokenizer"] = o.tokenizer
+        if o.estimated:
+            h["x-ctxgate-tokens-estimated"] = "true"
     if o.fail_open:
         h["x-ctxgate-fail-open"] = o.fail_open
     return h

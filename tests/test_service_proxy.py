@@ -68,6 +68,8 @@ def test_openai_rag_prompt_is_compressed_and_the_rest_is_verbatim(proxy, upstrea
     before, after = int(raw.headers["x-ctxgate-tokens-before"]), int(raw.headers["x-ctxgate-tokens-after"])
     assert after < 0.5 * before and raw.headers["x-ctxgate-cache"] == "miss"
     assert float(raw.headers["x-ctxgate-ratio"]) == pytest.approx(before / after, rel=1e-3)
+    assert "x-ctxgate-tokens-estimated" not in raw.headers                     # exact, in the model's tokenizer
+    assert raw.headers["x-ctxgate-tokenizer"] == "gpt-4o-mini"
     # the upstream's response comes back as it was: body, unknown fields, its own headers
     assert raw.headers["x-request-id"] == "req-ok" and raw.headers["openai-processing-ms"] == "7"
     completion = raw.parse()
@@ -116,6 +118,7 @@ def test_anthropic_tool_results_are_compressed_and_blocks_kept(proxy, upstream, 
     assert "anthropic-version" in upstream.last().headers
     # Claude has no local tokenizer: counts are labelled estimates but still reported
     assert int(raw.headers["x-ctxgate-tokens-after"]) < int(raw.headers["x-ctxgate-tokens-before"])
+    assert raw.headers["x-ctxgate-tokens-estimated"] == "true"
 
 
 @pytest.mark.parametrize("route", ["chat", "messages"])
