@@ -10,7 +10,7 @@ close to the asked one even where a tokenizer merges across word boundaries.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ._tokens import TokenCounter
 from ._units import Segmented
@@ -60,11 +60,25 @@ def fit(
 ) -> list[str]:
     """Render the best selection whose *measured* size is within ``tolerance`` of ``budget``."""
     costs = [unit_token_counts(doc, counter) for doc in docs]
+    return fit_measured(lambda target: pick(scores, costs, docs, target), docs, budget, counter,
+                        rounds=rounds, tolerance=tolerance)
+
+
+def fit_measured(
+    choose: Callable[[int], Sequence[Iterable[int]]],
+    docs: Sequence[Segmented],
+    budget: int,
+    counter: TokenCounter,
+    *,
+    rounds: int = 3,
+    tolerance: float = 0.05,
+) -> list[str]:
+    """Render ``choose(target)`` (kept unit indices per document), count the rendering, and rerun
+    with ``target`` scaled by budget / measured until within ``tolerance``; the closest one wins."""
     target = budget
     best: tuple[float, list[str]] | None = None
     for _ in range(rounds):
-        chosen = pick(scores, costs, docs, target)
-        texts = [doc.render(c) for doc, c in zip(docs, chosen)]
+        texts = [doc.render(c) for doc, c in zip(docs, choose(target))]
         got = sum(counter.count_many(texts))
         err = abs(got - budget) / max(budget, 1)
         if best is None or err < best[0]:

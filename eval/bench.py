@@ -69,20 +69,24 @@ def load_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine(device: str | None) -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
     from compressor.models import pick_device, pick_dtype
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     dev = device or pick_device()
     info = {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -201,16 +201,10 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from eval.bench import cpu_name
+
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512": " avx512f" in flags,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512": " avx512f" in flags,
             "python": platform.python_version(), "platform": platform.platform()}
 
 

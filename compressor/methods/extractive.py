@@ -9,14 +9,13 @@ so the output lands on the budget instead of a chunk's length below it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._embed import Embedder, centrality, near_duplicates, rank, similarities
-from .._select import unit_token_counts
+from .._select import fit_measured, unit_token_counts
 from .._tokens import TokenCounter
 from .._units import Segmented
 from ._base import Job, MethodOutput
@@ -103,19 +102,8 @@ def fit_chunks(chunks: Sequence[Chunk], order: Sequence[int], skip: set[int], do
                costs: Sequence[Sequence[int]], budget: int, counter: TokenCounter, *,
                rounds: int = 3, tolerance: float = 0.05) -> list[str]:
     """``select_chunks`` with the budget corrected by the measured size of the rendering."""
-    target, best = budget, None
-    for _ in range(rounds):
-        chosen = select_chunks(chunks, order, skip, costs, target, len(docs))
-        texts = [doc.render(c) for doc, c in zip(docs, chosen)]
-        got = sum(counter.count_many(texts))
-        err = abs(got - budget) / max(budget, 1)
-        if best is None or err < best[0]:
-            best = (err, texts)
-        if err <= tolerance or got == 0:
-            break
-        target = max(1, math.floor(target * budget / got))
-    assert best is not None
-    return best[1]
+    return fit_measured(lambda target: select_chunks(chunks, order, skip, costs, target, len(docs)), docs, budget,
+                        counter, rounds=rounds, tolerance=tolerance)
 
 
 class Extractive:
