@@ -66,8 +66,12 @@ class RAGResult:
         return separator.join(d.text for d in self.documents)
 
 
+_DOC_KEYS = frozenset({"text", "page_content", "metadata", "id"})
+
+
 def to_documents(documents: Sequence[DocumentLike]) -> list[Document]:
-    """Normalise strings, ``compressor.Document`` and mappings (text or page_content, metadata, id)."""
+    """Normalise strings, ``compressor.Document`` and mappings (text or page_content, metadata, id;
+    any other key of a mapping joins its metadata)."""
     if isinstance(documents, (str, bytes, Mapping)):
         raise TypeError("documents must be a list of documents, not a single "
                         f"{type(documents).__name__}; wrap it in a list")
@@ -82,6 +86,9 @@ def to_documents(documents: Sequence[DocumentLike]) -> list[Document]:
             meta = item.get("metadata") or {}
             if not isinstance(meta, dict):
                 raise TypeError(f"documents[{i}]: metadata must be a dict, got {type(meta).__name__}")
+            # any other key is metadata too ({"text": ..., "source": ...}): nothing the caller gave is lost
+            extra = {k: v for k, v in item.items() if k not in _DOC_KEYS}
+            meta = {**extra, **meta} if extra else meta
             doc_id = item.get("id")
             doc = Document(text=text, id=None if doc_id is None else str(doc_id), metadata=meta)  # type: ignore[arg-type]
         else:

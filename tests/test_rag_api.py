@@ -67,10 +67,11 @@ def test_relevance_order_follows_the_methods_scores(docs):
 def test_accepts_strings_documents_and_mappings(engine):
     r = RAGCompressor(method=METHOD, rate=1.0, compressor=engine).compress(
         ["plain string", Document(text="a Document", id="x", metadata={"k": 1}),
-         {"page_content": "a LangChain-style dict", "metadata": {"m": 2}, "id": 7}])
-    assert [d.text for d in r.documents] == ["plain string", "a Document", "a LangChain-style dict"]
-    assert [d.id for d in r.documents] == [None, "x", "7"]
-    assert [d.metadata for d in r.documents] == [{}, {"k": 1}, {"m": 2}]
+         {"page_content": "a LangChain-style dict", "metadata": {"m": 2}, "id": 7},
+         {"text": "a flat dict", "source": "https://example.com/a", "metadata": {"m": 3}}])
+    assert [d.text for d in r.documents] == ["plain string", "a Document", "a LangChain-style dict", "a flat dict"]
+    assert [d.id for d in r.documents] == [None, "x", "7", None]
+    assert [d.metadata for d in r.documents] == [{}, {"k": 1}, {"m": 2}, {"source": "https://example.com/a", "m": 3}]
 
 
 def test_empty_document_list_is_an_empty_result(engine):
