@@ -167,6 +167,25 @@ def test_fail_open_when_the_method_errors(sidecar, upstream, nq_item):
         assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="error"}') == 1
 
 
+def test_models_that_fail_to_load_leave_the_proxy_failing_open_and_not_ready(sidecar, upstream, nq_item):
+    # warm-up loads the default method's models at start; when that fails, /readyz says why (no
+    # traceback), chat traffic still flows uncompressed and is counted, and /v1/compress is a 503
+    prompt = rag_prompt(nq_item, 5)
+    with sidecar(default_method="hybrid", scorer="no-such-model", embedder="no-such-embedder", warm_up=True) as url:
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert "no-such" in ready.json()["error"] and "Traceback" not in ready.text
+        r = oai(url).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+        assert r.headers["x-ctxgate-fail-open"] == "not_ready"
+        assert upstream.last().json["messages"][0]["content"] == prompt
+        metrics = httpx.get(url + "/metrics").text
+        assert _metric(metrics, "ctxgate_fail_open_total", '{reason="not_ready"}') == 1
+        assert _metric(metrics, "ctxgate_ready") == 0
+        rag = httpx.post(url + "/v1/compress", json={"context": ["a document"], "question": "q?", "rate": 0.5})
+        assert rag.status_code == 503 and "loading" in rag.json()["error"]["message"]
+
+
 def test_a_huge_single_message_is_bounded_by_the_budget(sidecar, upstream, nq_item):
     text = "\n\n".join(c["text"] for c in nq_item["ctxs"]) * 60          # ~1.5 MB of real text
     with sidecar(compress_timeout=2.0, max_input_tokens=100_000, max_body_bytes=8 * 1024 * 1024) as url:
