@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="JSONL", help="batch mode: results, one line per input row")
     p.add_argument("--resume", action="store_true", help="batch mode: skip rows already in --output")
     p.add_argument("--cache", metavar="SQLITE", help="reuse compressions across runs from this SQLite file")
+    p.add_argument("--max-input-tokens", type=int, default=1_000_000,
+                   help="refuse inputs longer than this (default 1,000,000; scoring is chunked below it)")
     return p
 
 
@@ -145,7 +147,9 @@ def _batch(args, comp: Compressor) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cache = SQLiteCache(args.cache) if args.cache else None
-    comp = Compressor(scorer=args.scorer, tokenizer=args.tokenizer, cache=cache)
+    if args.max_input_tokens < 1:
+        raise InvalidRequest(f"--max-input-tokens must be positive, got {args.max_input_tokens}")
+    comp = Compressor(scorer=args.scorer, tokenizer=args.tokenizer, cache=cache, max_input_tokens=args.max_input_tokens)
     if args.input:
         return _batch(args, comp)
     if args.output or args.resume:

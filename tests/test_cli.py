@@ -49,6 +49,10 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         assert p.returncode != 0 and "Traceback" not in err, err
         assert err.strip().count("\n") == 0 or "usage" in err, err
     assert "invalid UTF-8 at byte offset 24" in ctxgate("compress", bad, check=False).stderr.decode()
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 5000, encoding="utf-8")
+    p = ctxgate("compress", big, "--method", "truncate", "--max-input-tokens", "1000", check=False)
+    assert p.returncode == 2 and "over the limit of 1000" in p.stderr.decode() and "Traceback" not in p.stderr.decode()
 
 
 def test_batch_mode_streams_rows_and_resumes(tmp_path):
