@@ -113,7 +113,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upstream_timeout: float = 600.0    # seconds between bytes from upstream (read/write/pool)
     connect_timeout: float = 10.0
     max_connections: int = 1000
-    upstream_pools: int = 16           # connection pools the upstream connections are spread over
     max_body_bytes: int = 32 * 1024 * 1024
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     fidelity: FidelitySettings = msgspec.field(default_factory=FidelitySettings)
