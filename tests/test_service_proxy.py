@@ -220,6 +220,11 @@ def test_models_and_query_strings_are_passed_through_to_the_fixed_host(proxy, up
                    headers={"host": "evil.example"}, json={"model": "x", "messages": []})
     assert r.status_code == 200 and upstream.last().query == "api-version=2024-10-01"
     assert upstream.last().headers["host"] == upstream.url.removeprefix("http://")
+    # percent-escapes arrive as sent (not double-encoded); a fragment cannot be smuggled in
+    r = httpx.post(proxy + "/v1/chat/completions?a=b%20c&k=%E2%82%AC&p=%2Fx%23y", timeout=10,
+                   json={"model": "x", "messages": []})
+    assert r.status_code == 200 and upstream.last().query == "a=b%20c&k=%E2%82%AC&p=%2Fx%23y"
+    assert upstream.last().path == "/v1/chat/completions"
 
 
 def test_client_disconnect_cancels_the_upstream_stream(proxy, upstream):
