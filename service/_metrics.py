@@ -19,6 +19,9 @@ class Metrics:
                                              ["route"], buckets=_LATENCY, registry=r)
         self.cache_hits = Counter("ctxgate_cache_hits", "Segment cache hits", registry=r)
         self.cache_misses = Counter("ctxgate_cache_misses", "Segment cache misses (compressed now)", registry=r)
+        self.background_compressions = Counter(
+            "ctxgate_background_compressions", "Segments whose compression finished after their request had "
+            "failed open on timeout (cached, so the next request with them hits)", registry=r)
         self.cache_errors = Counter("ctxgate_cache_errors", "Cache backend failures (treated as misses)", ["op"],
                                     registry=r)
         self.fail_open = Counter("ctxgate_fail_open", "Requests forwarded uncompressed because compression failed",

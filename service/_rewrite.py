@@ -96,6 +96,10 @@ class _Job:
     explicit_question: str | None
     deadline: float
     reasons: list[str] = field(default_factory=list)
+    # set by the request when it stops waiting; from then on the executor only fills the cache and
+    # never touches the items the request is already forwarding
+    abandoned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _CountMemo:
@@ -204,7 +208,7 @@ class Rewriter:
         try:
             await asyncio.wait_for(asyncio.to_thread(self._lookup_and_count, items, job), self._left(job))
         except TimeoutError:
-            job.reasons.append("timeout")
+            self._abandon(job)
             return
         except Exception as exc:
             log.warning("token counting failed: %s", type(exc).__name__)
@@ -217,9 +221,10 @@ class Rewriter:
             return
         future = asyncio.get_running_loop().run_in_executor(self.executor, self._compress_missing, items, job)
         try:
-            await asyncio.wait_for(future, self._left(job))
+            # shielded: on timeout the executor job keeps running and caches its result for later turns
+            await asyncio.wait_for(asyncio.shield(future), self._left(job))
         except TimeoutError:
-            job.reasons.append("timeout")
+            self._abandon(job)
         except Exception as exc:
             log.warning("compression failed: %s", type(exc).__name__)
             job.reasons.append("error")
@@ -235,8 +240,8 @@ class Rewriter:
                     it.key = it.key or self._key(it.slot, job, tok)
                     raw = self.cache.get(it.key)
                     if raw is not None:
-                        it.status = "hit"
-                        it.entry = msgspec.msgpack.decode(raw, type=Entry)
+                        if not self._settle(job, it, status="hit", entry=msgspec.msgpack.decode(raw, type=Entry)):
+                            return
                         continue
                 if it.entry is None:
                     # short user turns need no model work: settle them here, not behind compressions
@@ -244,11 +249,14 @@ class Rewriter:
                     if entry is not None:
                         if it.key is not None and self.cache is not None:
                             self.cache.set(it.key, msgspec.msgpack.encode(entry))
-                        it.entry = entry
+                        if not self._settle(job, it, entry=entry):
+                            return
             elif it.count is None:
-                it.text = _strip(it.slot.text)
-                it.count = counter.count(it.text)
-                self._memo.set(tok, it.text, it.count)
+                text = _strip(it.slot.text)
+                count = counter.count(text)
+                self._memo.set(tok, text, count)
+                if not self._settle(job, it, text=text, count=count):
+                    return
 
     def _compress_missing(self, items: list[_Item], job: _Job) -> None:
         """Compression executor: model work for the segments still missing, until the deadline."""
@@ -263,8 +271,8 @@ class Rewriter:
             it.key = it.key or self._key(it.slot, job, tok)
             raw = self.cache.get(it.key) if self.cache is not None else None
             if raw is not None:
-                it.status = "hit"
-                it.entry = msgspec.msgpack.decode(raw, type=Entry)
+                if not self._settle(job, it, status="hit", entry=msgspec.msgpack.decode(raw, type=Entry)):
+                    return
                 continue
             try:
                 entry = self._compress(it.slot, job, tok, counter)
@@ -277,8 +285,8 @@ class Rewriter:
                 continue
             if self.cache is not None:
                 self.cache.set(it.key, msgspec.msgpack.encode(entry))
-            it.status = "miss" if entry.compressed else None
-            it.entry = entry
+            if not self._settle(job, it, status="miss" if entry.compressed else None, entry=entry):
+                self.metrics.background_compressions.inc()   # went upstream uncompressed; the next one hits
 
     @staticmethod
     def _cheap_entry(slot: Slot, job: _Job, counter) -> Entry | None:
@@ -359,6 +367,24 @@ class Rewriter:
         return Outcome(before, after, cache, reason, seconds, tokenizer=counter.name, estimated=counter.estimated)
 
     # -------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _abandon(job: _Job) -> None:
+        """The request stops waiting: from now on workers leave its items alone (see ``_settle``)."""
+        with job.lock:
+            job.abandoned = True
+        job.reasons.append("timeout")
+
+    @staticmethod
+    def _settle(job: _Job, it: _Item, **values) -> bool:
+        """Write a worker's result into ``it``, unless the request has stopped waiting (False):
+        it is already forwarding what it had, and must not see items change under it."""
+        with job.lock:
+            if job.abandoned:
+                return False
+            for name, value in values.items():
+                setattr(it, name, value)
+            return True
 
     @staticmethod
     def _resolved(items: list[_Item]) -> bool:

@@ -4,6 +4,7 @@ the proxy fails open when compression cannot finish, and the server stays health
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -153,6 +154,27 @@ def test_fail_open_when_the_time_budget_runs_out(sidecar, upstream, nq_item):
         assert r.headers["x-ctxgate-fail-open"] == "timeout"
         assert upstream.last().json["messages"][0]["content"] == prompt           # forwarded uncompressed
         assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="timeout"}') == 1
+
+
+def test_a_compression_that_outlives_its_request_is_cached_for_the_next(sidecar, upstream, nq_item):
+    # hybrid on 20 documents takes seconds on CPU: the first request fails open at 1 s, forwards the
+    # prompt untouched (no item changes under it), and the finished compression serves the next one
+    prompt = rag_prompt(nq_item, 20)
+    with sidecar(default_method="hybrid", compress_timeout=1.0) as url:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        if r.headers.get("x-ctxgate-fail-open") != "timeout":
+            pytest.skip("hybrid finished within 1 s on this machine")
+        assert upstream.last().json["messages"][0]["content"] == prompt
+        deadline = time.monotonic() + 120
+        while _metric(httpx.get(url + "/metrics").text, "ctxgate_background_compressions_total") < 1:
+            assert time.monotonic() < deadline, "the background compression never finished"
+            time.sleep(0.2)
+        metrics = httpx.get(url + "/metrics").text
+        assert _metric(metrics, "ctxgate_cache_misses_total") == 0            # no request carried it
+        again = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        assert again.headers["x-ctxgate-cache"] == "hit" and "x-ctxgate-fail-open" not in again.headers
+        assert len(upstream.last().json["messages"][0]["content"]) < len(prompt) / 1.5
 
 
 def test_fail_open_when_the_method_errors(sidecar, upstream, nq_item):
