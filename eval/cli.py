@@ -13,7 +13,7 @@ from compressor.methods import METHOD_NAMES
 from ._types import EvalConfig
 from .datasets import DATASETS
 
-DEFAULT_METHODS = "hybrid,extractive,truncate"   # the rest (longllmlingua: ~4x the time of all others on CPU) via --methods
+DEFAULT_METHODS = ",".join(EvalConfig().methods)
 
 
 def _csv(s: str) -> list[str]:
