@@ -127,6 +127,7 @@ class Upstream:
             auto_decompress=False,      # relay bytes as sent; content-encoding passes through with them
             trust_env=trust_env, cookie_jar=aiohttp.DummyCookieJar(),   # a proxy keeps no cookies between clients
             skip_auto_headers=("User-Agent", "Content-Type"),           # the client's own, or none
+            max_line_size=65536, max_field_size=65536,   # aiohttp's 8 KiB default would 502 on long upstream headers
         )
         return cls(session, openai_base, anthropic_base, metrics)
 
