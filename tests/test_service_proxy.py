@@ -227,6 +227,12 @@ def test_models_and_query_strings_are_passed_through_to_the_fixed_host(proxy, up
     assert upstream.last().path == "/v1/chat/completions"
 
 
+def test_long_upstream_headers_pass_through(proxy, upstream):
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "x", "messages": []}, timeout=10,
+                   headers={"x-test-behavior": "long-header"})
+    assert r.status_code == 200 and r.headers["x-long"] == "v" * 20_000
+
+
 def test_client_disconnect_cancels_the_upstream_stream(proxy, upstream):
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "Say hello"}]}
     with httpx.stream("POST", proxy + "/v1/chat/completions", json=body, timeout=30,

@@ -85,6 +85,8 @@ class TestUpstream:
             return await _send(send, 500, json.dumps(body).encode(), extra=[(b"x-request-id", b"req-500")])
         if behavior == "garbage":
             return await _send(send, 200, b"<html>definitely not json", ctype=b"text/html")
+        if behavior == "long-header":
+            return await _send(send, 200, b"{}", extra=[(b"x-long", b"v" * 20_000)])
         if scope["path"].endswith("/models"):
             return await _send(send, 200, json.dumps({"object": "list", "data": [
                 {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"}]}).encode())
