@@ -89,7 +89,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     rewriter = Rewriter(compressor, cache, executor, metrics, timeout=s.compress_timeout)
     openai_base, anthropic_base = s.upstream_urls()
     upstream = Upstream.open(timeout=s.upstream_timeout, connect_timeout=s.connect_timeout,
-                             max_connections=s.max_connections, trust_env=not s.embedded,
+                             max_connections=s.max_connections, env_proxy=not s.embedded,
                              openai_base=openai_base, anthropic_base=anthropic_base, metrics=metrics)
     # shadow checks are background, non-streaming calls with their own bounded concurrency
     shadow_client = httpx.AsyncClient(timeout=httpx.Timeout(s.upstream_timeout, connect=s.connect_timeout),

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
+import urllib.request
 from urllib.parse import quote_from_bytes
 
 import aiohttp
@@ -82,6 +83,16 @@ def response_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in resp.headers.items() if k.lower() not in _HOP_RESPONSE}
 
 
+def _env_proxy(base: str) -> str | None:
+    """The proxy the environment names for ``base`` (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY), or None
+    when there is none or NO_PROXY covers its host."""
+    url = yarl.URL(base)
+    if not url.host or urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(url.scheme) or proxies.get("all")
+
+
 def _buffered(content: aiohttp.StreamReader) -> bytes:
     """What had arrived when the connection broke: aiohttp's readers raise the stored error before
     returning buffered bytes, which would drop the last events an upstream sent before breaking.
@@ -110,26 +121,30 @@ class Upstream:
     """
 
     def __init__(self, session: aiohttp.ClientSession, openai_base: str | None, anthropic_base: str | None,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, env_proxy: bool = False) -> None:
         self.session = session
         self.bases = {"openai": openai_base, "anthropic": anthropic_base}
         self.metrics = metrics
         self._urls: dict[tuple[str, str], str] = {}
+        # HTTP(S)_PROXY / NO_PROXY, resolved once per upstream (the hosts are fixed)
+        self._proxies = {p: _env_proxy(b) if env_proxy and b else None for p, b in self.bases.items()}
 
     @classmethod
-    def open(cls, *, timeout: float, connect_timeout: float, max_connections: int, trust_env: bool,
+    def open(cls, *, timeout: float, connect_timeout: float, max_connections: int, env_proxy: bool,
              openai_base: str | None, anthropic_base: str | None, metrics: Metrics) -> Upstream:
         """``timeout`` bounds each wait for upstream bytes (headers or the next chunk), not the whole
-        stream: a long answer that keeps streaming never times out."""
+        stream: a long answer that keeps streaming never times out. ``env_proxy`` honours
+        HTTP(S)_PROXY/NO_PROXY; aiohttp's own ``trust_env`` is off, because it also reads ~/.netrc on
+        every request (a file read per request) and would clash with the client's Authorization."""
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=timeout),
             auto_decompress=False,      # relay bytes as sent; content-encoding passes through with them
-            trust_env=trust_env, cookie_jar=aiohttp.DummyCookieJar(),   # a proxy keeps no cookies between clients
+            trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),       # a proxy keeps no cookies between clients
             skip_auto_headers=("User-Agent", "Content-Type"),           # the client's own, or none
             max_line_size=65536, max_field_size=65536,   # aiohttp's 8 KiB default would 502 on long upstream headers
         )
-        return cls(session, openai_base, anthropic_base, metrics)
+        return cls(session, openai_base, anthropic_base, metrics, env_proxy=env_proxy)
 
     async def close(self) -> None:
         await self.session.close()
@@ -155,7 +170,8 @@ class Upstream:
         target = yarl.URL(url + "?" + quote_from_bytes(query, safe=_QUERY_SAFE), encoded=True) if query else url
         t0 = time.perf_counter()
         try:
-            resp = await until_disconnect(request, self._send(method, target, content, forward_headers(request.headers)))
+            resp = await until_disconnect(request, self._send(provider, method, target, content,
+                                                                  forward_headers(request.headers)))
         except TimeoutError:
             self.metrics.upstream_errors.labels(route, "timeout").inc()
             return self.error(provider, 504, "the upstream API timed out")
@@ -182,9 +198,10 @@ class Upstream:
             _finish(resp)
         return Response(body, status_code=resp.status, headers=headers_out, media_type=media)
 
-    async def _send(self, method: str, url: str | yarl.URL, content: bytes | None,
+    async def _send(self, provider: str, method: str, url: str | yarl.URL, content: bytes | None,
                     headers: dict[str, str]) -> aiohttp.ClientResponse:
-        return await self.session.request(method, url, data=content, headers=headers, allow_redirects=False)
+        return await self.session.request(method, url, data=content, headers=headers, allow_redirects=False,
+                                          proxy=self._proxies[provider])
 
     async def _relay(self, resp: aiohttp.ClientResponse, route: str, provider: str) -> AsyncIterator[bytes]:
         """Chunks as they arrive, untouched; a provider-format error event if upstream breaks mid-way."""

@@ -269,3 +269,18 @@ def _metric(text: str, name: str, labels: str = "") -> float:
         if line.startswith(name + (labels or "")) and (labels or line[len(name)] in " {"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_upstream_proxy_comes_from_the_environment_once_and_honours_no_proxy(monkeypatch):
+    from service._upstream import _env_proxy
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1,.corp.example")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _env_proxy("http://api.example.com/v1") == "http://proxy.internal:3128"
+    assert _env_proxy("http://127.0.0.1:8000/v1") is None                 # NO_PROXY
+    assert _env_proxy("http://llm.corp.example/v1") is None                # NO_PROXY domain suffix
+    assert _env_proxy("https://api.example.com/v1") is None                # no HTTPS_PROXY set
