@@ -158,10 +158,16 @@ class _Conn:
 
 
 async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int, requests: int,
-               seconds: float, expected: bytes, warmup: int = 0) -> dict[str, Any]:
+               seconds: float, expected: bytes, warmup: int = 0, arrivals: str = "staggered") -> dict[str, Any]:
     """``concurrency`` keep-alive connections, each first warmed with ``warmup`` untimed requests
     (so the timed part is the steady state, not connection setup), then up to ``requests`` timed
-    requests in all, within ``seconds``."""
+    requests in all, within ``seconds``.
+
+    ``arrivals="staggered"``: connection i starts i/concurrency of a stream's length late, so
+    ``concurrency`` streams are in flight at every moment and new ones arrive evenly (the steady
+    state of many independent clients); requests begun before the last connection started are not
+    timed. ``"burst"``: all connections start together, and since every stream lasts as long, they
+    stay in lockstep: each round, ``concurrency`` requests arrive at once (a thundering herd)."""
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
@@ -171,16 +177,22 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
     issued = 0
     conns = [_Conn(u.hostname or "127.0.0.1", u.port or 80) for _ in range(concurrency)]
 
+    warm_s: list[float] = []
+
     async def warm(conn: _Conn) -> None:
         for _ in range(warmup):
+            t0 = time.perf_counter()
             await conn.post(u.path, body, headers)
+            warm_s.append(time.perf_counter() - t0)
 
-    async def worker(conn: _Conn) -> None:
+    async def worker(conn: _Conn, delay: float) -> None:
         nonlocal issued, errors
+        await asyncio.sleep(delay)
         try:
             while issued < requests and time.monotonic() < deadline:
-                issued += 1
                 t0 = time.perf_counter()
+                timed = t0 >= timed_from
+                issued += timed
                 try:
                     status, got, first = await conn.post(u.path, body, headers)
                 except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
@@ -191,16 +203,20 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
                 if status != 200 or got != expected:
                     errors += 1
                     continue
-                ttfb.append(first)
-                total.append(time.perf_counter() - t0)
+                if timed:
+                    ttfb.append(first)
+                    total.append(time.perf_counter() - t0)
         finally:
             conn.close()
 
     await asyncio.gather(*(warm(c) for c in conns))
-    deadline = time.monotonic() + seconds
-    t_start = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
-    wall = time.perf_counter() - t_start
+    # one stream's length (median warm-up request); 0 without warm-up, which means burst
+    spread = _percentile(warm_s, 50) if warm_s and arrivals == "staggered" else 0.0
+    delays = [i * spread / concurrency for i in range(concurrency)]
+    timed_from = time.perf_counter() + (delays[-1] if delays else 0.0)
+    deadline = time.monotonic() + (delays[-1] if delays else 0.0) + seconds
+    await asyncio.gather(*(worker(c, d) for c, d in zip(conns, delays)))
+    wall = time.perf_counter() - timed_from
     ms = lambda xs, q: round(_percentile(xs, q) * 1000, 3)  # noqa: E731
     return {"requests": len(total), "errors": errors, "wall_s": round(wall, 3),
             "req_per_s": round(len(total) / wall, 1) if wall else 0.0,
@@ -258,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", type=int, default=50, help="content events per upstream stream (default 50)")
     p.add_argument("--chunk-ms", type=float, default=20.0,
                    help="ms between upstream events (default 20, an LLM at 50 tokens/s; 0 = all at once)")
+    p.add_argument("--arrivals", choices=("staggered", "burst"), default="staggered",
+                   help="staggered (default): streams start evenly spread, so CONCURRENCY are always in "
+                        "flight; burst: all start together and stay in lockstep")
     p.add_argument("--method", default="truncate", help="compression method for the cache-hit run")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     p.add_argument("--out", default="bench_proxy.json", help="JSON results (default bench_proxy.json)")
@@ -294,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             base = None
             for name, url, headers in scenarios:
                 headers = {"content-type": "application/json", **headers}
-                res = asyncio.run(_run(url, body, headers, conc, args.requests, args.seconds, expected, args.warmup))
+                res = asyncio.run(_run(url, body, headers, conc, args.requests, args.seconds, expected, args.warmup,
+                                         args.arrivals))
                 row = {"scenario": name, "concurrency": conc, **res}
                 if name == "direct":
                     base = res
@@ -313,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
            "settings": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup,
+                        "arrivals": args.arrivals,
                         "chunks": args.chunks, "chunk_ms": args.chunk_ms,
                         "method": args.method, "prompt_bytes": len(body),
                         "cache_status_of_hit_run": hit_check.headers.get("x-ctxgate-cache")},

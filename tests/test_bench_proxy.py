@@ -1,0 +1,63 @@
+"""``ctxgate bench proxy``: the load generator's arrival patterns, and a tiny real run end to end
+(upstream, sidecar and client processes, JSON with every row)."""
+
+import asyncio
+import json
+import time
+
+from eval import bench_proxy
+from tests.conftest import serve
+
+CHUNKS, CHUNK_MS = 10, 20          # a 0.2 s stream
+
+
+def _recording_upstream(arrivals: list[float]):
+    inner = bench_proxy.make_upstream(CHUNKS, CHUNK_MS)
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            arrivals.append(time.perf_counter())
+        await inner(scope, receive, send)
+
+    return app
+
+
+def _first_round_spread(arrival_mode: str, concurrency: int = 5) -> tuple[float, dict]:
+    """Seconds between the first and the last of the first ``concurrency`` requests after warm-up."""
+    arrivals: list[float] = []
+    with serve(_recording_upstream(arrivals)) as url:
+        expected = b"".join(bench_proxy._events(CHUNKS))
+        res = asyncio.run(bench_proxy._run(url + "/v1/chat/completions", b"{}", {}, concurrency, 40, 1.0, expected,
+                                           warmup=1, arrivals=arrival_mode))
+    after_warmup = sorted(arrivals[concurrency:concurrency * 2])
+    return after_warmup[-1] - after_warmup[0], res
+
+
+def test_staggered_arrivals_spread_streams_over_one_stream_length():
+    spread, res = _first_round_spread("staggered")
+    assert res["errors"] == 0 and res["requests"] > 0
+    # five streams of ~0.2 s: starts 0.04 s apart, the fifth ~0.16 s after the first
+    assert 0.1 < spread < 0.4, spread
+
+
+def test_burst_arrivals_start_together():
+    spread, res = _first_round_spread("burst")
+    assert res["errors"] == 0 and res["requests"] > 0
+    assert spread < 0.05, spread
+
+
+def test_a_tiny_run_reports_every_scenario(tmp_path):
+    out = tmp_path / "bench_proxy.json"
+    rc = bench_proxy.main(["--requests", "6", "--seconds", "2", "--concurrency", "1,3", "--chunks", "3",
+                           "--chunk-ms", "5", "--warmup", "1", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["arrivals"] == "staggered"
+    assert report["settings"]["cache_status_of_hit_run"] == "hit"
+    rows = {(r["scenario"], r["concurrency"]): r for r in report["results"]}
+    assert set(rows) == {(s, c) for s in ("direct", "bypass", "hit") for c in (1, 3)}
+    for (scenario, _), r in rows.items():
+        assert r["errors"] == 0 and r["requests"] > 0, r
+        assert r["ttfb_p50_ms"] > 0 and r["total_p50_ms"] >= r["ttfb_p50_ms"]
+        assert ("added_ttfb_p50_ms" in r) == (scenario != "direct")
+    assert report["machine"]["cores"] >= 1
