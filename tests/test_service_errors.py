@@ -127,6 +127,23 @@ def test_upstream_reset_mid_stream_and_mid_body(proxy, upstream):
                    '{kind="reset",route="chat"}') >= 2
 
 
+def test_an_upstream_that_stalls_mid_stream_ends_it_with_a_timeout_event(proxy, upstream):
+    before = _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
+                     '{kind="timeout",route="chat"}')
+    t0 = time.monotonic()
+    stream = oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True, extra_headers={"x-test-behavior": "stall:4"})
+    got = []
+    with pytest.raises(openai.APIError, match="broke off.*TimeoutError"):
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 2                                              # what arrived before the silence
+    assert time.monotonic() - t0 < 3.5                                # upstream_timeout=1, not the stall's 4 s
+    after = _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
+                    '{kind="timeout",route="chat"}')
+    assert after == before + 1
+
+
 def test_a_bad_upstream_answer_is_passed_through_not_rewritten(proxy, upstream):
     r = httpx.post(proxy + "/v1/chat/completions", json={"model": "x", "messages": []}, timeout=10,
                    headers={"x-test-behavior": "garbage"})

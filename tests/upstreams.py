@@ -112,6 +112,8 @@ class TestUpstream:
         for i, ev in enumerate(events):
             if behavior == "reset" and i == 2:
                 raise ConnectionResetError("test upstream: reset mid-stream")
+            if behavior.startswith("stall:") and i == 2:      # two events, then silence
+                await asyncio.sleep(float(behavior.split(":", 1)[1]))
             if behavior == "drip" and i:
                 # the proxy closing its upstream connection shows up here as a disconnect
                 try:
