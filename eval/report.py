@@ -75,8 +75,10 @@ def aggregate(rows: list[Row], method_order: list[str] | None = None) -> list[Ce
             fidelity_cosine=_mean([r.fidelity_cosine for r in rs]), fidelity_f1=_mean([r.fidelity_f1 for r in rs]),
             fidelity_em=_mean([r.fidelity_em for r in rs]), kept=_mean([r.answer_kept for r in rs]),
             ratio=orig / comp if comp else 1.0, prompt_tokens=statistics.mean(r.prompt_tokens for r in rs),
-            compress_s=statistics.mean(r.compress_seconds for r in rs),
-            reader_s=statistics.mean(r.reader_seconds for r in rs), cap_hits=sum(r.hit_cap for r in rs),
+            # medians: wall-clock times include anything that paused or starved the run (another job,
+            # a suspended process), and one such item would skew a mean
+            compress_s=statistics.median(r.compress_seconds for r in rs),
+            reader_s=statistics.median(r.reader_seconds for r in rs), cap_hits=sum(r.hit_cap for r in rs),
             cache_hits=sum(r.compress_cache == "hit" for r in rs),
         ))
     return cells
@@ -91,7 +93,7 @@ def table(cells: list[Cell]) -> str:
     task_metric = "accuracy"
     lines = [
         f"| method | rate | n | {task_metric} (±95%) | full prompt, same items | fidelity cos | fidelity F1 "
-        "| agrees w/ full | answer kept | achieved ratio | prompt tok | compress s | reader s | cap hits |",
+        "| agrees w/ full | answer kept | achieved ratio | prompt tok | compress s p50 | reader s p50 | cap hits |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
@@ -192,7 +194,7 @@ def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:
         ax.barh(labels, comp, label="compress")
         ax.barh(labels, read, left=comp, label="reader")
         ax.invert_yaxis()
-        ax.set_xlabel("seconds per item (mean)")
+        ax.set_xlabel("seconds per item (median)")
         ax.set_title(f"{ds}: latency breakdown")
         ax.legend(fontsize=8)
         fig.tight_layout()

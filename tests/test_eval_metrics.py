@@ -62,3 +62,16 @@ def test_agreement_with_the_full_prompt_answer():
     f1, em = m.agreement("The answer is 18", "Different steps. The answer is 18", "math")
     assert em == 1.0 and f1 < 1.0
     assert m.agreement("Röntgen", "Marie Curie", "qa") == (0.0, 0.0)
+
+
+def test_report_times_are_medians_so_a_paused_item_does_not_skew_them():
+    from eval._types import Row
+    from eval.report import aggregate
+
+    def row(item: str, seconds: float) -> Row:
+        return Row(dataset="nq20", item=item, method="hybrid", rate=0.25, task="qa", reader="r", prediction="a",
+                   reference_answer="a", accuracy=1.0, compress_seconds=seconds, reader_seconds=seconds)
+
+    cells = aggregate([row("a", 2.0), row("b", 3.0), row("c", 2400.0)])   # c: the run was suspended
+    hybrid = [c for c in cells if c.method == "hybrid"][0]
+    assert hybrid.reader_s == 3.0 and hybrid.compress_s == 3.0
