@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compressor import InvalidRequest, parse_markup
+from compressor import InvalidRequest, has_markup, parse_markup
 
 SlotKind = Literal["tool", "user", "text"]
 QUESTION_MAX_CHARS = 2000
@@ -91,7 +91,7 @@ def split_question(text: str, question: str | None = None) -> Split:
 
 
 def _valid(text: str) -> bool:
-    if "ctxgate:" not in text:
+    if not has_markup(text):
         return True
     try:
         parse_markup(text)

@@ -38,6 +38,7 @@ from compressor import (
     InputTooLarge,
     cache_key,
     get_counter,
+    has_markup,
     parse_markup,
     strip_markup,
 )
@@ -125,7 +126,7 @@ class _CountMemo:
 
 
 def _strip(text: str) -> str:
-    return strip_markup(text) if "ctxgate:" in text.lower() else text
+    return strip_markup(text) if has_markup(text) else text
 
 
 class Rewriter:
@@ -182,7 +183,7 @@ class Rewriter:
     def _item(self, slot: Slot, policy: Policy) -> _Item:
         text = slot.text
         regions = False
-        if "ctxgate:" in text.lower():
+        if has_markup(text):
             parse_markup(text)          # bad markup is the client's error (400), found before any work
             regions = bool(_COMPRESS_TAG.search(text))
         wanted = (slot.kind == "tool" and policy.tool_results) or (slot.kind == "user" and policy.user_messages)

@@ -72,10 +72,10 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
 
 
 def _strip_all(slots: list[Slot]) -> None:
-    from compressor import strip_markup
+    from compressor import has_markup, strip_markup
 
     for s in slots:
-        if "ctxgate:" in s.text.lower():
+        if has_markup(s.text):
             s.write(strip_markup(s.text))
 
 

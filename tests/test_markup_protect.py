@@ -2,7 +2,7 @@
 
 import pytest
 
-from compressor import InvalidRequest, find_protected, parse_markup
+from compressor import InvalidRequest, find_protected, has_markup, parse_markup
 from compressor._units import render, segment
 
 
@@ -11,6 +11,16 @@ def test_markup_is_stripped_and_regions_point_into_stripped_text():
     assert m.text == "a KEEP ME b long part c"
     assert [m.text[r.start:r.end] for r in m.keep] == ["KEEP ME"]
     assert [(m.text[r.start:r.end], r.rate) for r in m.compress] == [("long part", 0.2)]
+
+
+def test_tags_are_honoured_in_any_case_and_only_tags_count_as_markup():
+    m = parse_markup("Café <CTXGATE:Keep>KEEP</CTXGATE:Keep> b <CtxGate:compress RATE=0.5>x</CtxGate:compress>")
+    assert m.text == "Café KEEP b x"
+    assert [m.text[r.start:r.end] for r in m.keep] == ["KEEP"] and [r.rate for r in m.compress] == [0.5]
+    assert has_markup("é </CTXGATE:keep>") and has_markup("<ctxgate:keep>")
+    assert not has_markup("ctxgate: is our name") and not has_markup("Café <b>bold</b>")
+    with pytest.raises(InvalidRequest, match="offset 2"):
+        parse_markup("x <CTXGATE:KEEP>never closed")
 
 
 @pytest.mark.parametrize("bad, where", [

@@ -300,12 +300,12 @@ def _uncompressed(route: str, raw: bytes) -> dict[str, Any] | None:
         return None
     body.pop("ctxgate", None)
     if b"ctxgate:" in raw.lower():
-        from compressor import strip_markup
+        from compressor import has_markup, strip_markup
 
         from .._policy import plan_for
 
         for slot in plan_for(route, body).slots:
-            if "ctxgate:" in slot.text.lower():
+            if has_markup(slot.text):
                 slot.write(strip_markup(slot.text))
     body["stream"] = False
     body.pop("stream_options", None)
