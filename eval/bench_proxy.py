@@ -210,7 +210,7 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
             conn.close()
 
     await asyncio.gather(*(warm(c) for c in conns))
-    # one stream's length (median warm-up request); 0 without warm-up, which means burst
+    # one stream's length (median warm-up request); without a warm-up there is none: burst
     spread = _percentile(warm_s, 50) if warm_s and arrivals == "staggered" else 0.0
     delays = [i * spread / concurrency for i in range(concurrency)]
     timed_from = time.perf_counter() + (delays[-1] if delays else 0.0)
@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.serve_upstream:
         return _serve_upstream(args.serve_upstream, args.chunks, args.chunk_ms)
+    if args.arrivals == "staggered" and args.warmup < 1:
+        p.error("--arrivals staggered needs --warmup 1 or more: the warm-up measures a stream's length")
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     up_port, px_port = _free_port(), _free_port()
     env = {**os.environ, "CTXGATE_CACHE__BACKEND": "memory", "CTXGATE_DEFAULT_METHOD": args.method,

@@ -5,6 +5,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from eval import bench_proxy
 from tests.conftest import serve
 
@@ -61,3 +63,9 @@ def test_a_tiny_run_reports_every_scenario(tmp_path):
         assert r["ttfb_p50_ms"] > 0 and r["total_p50_ms"] >= r["ttfb_p50_ms"]
         assert ("added_ttfb_p50_ms" in r) == (scenario != "direct")
     assert report["machine"]["cores"] >= 1
+
+
+def test_staggered_arrivals_without_a_warm_up_are_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_proxy.main(["--warmup", "0"])
+    assert exc.value.code == 2 and "needs --warmup 1 or more" in capsys.readouterr().err
