@@ -69,10 +69,7 @@ async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
 
 async def _disconnected(request: Request) -> None:
     # the body has been read: the next ASGI message is http.disconnect (or an empty keep-alive read)
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+    await _hangup(request.receive)
 
 
 def forward_headers(headers) -> dict[str, str]:
