@@ -213,8 +213,9 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
     # one stream's length (median warm-up request); without a warm-up there is none: burst
     spread = _percentile(warm_s, 50) if warm_s and arrivals == "staggered" else 0.0
     delays = [i * spread / concurrency for i in range(concurrency)]
-    timed_from = time.perf_counter() + (delays[-1] if delays else 0.0)
-    deadline = time.monotonic() + (delays[-1] if delays else 0.0) + seconds
+    ramp = delays[-1] if delays else 0.0           # until the last connection has started
+    timed_from = time.perf_counter() + ramp
+    deadline = time.monotonic() + ramp + seconds
     await asyncio.gather(*(worker(c, d) for c, d in zip(conns, delays)))
     wall = time.perf_counter() - timed_from
     ms = lambda xs, q: round(_percentile(xs, q) * 1000, 3)  # noqa: E731
