@@ -107,13 +107,19 @@ def test_upstream_timeout_is_504(proxy, upstream):
     assert exc2.value.status_code == 504 and exc2.value.body["type"] == "error"
 
 
-def test_upstream_reset_mid_stream_and_mid_body(proxy, upstream):
+def _chunks_until_error(proxy: str, behavior: str, match: str) -> list:
+    """The OpenAI SDK's chunks of a stream that must end in an SSE error event matching ``match``."""
     stream = oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
-                                                stream=True, extra_headers={"x-test-behavior": "reset"})
+                                                stream=True, extra_headers={"x-test-behavior": behavior})
     got = []
-    with pytest.raises(openai.APIError, match="broke off"):
+    with pytest.raises(openai.APIError, match=match):
         for chunk in stream:
             got.append(chunk)
+    return got
+
+
+def test_upstream_reset_mid_stream_and_mid_body(proxy, upstream):
+    got = _chunks_until_error(proxy, "reset", "broke off")
     assert len(got) == 2                                              # what arrived before the reset
     with pytest.raises(anthropic.APIError, match="broke off"):
         with ant(proxy).messages.stream(model="x", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
@@ -131,12 +137,7 @@ def test_an_upstream_that_stalls_mid_stream_ends_it_with_a_timeout_event(proxy, 
     before = _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
                      '{kind="timeout",route="chat"}')
     t0 = time.monotonic()
-    stream = oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
-                                                stream=True, extra_headers={"x-test-behavior": "stall:4"})
-    got = []
-    with pytest.raises(openai.APIError, match="broke off.*TimeoutError"):
-        for chunk in stream:
-            got.append(chunk)
+    got = _chunks_until_error(proxy, "stall:4", "broke off.*TimeoutError")
     assert len(got) == 2                                              # what arrived before the silence
     assert time.monotonic() - t0 < 3.5                                # upstream_timeout=1, not the stall's 4 s
     after = _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
