@@ -175,18 +175,21 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
     total: list[float] = []
     errors = 0
     issued = 0
+    served = 0                       # every answered request, warm-up and ramp included (for CPU per request)
     conns = [_Conn(u.hostname or "127.0.0.1", u.port or 80) for _ in range(concurrency)]
 
     warm_s: list[float] = []
 
     async def warm(conn: _Conn) -> None:
+        nonlocal served
         for _ in range(warmup):
             t0 = time.perf_counter()
             await conn.post(u.path, body, headers)
             warm_s.append(time.perf_counter() - t0)
+            served += 1
 
     async def worker(conn: _Conn, delay: float) -> None:
-        nonlocal issued, errors
+        nonlocal issued, errors, served
         await asyncio.sleep(delay)
         try:
             while issued < requests and time.monotonic() < deadline:
@@ -200,6 +203,7 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
                     conn.close()
                     conn = _Conn(u.hostname or "127.0.0.1", u.port or 80)
                     continue
+                served += 1
                 if status != 200 or got != expected:
                     errors += 1
                     continue
@@ -219,10 +223,19 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
     await asyncio.gather(*(worker(c, d) for c, d in zip(conns, delays)))
     wall = time.perf_counter() - timed_from
     ms = lambda xs, q: round(_percentile(xs, q) * 1000, 3)  # noqa: E731
-    return {"requests": len(total), "errors": errors, "wall_s": round(wall, 3),
+    return {"requests": len(total), "errors": errors, "served": served, "wall_s": round(wall, 3),
             "req_per_s": round(len(total) / wall, 1) if wall else 0.0,
             "ttfb_p50_ms": ms(ttfb, 50), "ttfb_p99_ms": ms(ttfb, 99),
             "total_p50_ms": ms(total, 50), "total_p99_ms": ms(total, 99)}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime, stime
 
 
 def _machine() -> dict[str, Any]:
@@ -251,7 +264,8 @@ def _rag_body(data_dir: str | None) -> bytes:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'scenario':<8} {'conc':>4} {'n':>6} {'err':>4} {'req/s':>7} {'ttfb p50':>9} {'ttfb p99':>9} "
-            f"{'total p50':>9} {'total p99':>9} {'+ttfb p50':>9} {'+ttfb p99':>9} {'+total p50':>10} {'+total p99':>10}")
+            f"{'total p50':>9} {'total p99':>9} {'+ttfb p50':>9} {'+ttfb p99':>9} {'+total p50':>10} {'+total p99':>10} "
+            f"{'cpu/req':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         def added(key: str, width: int = 9) -> str:
@@ -260,8 +274,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['scenario']:<8} {r['concurrency']:>4} {r['requests']:>6} {r['errors']:>4} "
                      f"{r['req_per_s']:>7.1f} {r['ttfb_p50_ms']:>9.3f} {r['ttfb_p99_ms']:>9.3f} "
                      f"{r['total_p50_ms']:>9.3f} {r['total_p99_ms']:>9.3f} {added('added_ttfb_p50_ms')} "
-                     f"{added('added_ttfb_p99_ms')} {added('added_p50_ms', 10)} {added('added_p99_ms', 10)}")
-    lines.append("times in ms; + = sidecar minus direct at the same percentile (time to first byte; whole stream)")
+                     f"{added('added_ttfb_p99_ms')} {added('added_p50_ms', 10)} {added('added_p99_ms', 10)} "
+                     f"{added('sidecar_cpu_ms_per_request', 7)}")
+    lines.append("times in ms; + = sidecar minus direct at the same percentile (time to first byte; whole stream);"
+                 " cpu/req = the sidecar's CPU time per request it served")
     return "\n".join(lines)
 
 
@@ -291,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     up_port, px_port = _free_port(), _free_port()
     env = {**os.environ, "CTXGATE_CACHE__BACKEND": "memory", "CTXGATE_DEFAULT_METHOD": args.method,
            "CTXGATE_POLICY__MIN_TOKENS": "100", "CTXGATE_LOG_LEVEL": "warning"}
+    sidecar = subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
+                                f"http://127.0.0.1:{up_port}/v1"], cwd=REPO_ROOT, env=env)
     procs = [
         subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port),
                           "--chunks", str(args.chunks), "--chunk-ms", str(args.chunk_ms)], cwd=REPO_ROOT, env=env),
-        subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
-                          f"http://127.0.0.1:{up_port}/v1"], cwd=REPO_ROOT, env=env),
+        sidecar,
     ]
     load_before = os.getloadavg()
     try:
@@ -316,9 +333,14 @@ def main(argv: list[str] | None = None) -> int:
             base = None
             for name, url, headers in scenarios:
                 headers = {"content-type": "application/json", **headers}
+                cpu0 = _cpu_seconds(sidecar.pid)
                 res = asyncio.run(_run(url, body, headers, conc, args.requests, args.seconds, expected, args.warmup,
                                          args.arrivals))
+                cpu1 = _cpu_seconds(sidecar.pid)
                 row = {"scenario": name, "concurrency": conc, **res}
+                if name != "direct" and cpu0 is not None and cpu1 is not None and res["served"]:
+                    # the sidecar's whole CPU time (all threads) per request it relayed in this run
+                    row["sidecar_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / res["served"], 2)
                 if name == "direct":
                     base = res
                 elif base is not None:

@@ -62,6 +62,8 @@ def test_a_tiny_run_reports_every_scenario(tmp_path):
         assert r["errors"] == 0 and r["requests"] > 0, r
         assert r["ttfb_p50_ms"] > 0 and r["total_p50_ms"] >= r["ttfb_p50_ms"]
         assert ("added_ttfb_p50_ms" in r) == (scenario != "direct")
+        assert ("sidecar_cpu_ms_per_request" in r) == (scenario != "direct")
+        assert r["served"] >= r["requests"] + 1          # the warm-up request counts for CPU, not for latency
     assert report["machine"]["cores"] >= 1
 
 
@@ -69,3 +71,15 @@ def test_staggered_arrivals_without_a_warm_up_are_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         bench_proxy.main(["--warmup", "0"])
     assert exc.value.code == 2 and "needs --warmup 1 or more" in capsys.readouterr().err
+
+
+def test_cpu_seconds_reads_a_process_own_cpu_time():
+    import os
+
+    before = bench_proxy._cpu_seconds(os.getpid())
+    t_end = time.process_time() + 0.3
+    while time.process_time() < t_end:
+        pass
+    after = bench_proxy._cpu_seconds(os.getpid())
+    assert before is not None and 0.2 <= after - before <= 2.0
+    assert bench_proxy._cpu_seconds(2 ** 22 + 12345) is None       # no such process
