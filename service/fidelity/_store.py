@@ -1,7 +1,10 @@
 """The local SQLite store of shadow samples, per-request savings, controller changes and the daily budget.
 
 Writes never run on the event loop or on a request's path: ``put`` queues a statement for one writer
-thread, which commits in batches. Reads (``/v1/fidelity``, the dashboard) run in a worker thread and
+thread, which commits in batches: it wakes for the first queued row, then lets rows gather for
+``LINGER`` seconds. One wake-up and one commit per row (a traffic row per compressed request) cost
+the event loop GIL hand-offs on every request (about a tenth of the sidecar's samples at 100
+streams of cache hits, measured with py-spy). Reads (``/v1/fidelity``, the dashboard) run in a worker thread and
 first wait for the queue to drain, so a reader sees everything queued before it asked. Prompt and
 answer text is written only when the caller passes it (``fidelity.store_text``).
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("ctxgate.service")
+LINGER = 0.25       # seconds a batch gathers rows before its commit; a read or close flushes at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -53,6 +57,7 @@ class Store:
         self._read.executescript(_SCHEMA)
         self._read_lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, tuple] | None] = queue.Queue()
+        self._flush = threading.Event()       # set by readers and close: commit what is queued now
         self._writer = threading.Thread(target=self._write_loop, name="ctxgate-fidelity-store", daemon=True)
         self._writer.start()
 
@@ -85,8 +90,10 @@ class Store:
         try:
             while True:
                 item = self._queue.get()
+                if item is not None and self._flush.wait(LINGER):
+                    self._flush.clear()
                 batch = [item]
-                while item is not None and len(batch) < 500:
+                while item is not None and len(batch) < 5000:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
@@ -109,12 +116,14 @@ class Store:
     # ------------------------------------------------------------------ reads (worker thread)
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        self._flush.set()
         self._queue.join()
         with self._read_lock:
             return self._read.execute(sql, params).fetchall()
 
     def close(self) -> None:
         self._queue.put(None)
+        self._flush.set()
         self._writer.join(30)
         with self._read_lock:
             self._read.close()
