@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compressor import InvalidRequest, has_markup, parse_markup
+from compressor import InvalidRequest, has_markup, parse_markup, strip_markup
 
 SlotKind = Literal["tool", "user", "text"]
 QUESTION_MAX_CHARS = 2000
@@ -38,6 +38,8 @@ QUESTION_MAX_CHARS = 2000
 _PARA = re.compile(r"\n[ \t\r]*\n\s*")
 _LINE = re.compile(r"\n\s*")
 _SENT = re.compile(r"(?<=[.!?])\s+(?=\S)")
+# in a JSON body, a tag shows as a literal "ctxgate:" (any case), or with letters \u-escaped
+_RAW_TAG = re.compile(rb"ctxgate:|\\u00[3-7]", re.I)
 
 
 @dataclass
@@ -182,3 +184,18 @@ def _last_question(slots: list[Slot]) -> str | None:
 
 def plan_for(route: str, body: dict[str, Any], question: str | None = None) -> Plan:
     return anthropic_plan(body, question) if route == "messages" else openai_plan(body, question)
+
+
+def strip_tags(route: str, body: dict[str, Any], raw: bytes) -> bool:
+    """Remove ctxgate tags from every text slot of ``body`` in place; True when there were any.
+
+    ``raw`` is the body's JSON: without a literal ``ctxgate:`` or a ``\\u`` escape that could spell
+    one, no slot can hold a tag and the body is not walked (the bypass path forwards ``raw`` as is)."""
+    if _RAW_TAG.search(raw) is None:
+        return False
+    found = False
+    for slot in plan_for(route, body).slots:
+        if has_markup(slot.text):
+            slot.write(strip_markup(slot.text))
+            found = True
+    return found

@@ -25,7 +25,7 @@ from . import _local
 from ._app import Context
 from ._control import Control, parse_control
 from ._errors import ProxyError, error_body
-from ._policy import Slot, plan_for
+from ._policy import plan_for, strip_tags
 from ._rewrite import Outcome, resolve_tokenizer
 from ._upstream import ClientGone, until_disconnect
 from .fidelity import ROUTES as FIDELITY_ROUTES
@@ -71,14 +71,6 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
     return h
 
 
-def _strip_all(slots: list[Slot]) -> None:
-    from compressor import has_markup, strip_markup
-
-    for s in slots:
-        if has_markup(s.text):
-            s.write(strip_markup(s.text))
-
-
 async def _rewrite_body(ctx: Context, route: str, raw: bytes,
                         headers) -> tuple[bytes, dict[str, str], Candidate | None]:
     """The body to forward (compressed per policy, ctxgate field and tags removed), our headers, and
@@ -90,10 +82,9 @@ async def _rewrite_body(ctx: Context, route: str, raw: bytes,
     configured = ctx.settings.policy_for(route, model)
     policy = ctl.apply(ctx.fidelity.policy(route, model, configured))   # a request's own rate beats the controller
     if ctl.bypass or not policy.enabled:
-        if not had_field and b"ctxgate:" not in raw.lower():
-            return raw, {"x-ctxgate-cache": "bypass"}, None    # byte-for-byte: nothing of ours inside
-        _strip_all(plan_for(route, body).slots)
-        return msgspec.json.encode(body), {"x-ctxgate-cache": "bypass"}, None
+        if strip_tags(route, body, raw) or had_field:
+            return msgspec.json.encode(body), {"x-ctxgate-cache": "bypass"}, None
+        return raw, {"x-ctxgate-cache": "bypass"}, None    # byte-for-byte: nothing of ours inside
     plan = plan_for(route, body, ctl.question)
     outcome = await ctx.rewriter.rewrite(route, plan, policy, explicit_question=ctl.question,
                                          tokenizer=policy.tokenizer or resolve_tokenizer(model))

@@ -166,6 +166,21 @@ def test_bypass_forwards_the_exact_bytes(proxy, upstream, nq_item):
     assert "ctxgate" not in sent and sent["messages"][0]["content"] == rag_prompt(nq_item)
 
 
+def test_bypass_strips_tags_however_the_json_spells_them(proxy, upstream):
+    headers = {"content-type": "application/json", "x-ctxgate-bypass": "1"}
+    # json.dumps escapes non-ASCII as \u00e9: no tag inside, so still forwarded byte for byte
+    plain = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Caf\u00e9 au lait?"}]}).encode()
+    assert b"\\u00e9" in plain
+    httpx.post(proxy + "/v1/chat/completions", content=plain, headers=headers, timeout=30)
+    assert upstream.last().raw == plain
+    # a tag with its letters \u-escaped is still a tag once decoded, and must not reach upstream
+    escaped = (b'{"model": "m", "messages": [{"role": "user", "content": '
+               b'"<\\u0063txgate:keep>code 7</\\u0043TXGATE:keep> now?"}]}')
+    r = httpx.post(proxy + "/v1/chat/completions", content=escaped, headers=headers, timeout=30)
+    assert r.status_code == 200
+    assert upstream.last().json["messages"][0]["content"] == "code 7 now?"
+
+
 def test_rate_and_method_controls(proxy, upstream, nq_item):
     msgs = [{"role": "user", "content": rag_prompt(nq_item)}]
     sizes = {}

@@ -299,14 +299,9 @@ def _uncompressed(route: str, raw: bytes) -> dict[str, Any] | None:
     if not isinstance(body, dict):
         return None
     body.pop("ctxgate", None)
-    if b"ctxgate:" in raw.lower():
-        from compressor import has_markup, strip_markup
+    from .._policy import strip_tags
 
-        from .._policy import plan_for
-
-        for slot in plan_for(route, body).slots:
-            if has_markup(slot.text):
-                slot.write(strip_markup(slot.text))
+    strip_tags(route, body, raw)
     body["stream"] = False
     body.pop("stream_options", None)
     return body
