@@ -38,8 +38,8 @@ QUESTION_MAX_CHARS = 2000
 _PARA = re.compile(r"\n[ \t\r]*\n\s*")
 _LINE = re.compile(r"\n\s*")
 _SENT = re.compile(r"(?<=[.!?])\s+(?=\S)")
-# in a JSON body, a tag shows as a literal "ctxgate:" (any case), or with letters \u-escaped
-_RAW_TAG = re.compile(rb"ctxgate:|\\u00[3-7]", re.I)
+# in a JSON body a tag shows as a literal "ctxgate:" (any case), or with letters \u-escaped
+_ESCAPED_ASCII = re.compile(rb"\\u00[3-7]")
 
 
 @dataclass
@@ -191,7 +191,9 @@ def strip_tags(route: str, body: dict[str, Any], raw: bytes) -> bool:
 
     ``raw`` is the body's JSON: without a literal ``ctxgate:`` or a ``\\u`` escape that could spell
     one, no slot can hold a tag and the body is not walked (the bypass path forwards ``raw`` as is)."""
-    if _RAW_TAG.search(raw) is None:
+    # bytes.lower + ``in`` and a literal-prefix regex: ~25 us on a 10 KB body; one case-insensitive
+    # regex for both was 155 us, on every bypassed request
+    if b"ctxgate:" not in raw.lower() and (b"\\u00" not in raw or _ESCAPED_ASCII.search(raw) is None):
         return False
     found = False
     for slot in plan_for(route, body).slots:
