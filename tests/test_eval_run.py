@@ -92,3 +92,40 @@ def test_prefix_cache_reuses_the_shared_demonstrations_and_answers_the_same():
         b = plain.answer(None, prompt, max_new_tokens=12, stop=[])
         assert a.text == b.text and a.prompt_tokens == b.prompt_tokens
     assert cached.reused_tokens > 300 and plain.reused_tokens == 0
+
+
+class _FakeCache:
+    """Stands in for a transformers KV cache: only its length matters to the retention policy."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+    def crop(self, k: int) -> None:
+        self.n += k             # negative k removes tokens from the end
+
+
+def test_prefix_cache_keeps_a_reused_prompt_through_an_items_other_conditions():
+    """The eval's order per item is full prompt, then the other conditions; the full prompt's cache
+    must still be there when a prompt sharing its prefix comes (truncate in NQ, the next item's
+    full prompt in GSM8K), however many conditions came in between."""
+    from eval.readers import LocalReader
+
+    reader = object.__new__(LocalReader)          # the retention policy only; no model loaded
+    reader.prefix_cache, reader._caches, reader.reused_tokens = True, [], 0
+    demos = list(range(1000, 3000))
+    for item in range(3):
+        full = demos + [item, 7, 7]
+        cache, reused = reader._cached_prefix(full)
+        assert reused == (0 if item == 0 else len(demos)), item      # the previous item's full prompt
+        reader._remember(full, _FakeCache(len(full)))
+        for cond in range(6):                     # six other conditions, no long prefix in common
+            other = [item * 100 + cond] * 200
+            assert reader._cached_prefix(other) == (None, 0)
+            reader._remember(other, _FakeCache(len(other)))
+        truncated = demos[:600] + [5]
+        cache, reused = reader._cached_prefix(truncated)
+        assert reused == 600 and cache.get_seq_length() == 600
+    assert len(reader._caches) <= LocalReader.KEEP
