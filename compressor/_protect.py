@@ -66,7 +66,6 @@ def find_protected(text: str) -> list[Span]:
         return []
     big = [Span(m.start(), m.end(), "code_block") for m in _FENCE.finditer(text)]
     big += _json_spans(text, [(s.start, s.end) for s in big])
-    taken = sorted((s.start, s.end) for s in big)
     small: list[Span] = []
     for kind, pat in _PATTERNS:
         for m in pat.finditer(text):

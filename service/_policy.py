@@ -195,8 +195,13 @@ def strip_tags(route: str, body: dict[str, Any], raw: bytes) -> bool:
     # regex for both was 155 us, on every bypassed request
     if b"ctxgate:" not in raw.lower() and (b"\\u00" not in raw or _ESCAPED_ASCII.search(raw) is None):
         return False
+    return strip_slots(plan_for(route, body).slots)
+
+
+def strip_slots(slots: list[Slot]) -> bool:
+    """Remove ctxgate tags from each slot's text in place; True when there were any."""
     found = False
-    for slot in plan_for(route, body).slots:
+    for slot in slots:
         if has_markup(slot.text):
             slot.write(strip_markup(slot.text))
             found = True

@@ -19,13 +19,13 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from compressor import CompressRequest, Document, InputTooLarge, InvalidRequest
+from compressor import CompressRequest, InputTooLarge, InvalidRequest
 
 from . import _local
 from ._app import Context
 from ._control import Control, parse_control
 from ._errors import ProxyError, error_body
-from ._policy import plan_for, strip_tags
+from ._policy import plan_for, strip_slots, strip_tags
 from ._rewrite import Outcome, resolve_tokenizer
 from ._upstream import ClientGone, until_disconnect
 from .fidelity import ROUTES as FIDELITY_ROUTES
@@ -208,7 +208,7 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
             rate = (budget - (total - compressible)) / compressible if compressible else 1.0
             policy = msgspec.structs.replace(policy, rate=min(1.0, max(0.01, rate)))
     if ctl.bypass or not policy.enabled:
-        _strip_all(plan.slots)
+        strip_slots(plan.slots)
         outcome = Outcome()
         total, _ = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
         outcome.tokens_before = outcome.tokens_after = total
