@@ -23,7 +23,7 @@ from ._units import segment
 from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2      # 2: hybrid keeps whole typical documents when there is no question
 DEFAULT_RATE = 0.5
 
 

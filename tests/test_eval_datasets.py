@@ -6,6 +6,7 @@ import pytest
 
 from eval.datasets import DATASETS, DataError, build_multidoc, data_dir, load_dataset
 from eval.datasets._common import read_jsonl
+from tests._nqdata import DATA
 
 
 @pytest.mark.parametrize("name", [n for n in DATASETS if n != "nq"])
@@ -62,7 +63,11 @@ def test_seeded_samples_are_stable_and_seed_dependent():
 
 def test_gsm8k_compresses_the_demonstrations_not_the_question():
     it = load_dataset("gsm8k", limit=1)[0]
-    assert it.context.count("Question:") == 8 and it.compression_question is None
+    # eight demonstrations, as a list (LLMLingua's setup), each one worked example
+    assert len(it.context) == 8 and all(d.startswith("Question:") and d.count("Question:") == 1 for d in it.context)
+    assert it.compression_question is None
+    full = (DATA / "gsm8k" / "cot_prompts" / "prompt_hardest.txt").read_text().strip()
+    assert it.separator.join(it.context) == full         # the uncompressed prompt is the file, byte for byte
     assert it.prompt("DEMOS").startswith("DEMOS\n\nQuestion: " + it.question)
 
 

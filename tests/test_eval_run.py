@@ -84,7 +84,8 @@ def test_prefix_cache_reuses_the_shared_demonstrations_and_answers_the_same():
     from eval.datasets import load_dataset
     from eval.readers import LocalReader
 
-    demos = load_dataset("gsm8k", limit=1)[0].context[:1500]
+    item = load_dataset("gsm8k", limit=1)[0]
+    demos = item.separator.join(item.context)[:1500]
     cached, plain = LocalReader("smollm2"), LocalReader("smollm2", prefix_cache=False)
     for q in ("Tom has 3 apples and buys 4 more. How many apples?", "A box holds 6 eggs. How many eggs in 7 boxes?"):
         prompt = f"{demos}\n\nQuestion: {q}\nLet's think step by step\n"

@@ -112,6 +112,19 @@ def test_without_question_low_information_words_go_first(comp):
     assert share(kept) < 0.6 * share(words), (share(kept), share(words))
 
 
+def test_without_question_documents_are_kept_whole_not_all_shredded(comp):
+    """Few-shot demonstrations at 10x: one worked example nearly intact, the rest dropped
+    (spreading the budget over all eight left a few words of each)."""
+    demos = (DATA / "gsm8k" / "cot_prompts" / "prompt_hardest.txt").read_text().strip().split("\n\n")
+    assert len(demos) == 8
+    r = comp.compress(context=demos, rate=0.1, options={"separator": "\n\n"})
+    kept = [d for d in r.documents if not d.dropped]
+    assert len(kept) == 1 and kept[0].text.startswith("Question:")
+    assert len(kept[0].text.split()) >= 0.7 * len(demos[kept[0].index].split())
+    assert abs(r.compressed_tokens - 0.1 * r.original_tokens) <= 0.15 * 0.1 * r.original_tokens
+    assert all(d.score is not None for d in r.documents)       # typicality, for the caller to see
+
+
 def test_deterministic(comp):
     item = nq_items(3)[2]
     a = comp.compress(context=nq_docs(item), question=item["question"], rate=0.1)
