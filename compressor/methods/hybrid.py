@@ -12,10 +12,11 @@
 
 Without a question, several documents (few-shot demonstrations, say) are ranked by how typical
 they are: MiniLM similarity to the mean of all documents. The most typical that fit in
-``coarse_factor`` x the budget are kept (always at least one) and pruned from there, as LLMLingua's
-budget controller keeps whole demonstrations. Spreading a 10x budget over every document instead left a few words of each: on
-GSM8K's 8-shot prompt, word salad where one intact worked example is what a reader needs. One
-text without a question is pruned by self-information alone.
+``coarse_factor`` x the budget are kept (always at least one) and pruned from there, as
+LLMLingua's budget controller keeps whole demonstrations. Spreading a 10x budget over every
+document instead left a few words of each: on GSM8K's 8-shot prompt, word salad where one intact
+worked example is what a reader needs. One text without a question is pruned by self-information
+alone.
 """
 
 from __future__ import annotations
