@@ -264,8 +264,8 @@ def _rag_body(data_dir: str | None) -> bytes:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'scenario':<8} {'conc':>4} {'n':>6} {'err':>4} {'req/s':>7} {'ttfb p50':>9} {'ttfb p99':>9} "
-            f"{'total p50':>9} {'total p99':>9} {'+ttfb p50':>9} {'+ttfb p99':>9} {'+total p50':>10} {'+total p99':>10} "
-            f"{'cpu/req':>7}")
+            f"{'total p50':>9} {'total p99':>9} {'+ttfb p50':>9} {'+ttfb p99':>9} {'+total p50':>10} "
+            f"{'+total p99':>10} {'cpu/req':>7}")
     lines = [head, "-" * len(head)]
     for r in rows:
         def added(key: str, width: int = 9) -> str:
