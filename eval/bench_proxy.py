@@ -229,6 +229,15 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
             "total_p50_ms": ms(total, 50), "total_p99_ms": ms(total, 99)}
 
 
+def _pins() -> dict[str, set[int]]:
+    """CPUs for --pin: the sidecar gets the first allowed CPU, the upstream the second, the load
+    generator the rest (on two CPUs it shares the upstream's)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    return {"sidecar": {cpus[0]}, "upstream": {cpus[1]}, "client": set(cpus[2:]) or {cpus[1]}}
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
     try:
@@ -294,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arrivals", choices=("staggered", "burst"), default="staggered",
                    help="staggered (default): streams start evenly spread, so CONCURRENCY are always in "
                         "flight; burst: all start together and stay in lockstep")
+    p.add_argument("--pin", action="store_true",
+                   help="pin the sidecar to CPU 0, the upstream to CPU 1 and this load generator to the rest "
+                        "(Linux), so that on a machine with cores to spare the sidecar's own cost is measured")
     p.add_argument("--method", default="truncate", help="compression method for the cache-hit run")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     p.add_argument("--out", default="bench_proxy.json", help="JSON results (default bench_proxy.json)")
@@ -307,13 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     up_port, px_port = _free_port(), _free_port()
     env = {**os.environ, "CTXGATE_CACHE__BACKEND": "memory", "CTXGATE_DEFAULT_METHOD": args.method,
            "CTXGATE_POLICY__MIN_TOKENS": "100", "CTXGATE_LOG_LEVEL": "warning"}
+    # a child inherits its parent's CPU affinity (and every thread it starts inherits the child's)
+    pins = _pins() if args.pin else None
+    if pins:
+        os.sched_setaffinity(0, pins["sidecar"])
     sidecar = subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
                                 f"http://127.0.0.1:{up_port}/v1"], cwd=REPO_ROOT, env=env)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port),
-                          "--chunks", str(args.chunks), "--chunk-ms", str(args.chunk_ms)], cwd=REPO_ROOT, env=env),
-        sidecar,
-    ]
+    if pins:
+        os.sched_setaffinity(0, pins["upstream"])
+    upstream = subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port),
+                                 "--chunks", str(args.chunks), "--chunk-ms", str(args.chunk_ms)], cwd=REPO_ROOT,
+                                env=env)
+    procs = [upstream, sidecar]
+    if pins:
+        os.sched_setaffinity(0, pins["client"])
+        # read back, so the report shows what the kernel applied, not what was asked
+        pins = {"sidecar": sorted(os.sched_getaffinity(sidecar.pid)),
+                "upstream": sorted(os.sched_getaffinity(upstream.pid)), "client": sorted(os.sched_getaffinity(0))}
     load_before = os.getloadavg()
     try:
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(30)
     out = {"machine": {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-           "settings": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup,
+           "settings": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup, "pin": pins,
                         "arrivals": args.arrivals,
                         "chunks": args.chunks, "chunk_ms": args.chunk_ms,
                         "method": args.method, "prompt_bytes": len(body),

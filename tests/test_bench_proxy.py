@@ -65,6 +65,25 @@ def test_a_tiny_run_reports_every_scenario(tmp_path):
         assert ("sidecar_cpu_ms_per_request" in r) == (scenario != "direct")
         assert r["served"] >= r["requests"] + 1          # the warm-up request counts for CPU, not for latency
     assert report["machine"]["cores"] >= 1
+    assert report["settings"]["pin"] is None
+
+
+def test_pin_puts_the_sidecar_and_the_upstream_on_their_own_cpus(tmp_path):
+    import os
+
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.skip("needs 2 CPUs")
+    out = tmp_path / "bench_proxy.json"
+    try:
+        assert bench_proxy.main(["--requests", "3", "--seconds", "1", "--concurrency", "1", "--chunks", "2",
+                                 "--chunk-ms", "5", "--warmup", "1", "--pin", "--out", str(out)]) == 0
+    finally:
+        os.sched_setaffinity(0, before)             # the load generator pinned this process
+    cpus = sorted(before)
+    pin = json.loads(out.read_text())["settings"]["pin"]
+    assert pin["sidecar"] == [cpus[0]] and pin["upstream"] == [cpus[1]]
+    assert pin["client"] == (cpus[2:] or [cpus[1]])
 
 
 def test_staggered_arrivals_without_a_warm_up_are_refused(capsys):
