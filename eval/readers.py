@@ -74,20 +74,20 @@ class LocalReader:
         import copy
 
         best, best_len = None, 0
-        for entry in self._caches:
+        for i, (cached_ids, _) in enumerate(self._caches):
             n = 0
-            for a, b in zip(entry[0], ids):
+            for a, b in zip(cached_ids, ids):
                 if a != b:
                     break
                 n += 1
             if n > best_len:
-                best, best_len = entry, n
+                best, best_len = i, n
         best_len = min(best_len, len(ids) - 1)  # generate needs at least one new token to prefill
         if best is None or best_len < self.MIN_PREFIX:
             return None, 0
-        self._caches.remove(best)
-        self._caches.append(best)               # most recently used last
-        cache = copy.deepcopy(best[1])
+        entry = self._caches.pop(best)
+        self._caches.append(entry)              # most recently used last
+        cache = copy.deepcopy(entry[1])
         _crop_to(cache, best_len)
         return cache, best_len
 

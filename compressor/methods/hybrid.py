@@ -124,11 +124,12 @@ class Hybrid:
                 continue
             if used >= allowance and d not in must:
                 continue
+            cost = sum(costs[d])
             # without a question, a document that would overshoot is left out rather than shredded
-            if question is None and chosen and used + sum(costs[d]) > allowance and d not in must:
+            if question is None and chosen and used + cost > allowance and d not in must:
                 continue
             chosen.append(d)
-            used += sum(costs[d])
+            used += cost
         bonus = _rank_bonus(len(chosen))
         ranges = [(d, 0, len(docs[d].units), b) for d, b in zip(chosen, bonus)]
         ranges.sort()
