@@ -304,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="staggered (default): streams start evenly spread, so CONCURRENCY are always in "
                         "flight; burst: all start together and stay in lockstep")
     p.add_argument("--pin", action="store_true",
-                   help="pin the sidecar to CPU 0, the upstream to CPU 1 and this load generator to the rest "
-                        "(Linux), so that on a machine with cores to spare the sidecar's own cost is measured")
+                   help="pin the sidecar to the first allowed CPU, the upstream to the second and this load "
+                        "generator to the rest (Linux), so that on a machine with cores to spare the sidecar's "
+                        "own cost is measured")
     p.add_argument("--method", default="truncate", help="compression method for the cache-hit run")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     p.add_argument("--out", default="bench_proxy.json", help="JSON results (default bench_proxy.json)")
