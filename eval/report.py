@@ -111,9 +111,8 @@ def table(cells: list[Cell]) -> str:
 def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[str, str] | None = None,
                  *, plots: bool = True) -> tuple[Path, list[Path]]:
     cells = aggregate(rows, config.methods)
-    machine = {}
-    if (out / "machine.json").exists():
-        machine = json.loads((out / "machine.json").read_text())
+    sessions = _sessions_with_rows(out)
+    machine = sessions[-1] if sessions else {}
     commands = []
     if (out / "config.json").exists():
         commands = json.loads((out / "config.json").read_text()).get("commands", [])
@@ -126,9 +125,7 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
         + (f", {machine['reader_url']}" if machine.get("reader_url") else
            f", device {machine.get('device', '?')}, dtype {machine.get('dtype', '?')}") + "), greedy. "
         f"Scorer: {config.scorer}; embedder: {config.embedder}.",
-        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores ({machine.get('simd', '?')}), "
-        f"torch {machine.get('torch', '?')}, transformers {machine.get('transformers', '?')}, "
-        f"peak RSS {machine.get('peak_rss_mib', '?')} MiB, {machine.get('date', '')}.",
+        *_machine_lines(sessions),
         "",
         "Columns: accuracy is the task's headline metric; `full prompt, same items` is the uncompressed "
         "accuracy on exactly this row's items; fidelity compares each answer with the same reader's "
@@ -149,6 +146,47 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
     report = out / "report.md"
     report.write_text("\n".join(parts) + "\n")
     return report, images
+
+
+def _sessions_with_rows(out: Path) -> list[dict]:
+    """The sessions that added rows, each with its ``last_row`` (sessions killed before a row drop out)."""
+    from .runner import RESULTS, load_rows, load_sessions
+
+    sessions = load_sessions(out)
+    total = len(load_rows(out / RESULTS))
+    kept = []
+    for i, s in enumerate(sessions):
+        end = sessions[i + 1]["first_row"] if i + 1 < len(sessions) else total
+        if end > s["first_row"]:
+            kept.append({**s, "last_row": end - 1})
+    return kept
+
+
+def _machine(m: dict) -> str:
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('simd', '?')}), torch {m.get('torch', '?')}, "
+            f"transformers {m.get('transformers', '?')}, {m.get('compute_dtype') or m.get('dtype', '?')}, "
+            f"peak RSS {m.get('peak_rss_mib', '?')} MiB, {m.get('date', '')}")
+
+
+def _machine_lines(sessions: list[dict]) -> list[str]:
+    """One line for a run made in one go; for a resumed run, which rows ran on which machine."""
+    merged: list[dict] = []
+    for s in sessions:  # resumed on the same kind of machine: one range, the latest date
+        if merged and _same_machine(merged[-1], s):
+            merged[-1] = {**s, "first_row": merged[-1]["first_row"]}
+        else:
+            merged.append(s)
+    if len(merged) <= 1:
+        return [f"Machine: {_machine(merged[0]) if merged else '?'}."]
+    lines = ["Machines (the run was resumed; rows of results.jsonl counted from 1):", ""]
+    lines += [f"- rows {s['first_row'] + 1}-{s['last_row'] + 1}: {_machine(s)}" for s in merged]
+    return lines
+
+
+def _same_machine(a: dict, b: dict) -> bool:
+    keys = ("cpu", "cores", "simd", "torch", "transformers", "device", "cuda")
+    return all(a.get(k) == b.get(k) for k in keys) and (a.get("compute_dtype") or a.get("dtype")) == (
+        b.get("compute_dtype") or b.get("dtype"))
 
 
 def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:

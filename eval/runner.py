@@ -30,6 +30,8 @@ log = logging.getLogger("ctxgate.eval")
 FULL = ("passthrough", 1.0)
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
+MACHINE = "machine.json"
+_SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class EvalError(CtxgateError, ValueError):
@@ -81,6 +83,42 @@ def _check_out(config: EvalConfig, out: Path) -> None:
             if old.get(key) != msgspec.to_builtins(config).get(key):
                 raise EvalError(f"{out} was run with {key}={old.get(key)!r}, not {getattr(config, key)!r}; "
                                 "use another --out")
+
+
+def load_sessions(out: Path) -> list[dict]:
+    """Every session that ran rows into ``out``, oldest first, each with the row it started at.
+
+    A long run is resumed across machines; the report must say which rows ran where. A file from
+    before the history was kept is one session that started at row 0.
+    """
+    path = out / MACHINE
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    sessions = data["sessions"] if isinstance(data, dict) and "sessions" in data else [data]
+    return [{"first_row": 0, **s} if i == 0 else s for i, s in enumerate(sessions)]
+
+
+def compute_dtype() -> str:
+    """The dtype the scorer and a local reader load in here (``CTXGATE_DTYPE`` or the CPU's)."""
+    from compressor.models import pick_device, pick_dtype
+
+    return str(pick_dtype(pick_device())).removeprefix("torch.")
+
+
+def _check_dtype(out: Path, sessions: list[dict], dtype: str) -> None:
+    """Refuse to resume in another precision: bf16 and fp32 rows are different experiments.
+
+    The default dtype follows the CPU (bf16 where it is native), so resuming on another machine
+    kind would otherwise switch precision silently, for the scorer and the reader both.
+    """
+    first = next((s for s in sessions if s.get("compute_dtype") or s.get("dtype")), None)
+    if first is None:
+        return
+    was = first.get("compute_dtype") or first["dtype"]
+    if was != dtype:
+        raise EvalError(f"{out} was run in {was} (scorer and reader); this machine would use {dtype}. "
+                        f"Set CTXGATE_DTYPE={_SHORT_DTYPE.get(was, was)} to continue it, or use another --out")
 
 
 def _save_config(config: EvalConfig, out: Path) -> None:
@@ -170,6 +208,9 @@ def run_eval(config: EvalConfig) -> EvalResults:
         return results
     out.mkdir(parents=True, exist_ok=True)
     _check_out(config, out)
+    sessions = load_sessions(out)
+    dtype = compute_dtype()
+    _check_dtype(out, sessions, dtype)
     items = load_dataset(config.dataset, limit=config.limit, seed=config.seed, data=config.data_dir,
                          **config.dataset_options)
     _save_config(config, out)
@@ -191,7 +232,9 @@ def run_eval(config: EvalConfig) -> EvalResults:
         ok, skipped = _available(compressor, list(dict.fromkeys(m for m, _ in wanted)))
         todo = [t for t in todo if t[1] in ok]
         fidelity = _Fidelity(config.embedder)
-        (out / "machine.json").write_text(json.dumps({**machine_info(), **reader.describe()}, indent=2))
+        # written before the first row, so a run killed mid-way still says where its rows ran
+        sessions.append({**machine_info(), **reader.describe(), "compute_dtype": dtype, "first_row": len(rows)})
+        _write_sessions(out, sessions)
         bar = _progress(len(todo), config.progress)
         with res_path.open("ab") as sink:
             for item, method, rate in todo:
@@ -208,14 +251,17 @@ def run_eval(config: EvalConfig) -> EvalResults:
         bar.close()
         if hasattr(reader, "close"):
             reader.close()
-        info = json.loads((out / "machine.json").read_text())
-        info["peak_rss_mib"] = str(_peak_rss_mib())
-        (out / "machine.json").write_text(json.dumps(info, indent=2))
+        sessions[-1]["peak_rss_mib"] = str(_peak_rss_mib())
+        _write_sessions(out, sessions)
     results = EvalResults(out=out, rows=[r for r in done.values()], skipped_methods=skipped, new_rows=new_rows)
     from .report import write_report
 
     results.report, results.plots = write_report(out, config, results.rows, skipped, plots=config.plots)
     return results
+
+
+def _write_sessions(out: Path, sessions: list[dict]) -> None:
+    (out / MACHINE).write_text(json.dumps({"sessions": sessions}, indent=2))
 
 
 def _progress(total: int, enabled: bool):

@@ -8,14 +8,15 @@ import pytest
 
 from eval.cli import main
 from eval.readers import HTTPReader, cut_at_stop
-from eval.runner import load_rows
+from eval.report import _machine_lines
+from eval.runner import compute_dtype, load_rows, load_sessions
 
 ARGS = ["--dataset", "nq", "--option", "docs=5", "--limit", "2", "--reader", "smollm2", "--rates", "0.25",
         "--max-new-tokens", "8", "--quiet"]
 
 
 @pytest.mark.slow
-def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys):
+def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main([*ARGS, "--methods", "truncate", "--out", str(out)]) == 0
     rows = load_rows(out / "results.jsonl")
@@ -36,7 +37,8 @@ def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys):
     assert "ctxgate eval --dataset nq" in report and " cores (" in report
     for png in ("nq5_accuracy_vs_ratio.png", "nq5_latency.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "machine.json").read_text())["dtype"] == "float32"
+    (session,) = load_sessions(out)
+    assert session["first_row"] == 0 and session["compute_dtype"] == session["dtype"] == compute_dtype()
 
     # a rerun without --resume refuses to mix results
     assert main([*ARGS, "--methods", "truncate", "--out", str(out)]) == 2
@@ -46,6 +48,15 @@ def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys):
     rows = load_rows(out / "results.jsonl")
     assert len(rows) == 6 and sum(r.method == "random" for r in rows) == 2
     assert "| random | 0.25 | 2 |" in (out / "report.md").read_text()
+    assert [s["first_row"] for s in load_sessions(out)] == [0, 4]
+    assert "Machine: " in (out / "report.md").read_text()  # same machine twice: one line
+    # resuming in another precision (another machine kind's default) is refused, naming the fix
+    other = "bf16" if compute_dtype() == "float32" else "fp32"
+    monkeypatch.setenv("CTXGATE_DTYPE", other)
+    assert main([*ARGS, "--methods", "truncate,random", "--rates", "0.1", "--out", str(out), "--resume"]) == 2
+    assert f"CTXGATE_DTYPE={'fp32' if other == 'bf16' else 'bf16'}" in capsys.readouterr().err
+    assert len(load_rows(out / "results.jsonl")) == 6
+    monkeypatch.delenv("CTXGATE_DTYPE")
     # the report can be rebuilt from results.jsonl alone
     (out / "report.md").unlink()
     assert main(["--report-only", "--out", str(out)]) == 0
@@ -130,3 +141,19 @@ def test_prefix_cache_keeps_a_reused_prompt_through_an_items_other_conditions():
         cache, reused = reader._cached_prefix(truncated)
         assert reused == 600 and cache.get_seq_length() == 600
     assert len(reader._caches) <= LocalReader.KEEP
+
+
+def test_a_run_resumed_on_another_machine_says_which_rows_ran_where(tmp_path):
+    # the file as written before sessions were kept: one machine, from row 0
+    amd = {"cpu": "AMD EPYC", "cores": "2", "simd": "avx2", "torch": "2.13.0+cpu", "dtype": "float32",
+           "date": "2026-11-28 10:00"}
+    (tmp_path / "machine.json").write_text(json.dumps(amd))
+    assert load_sessions(tmp_path) == [{**amd, "first_row": 0}]
+    xeon = {**amd, "cpu": "Intel Xeon", "simd": "avx512_bf16,amx_bf16", "compute_dtype": "float32"}
+    sessions = [{**amd, "first_row": 0, "last_row": 9}, {**amd, "first_row": 10, "last_row": 19},
+                {**xeon, "first_row": 20, "last_row": 24}]
+    lines = _machine_lines(sessions)
+    assert lines[0].startswith("Machines (the run was resumed")
+    assert [ln.split(":")[0] for ln in lines[2:]] == ["- rows 1-20", "- rows 21-25"]
+    assert "AMD EPYC" in lines[2] and "Intel Xeon" in lines[3] and "float32" in lines[3]
+    assert _machine_lines(sessions[:2]) == [f"Machine: {lines[2].split(': ', 1)[1]}."]
