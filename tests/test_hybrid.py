@@ -19,6 +19,16 @@ def scorer(comp):
     return comp.method("hybrid").scorer
 
 
+@pytest.fixture()
+def fp32_scorer(monkeypatch):
+    """The scorer in fp32 whatever the machine's default: these tests check exactness, which bf16
+    (the default on AMX CPUs) cannot give (padding alone moves a bf16 NLL by up to ~0.2)."""
+    monkeypatch.setenv("CTXGATE_DTYPE", "fp32")
+    scorer = LMScorer("smollm2")
+    assert next(scorer._load()[0].parameters()).dtype == torch.float32
+    return scorer
+
+
 def _reference_nll(scorer, text):
     """-log p straight from the full model forward: what the windowed scorer must reproduce."""
     model, tok = scorer._load()
@@ -28,7 +38,8 @@ def _reference_nll(scorer, text):
     return -logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
 
 
-def test_scorer_matches_the_full_forward_pass_and_batching_does_not_change_it(scorer):
+def test_scorer_matches_the_full_forward_pass_and_batching_does_not_change_it(fp32_scorer):
+    scorer = fp32_scorer
     text, _ = squad_article(0, 1)
     short = "The Normans gave their name to Normandy, a region in France."
     ref = _reference_nll(scorer, text)
@@ -43,7 +54,8 @@ def test_scorer_matches_the_full_forward_pass_and_batching_does_not_change_it(sc
     assert offs[0, 0] == 0 and offs[-1, 1] == len(text) and (np.diff(offs[:, 0]) >= 0).all()
 
 
-def test_windows_bound_the_context_but_score_every_token(scorer):
+def test_windows_bound_the_context_but_score_every_token(fp32_scorer):
+    scorer = fp32_scorer
     text, _ = squad_article(0, 1)
     small = LMScorer(scorer.name, window=48, overlap=16, batch_tokens=128)
     windowed, = small.score([text])
