@@ -61,6 +61,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reader-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8340/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="for --reader-url ($OPENAI_API_KEY)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the dataset's answer length cap")
+    p.add_argument("--batch", type=int, default=8,
+                   help="answers decoded together by a local reader (default 8; 1 = one at a time). Decoding is "
+                        "memory-bound, so a batch costs little more than one answer; padded batches are not "
+                        "bit-identical to one at a time, so a run keeps its batch size")
     p.add_argument("--tokenizer", default=None, help="token accounting (default: the reader's tokenizer)")
     p.add_argument("--scorer", default="smollm2")
     p.add_argument("--embedder", default="minilm")
@@ -80,9 +84,11 @@ def config_from_args(argv: list[str]) -> EvalConfig:
                          f"choose from {', '.join(METHOD_NAMES)}")
     if a.limit < 1:
         raise SystemExit("ctxgate eval: error: --limit must be at least 1")
+    if a.batch < 1:
+        raise SystemExit("ctxgate eval: error: --batch must be at least 1")
     return EvalConfig(
         dataset=a.dataset, limit=a.limit, seed=a.seed, data_dir=a.data_dir, methods=a.methods, rates=a.rates,
-        reader=a.reader, reader_url=a.reader_url, reader_api_key=a.api_key, max_new_tokens=a.max_new_tokens,
+        reader=a.reader, reader_url=a.reader_url, reader_api_key=a.api_key, max_new_tokens=a.max_new_tokens, batch=a.batch,
         tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder, out=a.out or f"eval-results/{a.dataset}",
         resume=a.resume, report_only=a.report_only, plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
         command="ctxgate eval " + shlex.join(argv),

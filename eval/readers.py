@@ -18,13 +18,26 @@ class Answer:
     prompt_tokens: int
     new_tokens: int
     hit_cap: bool
-    seconds: float
+    seconds: float           # in a batch, the batch's time divided by its size
+    batch: int = 1           # answers decoded in the same generate call
+
+
+@dataclass
+class Ask:
+    """One prompt for ``answer_many``."""
+
+    system: str | None
+    user: str
+    max_new_tokens: int
+    stop: list[str]
 
 
 class Reader(Protocol):
     name: str
 
     def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer: ...
+
+    def answer_many(self, asks: list[Ask]) -> list[Answer]: ...
 
     def describe(self) -> dict[str, str]: ...
 
@@ -136,6 +149,88 @@ class LocalReader:
         return Answer(text.strip(), n_in, len(new), hit_cap, seconds)
 
 
+    # padding a 350-token prompt to 2,700 would cost more prefill than the batch saves in decoding
+    MAX_PAD = 1.5
+
+    def answer_many(self, asks: list[Ask]) -> list[Answer]:
+        """Answers in order; prompts of similar length are decoded together (left-padded).
+
+        Decoding is memory-bound (each step streams all the weights), so a batch of answers costs
+        little more than one. The prefix cache is not used here.
+        """
+        if len(asks) == 1:
+            a = asks[0]
+            return [self.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop)]
+        tok = self.tokenizer
+        ids = [tok.apply_chat_template(_messages(a.system, a.user), add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for a in asks]
+        order = sorted(range(len(asks)), key=lambda i: len(ids[i]))
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and len(ids[i]) <= self.MAX_PAD * len(ids[groups[-1][0]]):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        out: list[Answer | None] = [None] * len(asks)
+        for g in groups:
+            for i, ans in zip(g, self._generate_batch([ids[i] for i in g], [asks[i] for i in g])):
+                out[i] = ans
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, ids: list[list[int]], asks: list[Ask]) -> list[Answer]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.model.device)
+        caps = torch.tensor([a.max_new_tokens for a in asks], device=self.model.device)
+
+        finished: dict[int, int] = {}  # row -> its token count when its cap or a stop pattern ended it
+
+        class _Stop(StoppingCriteria):
+            """Per row: its own cap or its stop patterns (generate handles EOS and pads finished rows)."""
+
+            def __call__(self, seq, scores, **kwargs):
+                k = seq.shape[1] - width
+                done = k >= caps
+                for r, a in enumerate(asks):
+                    if r in finished:
+                        done[r] = True
+                    elif done[r] or (a.stop and cut_at_stop(tok.decode(seq[r, width:], skip_special_tokens=True),
+                                                            a.stop)[1]):
+                        done[r] = True
+                        finished[r] = k
+                return done
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            seq = self.model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=int(caps.max()),
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=pad,
+            )
+        share = (time.perf_counter() - t0) / len(asks)
+        eos = _eos_ids(self.model, tok)
+        answers = []
+        for r, a in enumerate(asks):
+            new = seq[r, width:].tolist()[: finished.get(r, a.max_new_tokens)]  # then padding
+            end = next((k + 1 for k, t in enumerate(new) if t in eos), None)
+            new = new[:end] if end is not None else new
+            text = tok.decode(new, skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, a.stop) if a.stop else (text, False)
+            hit_cap = len(new) >= a.max_new_tokens and not stopped and end is None
+            answers.append(Answer(text.strip(), len(ids[r]), len(new), hit_cap, share, len(asks)))
+        return answers
+
+
+def answer_each(reader, asks: list[Ask]) -> list[Answer]:
+    """``answer_many`` for readers that take one prompt at a time (an endpoint batches its own way)."""
+    return [reader.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop) for a in asks]
+
+
 def _cache_kwarg(cache) -> dict:
     """transformers 5 renamed generate's ``past_key_values`` to ``cache``."""
     if cache is None:
@@ -191,6 +286,9 @@ class HTTPReader:
         usage = data.get("usage") or {}
         return Answer(text.strip(), int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
                       choice.get("finish_reason") == "length" and not stopped, seconds)
+
+    def answer_many(self, asks: list[Ask]) -> list[Answer]:
+        return answer_each(self, asks)
 
     def close(self) -> None:
         self._client.close()

@@ -134,6 +134,11 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
         "tokens; cap hits = answers that hit the max-new-tokens limit without stopping.",
         "",
     ]
+    batched = sorted(r.reader_batch for r in rows if r.reader_batch > 1)
+    if batched:
+        parts += [f"{len(batched)} of {len(rows)} answers were decoded in batches (`--batch`, prompts of similar "
+                  f"length together; median {batched[len(batched) // 2]} per generate call): their reader seconds "
+                  "are the batch's time divided by its size.", ""]
     if skipped:
         parts += ["Skipped methods: " + "; ".join(f"`{m}` ({why})" for m, why in skipped.items()), ""]
     for ds in sorted({c.dataset for c in cells}):

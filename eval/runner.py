@@ -23,7 +23,7 @@ from compressor import CtxgateError
 from . import metrics
 from ._types import EvalConfig, Item, Row
 from .datasets import load_dataset
-from .readers import Reader, make_reader
+from .readers import Ask, make_reader
 
 log = logging.getLogger("ctxgate.eval")
 
@@ -83,6 +83,10 @@ def _check_out(config: EvalConfig, out: Path) -> None:
             if old.get(key) != msgspec.to_builtins(config).get(key):
                 raise EvalError(f"{out} was run with {key}={old.get(key)!r}, not {getattr(config, key)!r}; "
                                 "use another --out")
+        was = old.get("batch", 1)  # runs from before --batch decoded one answer at a time
+        if config.reader_url is None and was != config.batch:
+            raise EvalError(f"{out} was run with --batch {was}, not {config.batch} (padded batches are not "
+                            f"bit-identical to one at a time); pass --batch {was} to continue it")
 
 
 def load_sessions(out: Path) -> list[dict]:
@@ -164,12 +168,14 @@ class _Fidelity:
         return float(max(-1.0, min(1.0, float(va @ vb))))
 
 
-def _evaluate(item: Item, method: str, rate: float, compressor, reader: Reader, reader_name: str,
-              max_new_tokens: int, reference: Row | None, fidelity: _Fidelity) -> Row:
+def _compress(item: Item, method: str, rate: float, compressor):
     options = {"separator": item.separator} if isinstance(item.context, list) else {}
-    result = compressor.compress(context=item.context, question=item.compression_question, rate=rate,
-                                 method=method, options=options)
-    ans = reader.answer(item.system, item.prompt(result.compressed), max_new_tokens=max_new_tokens, stop=item.stop)
+    return compressor.compress(context=item.context, question=item.compression_question, rate=rate,
+                               method=method, options=options)
+
+
+def _row(item: Item, method: str, rate: float, result, ans, reader_name: str, reference: Row | None,
+         fidelity: _Fidelity) -> Row:
     acc, scores = metrics.score(item.task, ans.text, item.references)
     ref_text = ans.text if reference is None else reference.prediction
     f1, em = metrics.agreement(ans.text, ref_text, item.task)
@@ -184,8 +190,29 @@ def _evaluate(item: Item, method: str, rate: float, compressor, reader: Reader, 
         answer_kept=metrics.kept(item.task, result.compressed, item.references),
         original_tokens=result.original_tokens, compressed_tokens=result.compressed_tokens, ratio=result.ratio,
         prompt_tokens=ans.prompt_tokens, new_tokens=ans.new_tokens, hit_cap=ans.hit_cap,
-        compress_seconds=result.seconds, compress_cache=result.cache, reader_seconds=ans.seconds, warnings=list(result.warnings),
+        compress_seconds=result.seconds, compress_cache=result.cache, reader_seconds=ans.seconds,
+        reader_batch=ans.batch, warnings=list(result.warnings),
     )
+
+
+def _chunks(todo: list, size: int) -> list[list]:
+    """Consecutive runs of at most ``size`` conditions, whole items where they fit.
+
+    An item's full prompt comes first in ``todo``, so the rows of an item can take their fidelity
+    reference from the same chunk; an item larger than ``size`` spans several chunks.
+    """
+    chunks: list[list] = []
+    for entry in todo:
+        same_item = chunks and chunks[-1][-1][0].id == entry[0].id
+        if chunks and (len(chunks[-1]) < size and (same_item or len(chunks[-1]) + _left(todo, entry) <= size)):
+            chunks[-1].append(entry)
+        else:
+            chunks.append([entry])
+    return chunks
+
+
+def _left(todo: list, entry) -> int:
+    return sum(1 for e in todo if e[0].id == entry[0].id)
 
 
 def run_eval(config: EvalConfig) -> EvalResults:
@@ -236,18 +263,22 @@ def run_eval(config: EvalConfig) -> EvalResults:
         sessions.append({**machine_info(), **reader.describe(), "compute_dtype": dtype, "first_row": len(rows)})
         _write_sessions(out, sessions)
         bar = _progress(len(todo), config.progress)
+        size = config.batch if config.reader_url is None else 1
         with res_path.open("ab") as sink:
-            for item, method, rate in todo:
-                reference = done.get((item.id, *FULL))
-                row = _evaluate(item, method, rate, compressor, reader, reader_name,
-                                config.max_new_tokens or item.max_new_tokens, reference, fidelity)
-                sink.write(msgspec.json.encode(row) + b"\n")
-                sink.flush()
-                done[row.key] = row
-                rows.append(row)
-                new_rows += 1
-                bar.set_postfix_str(f"{method}@{rate:g} acc={row.accuracy}", refresh=False)
-                bar.update(1)
+            for chunk in _chunks(todo, size):
+                results = [_compress(item, method, rate, compressor) for item, method, rate in chunk]
+                asks = [Ask(item.system, item.prompt(res.compressed), config.max_new_tokens or item.max_new_tokens,
+                            item.stop) for (item, _, _), res in zip(chunk, results)]
+                answers = reader.answer_many(asks)
+                for (item, method, rate), res, ans in zip(chunk, results, answers):
+                    row = _row(item, method, rate, res, ans, reader_name, done.get((item.id, *FULL)), fidelity)
+                    sink.write(msgspec.json.encode(row) + b"\n")
+                    sink.flush()
+                    done[row.key] = row
+                    rows.append(row)
+                    new_rows += 1
+                    bar.set_postfix_str(f"{method}@{rate:g} acc={row.accuracy}", refresh=False)
+                    bar.update(1)
         bar.close()
         if hasattr(reader, "close"):
             reader.close()

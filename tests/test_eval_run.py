@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from eval.cli import main
-from eval.readers import HTTPReader, cut_at_stop
+from eval.readers import Ask, HTTPReader, LocalReader, cut_at_stop
 from eval.report import _machine_lines
 from eval.runner import compute_dtype, load_rows, load_sessions
 
@@ -157,3 +157,18 @@ def test_a_run_resumed_on_another_machine_says_which_rows_ran_where(tmp_path):
     assert [ln.split(":")[0] for ln in lines[2:]] == ["- rows 1-20", "- rows 21-25"]
     assert "AMD EPYC" in lines[2] and "Intel Xeon" in lines[3] and "float32" in lines[3]
     assert _machine_lines(sessions[:2]) == [f"Machine: {lines[2].split(': ', 1)[1]}."]
+
+
+def test_a_batch_answers_as_one_at_a_time_does(monkeypatch):
+    # fp32: padded batches are exact up to rounding there (bf16 may flip a greedy choice)
+    monkeypatch.setenv("CTXGATE_DTYPE", "fp32")
+    reader = LocalReader("smollm2", prefix_cache=False)
+    asks = [Ask("Answer briefly.", "What is the capital of France?", 6, []),                   # hits its cap
+            Ask("Answer briefly.", "Count from one to twenty in words, separated by commas.", 40, []),
+            Ask("Answer briefly.", "Name three colours.", 40, [r"blue"]),                        # stops early
+            Ask("Answer briefly.", "What is 2+2? " + "Think it through. " * 30, 24, [])]  # its own group
+    one = [reader.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop) for a in asks]
+    many = reader.answer_many(asks)
+    assert [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in many] == \
+        [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in one]
+    assert [a.batch for a in many] == [3, 3, 3, 1] and one[0].hit_cap and one[2].text.endswith("blue")
