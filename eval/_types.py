@@ -79,6 +79,7 @@ class EvalConfig(msgspec.Struct, kw_only=True):
     out: str = "eval-results/run"
     resume: bool = True
     report_only: bool = False              # rebuild report.md and plots from results.jsonl, run nothing
+    rescore: bool = False                  # with report_only: recompute the metrics from the stored answers
     plots: bool = True
     progress: bool = True
     command: str = ""                      # the exact command line, for the report

@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default eval-results/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue --out, skipping finished rows")
     p.add_argument("--report-only", action="store_true", help="rebuild report.md and plots from --out, run nothing")
+    p.add_argument("--rescore", action="store_true",
+                   help="with --report-only: recompute accuracy and agreement from the stored answers (after a "
+                        "metric fix); results.jsonl is rewritten, the old one kept as results.jsonl.bak")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -90,7 +93,7 @@ def config_from_args(argv: list[str]) -> EvalConfig:
         dataset=a.dataset, limit=a.limit, seed=a.seed, data_dir=a.data_dir, methods=a.methods, rates=a.rates,
         reader=a.reader, reader_url=a.reader_url, reader_api_key=a.api_key, max_new_tokens=a.max_new_tokens,
         batch=a.batch, tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder, out=a.out or f"eval-results/{a.dataset}",
-        resume=a.resume, report_only=a.report_only, plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
+        resume=a.resume, report_only=a.report_only, rescore=a.rescore, plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
         command="ctxgate eval " + shlex.join(argv),
     )
 

@@ -3,7 +3,7 @@
 - NQ: best-subspan exact match (lost-in-the-middle): a normalized gold answer appears inside the
   normalized prediction.
 - SQuAD: official EM and token F1 (max over references).
-- GSM8K: the final number ("The answer is N", else the last number) equals the reference.
+- GSM8K: the final number (\\boxed{N}, else "The answer is N", else the last number) equals the reference.
 - Summaries: ROUGE-L F1 on lowercased word tokens (LCS), as rouge-score without stemming.
 - Fidelity to the full-prompt answer: token F1 and normalized exact agreement here; embedding
   cosine in ``fidelity.py``.
@@ -72,11 +72,16 @@ def squad_f1(prediction: str, references: list[str]) -> float:
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*\$?\s*(-?[\d,]*\.?\d+)", re.IGNORECASE)
+# instruct models write \boxed{21}, often inside \( \) and followed by more words with numbers
+_BOXED = re.compile(r"\\boxed\{\s*\\?\$?\s*(-?[\d,]*\.?\d+)")
 
 
 def final_number(text: str) -> str | None:
-    """The number after the last 'The answer is', else the last number in the text."""
-    hits = _ANSWER_IS.findall(text)
+    """The last \\boxed{N}, else the number after the last 'The answer is', else the last number.
+
+    "will be \\(\\boxed{21}\\) years old in 3 years" is 21, not 3.
+    """
+    hits = _BOXED.findall(text) or _ANSWER_IS.findall(text)
     raw = hits[-1] if hits else (_NUMBER.findall(text) or [None])[-1]
     if raw is None:
         return None

@@ -168,6 +168,29 @@ class _Fidelity:
         return float(max(-1.0, min(1.0, float(va @ vb))))
 
 
+def _rescore(out: Path, saved: dict) -> None:
+    """Recompute each row's accuracy, metrics and agreement from its stored answer (after a metric
+    fix), with the items reloaded as the run loaded them. The old file is kept as .bak."""
+    items = load_dataset(saved["dataset"], limit=saved["limit"], seed=saved["seed"], data=saved.get("data_dir"),
+                         **saved.get("dataset_options", {}))
+    by_id = {it.id: it for it in items}
+    path = out / RESULTS
+    rows = load_rows(path)
+    missing = sorted({r.item for r in rows} - set(by_id))
+    if missing:
+        raise EvalError(f"--rescore: {len(missing)} items of {path} are not in the dataset as configured "
+                        f"(first: {missing[0]})")
+    fixed = []
+    for r in rows:
+        acc, scores = metrics.score(r.task, r.prediction, by_id[r.item].references)
+        f1, em = metrics.agreement(r.prediction, r.reference_answer, r.task)
+        fixed.append(msgspec.structs.replace(r, accuracy=acc, metrics=scores, fidelity_f1=f1, fidelity_em=em))
+    changed = sum(a.accuracy != b.accuracy or a.fidelity_em != b.fidelity_em for a, b in zip(rows, fixed))
+    path.replace(path.with_name(RESULTS + ".bak"))
+    path.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in fixed))
+    log.warning("rescored %d rows of %s: %d changed accuracy or agreement", len(rows), path, changed)
+
+
 def _compress(item: Item, method: str, rate: float, compressor):
     options = {"separator": item.separator} if isinstance(item.context, list) else {}
     return compressor.compress(context=item.context, question=item.compression_question, rate=rate,
@@ -223,11 +246,15 @@ def run_eval(config: EvalConfig) -> EvalResults:
     if config.report_only:
         if not (out / RESULTS).exists():
             raise EvalError(f"{out / RESULTS} not found; nothing to report")
-        rows = [r for r in load_rows(out / RESULTS) if r.error is None]
         if (out / CONFIG).exists():  # describe the run as it was made, not this command's defaults
             saved = json.loads((out / CONFIG).read_text())
             config = msgspec.structs.replace(config, **{k: saved[k] for k in ("dataset", "methods", "reader", "scorer",
                                                                              "embedder") if k in saved})
+            if config.rescore:
+                _rescore(out, saved)
+        elif config.rescore:
+            raise EvalError(f"{out / CONFIG} not found; --rescore needs it to reload the items")
+        rows = [r for r in load_rows(out / RESULTS) if r.error is None]
         results = EvalResults(out=out, rows=rows)
         from .report import write_report
 

@@ -38,6 +38,10 @@ def test_gsm8k_final_number():
     assert m.number_match(cot, "18") == 1.0
     assert m.number_match("So 1,080 - 5 = 1075. The answer is $1,080.", "1080") == 1.0
     assert m.number_match("The answer is 17. Check: 9 * 2 = 18", "18") == 0.0  # the stated answer wins
+    # Qwen's style: a boxed answer, then more words with numbers in them
+    assert m.number_match("Ann's brother will be \\(\\boxed{21}\\) years old in 3 years.", "21") == 1.0
+    assert m.number_match("The answer is \\(\\boxed{10}\\).", "10") == 1.0
+    assert m.final_number("\\boxed{\\$1,200} in all, 3 payments") == "1200"
     assert m.number_match("no number here", "18") == 0.0
 
 

@@ -4,6 +4,7 @@ then resume, a method added later, and the readers' stop and cap accounting."""
 import json
 
 import httpx
+import msgspec
 import pytest
 
 from eval.cli import main
@@ -172,3 +173,20 @@ def test_a_batch_answers_as_one_at_a_time_does(monkeypatch):
     assert [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in many] == \
         [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in one]
     assert [a.batch for a in many] == [3, 3, 3, 1] and one[0].hit_cap and one[2].text.endswith("blue")
+
+
+def test_rescore_recomputes_metrics_from_the_stored_answers(tmp_path, capsys):
+    from eval._types import Row
+
+    (tmp_path / "config.json").write_text(json.dumps({"dataset": "gsm8k", "limit": 2, "seed": 0,
+                                                      "methods": ["truncate"], "reader": "qwen-1.5b"}))
+    full = "So she pays \\(\\boxed{100}\\) dollars for 2 items."  # its last number is 2: scored 0 before
+    rows = [Row(dataset="gsm8k", item="gsm8k-788", method=m, rate=r, task="math", reader="qwen-1.5b",
+                prediction=full if m == "passthrough" else "The answer is 100.", reference_answer=full,
+                accuracy=0.0, fidelity_em=0.0) for m, r in (("passthrough", 1.0), ("truncate", 0.1))]
+    (tmp_path / "results.jsonl").write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in rows))
+    assert main(["--report-only", "--rescore", "--out", str(tmp_path), "--no-plots"]) == 0
+    fixed = load_rows(tmp_path / "results.jsonl")
+    assert [(r.accuracy, r.fidelity_em) for r in fixed] == [(1.0, 1.0), (1.0, 1.0)]
+    assert len(load_rows(tmp_path / "results.jsonl.bak")) == 2
+    assert "| truncate | 0.1 | 1 | 1.000" in (tmp_path / "report.md").read_text()
