@@ -92,8 +92,9 @@ def config_from_args(argv: list[str]) -> EvalConfig:
     return EvalConfig(
         dataset=a.dataset, limit=a.limit, seed=a.seed, data_dir=a.data_dir, methods=a.methods, rates=a.rates,
         reader=a.reader, reader_url=a.reader_url, reader_api_key=a.api_key, max_new_tokens=a.max_new_tokens,
-        batch=a.batch, tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder, out=a.out or f"eval-results/{a.dataset}",
-        resume=a.resume, report_only=a.report_only, rescore=a.rescore, plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
+        batch=a.batch, tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder,
+        out=a.out or f"eval-results/{a.dataset}", resume=a.resume, report_only=a.report_only, rescore=a.rescore,
+        plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
         command="ctxgate eval " + shlex.join(argv),
     )
 

@@ -148,7 +148,6 @@ class LocalReader:
         hit_cap = len(new) >= max_new_tokens and not stopped and not ended
         return Answer(text.strip(), n_in, len(new), hit_cap, seconds)
 
-
     # padding a 350-token prompt to 2,700 would cost more prefill than the batch saves in decoding
     MAX_PAD = 1.5
 
@@ -159,8 +158,7 @@ class LocalReader:
         little more than one. The prefix cache is not used here.
         """
         if len(asks) == 1:
-            a = asks[0]
-            return [self.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop)]
+            return answer_each(self, asks)
         tok = self.tokenizer
         ids = [tok.apply_chat_template(_messages(a.system, a.user), add_generation_prompt=True, tokenize=True,
                                        return_dict=True)["input_ids"] for a in asks]

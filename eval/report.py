@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._types import EvalConfig, Row
+from .runner import RESULTS, load_rows, load_sessions, session_dtype
 
 HEADLINE = {"qa": "subspan EM", "squad": "F1", "math": "final-number acc", "summary": "ROUGE-L",
             "kv": "exact value", "fidelity": "(no reference)"}
@@ -155,8 +156,6 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
 
 def _sessions_with_rows(out: Path) -> list[dict]:
     """The sessions that added rows, each with its ``last_row`` (sessions killed before a row drop out)."""
-    from .runner import RESULTS, load_rows, load_sessions
-
     sessions = load_sessions(out)
     total = len(load_rows(out / RESULTS))
     kept = []
@@ -169,7 +168,7 @@ def _sessions_with_rows(out: Path) -> list[dict]:
 
 def _machine(m: dict) -> str:
     return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('simd', '?')}), torch {m.get('torch', '?')}, "
-            f"transformers {m.get('transformers', '?')}, {m.get('compute_dtype') or m.get('dtype', '?')}, "
+            f"transformers {m.get('transformers', '?')}, {session_dtype(m) or '?'}, "
             f"peak RSS {m.get('peak_rss_mib', '?')} MiB, {m.get('date', '')}")
 
 
@@ -190,8 +189,7 @@ def _machine_lines(sessions: list[dict]) -> list[str]:
 
 def _same_machine(a: dict, b: dict) -> bool:
     keys = ("cpu", "cores", "simd", "torch", "transformers", "device", "cuda")
-    return all(a.get(k) == b.get(k) for k in keys) and (a.get("compute_dtype") or a.get("dtype")) == (
-        b.get("compute_dtype") or b.get("dtype"))
+    return all(a.get(k) == b.get(k) for k in keys) and session_dtype(a) == session_dtype(b)
 
 
 def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def load_sessions(out: Path) -> list[dict]:
     return [{"first_row": 0, **s} if i == 0 else s for i, s in enumerate(sessions)]
 
 
+def session_dtype(session: dict) -> str | None:
+    """A session's precision; files from before ``compute_dtype`` only have the local reader's."""
+    return session.get("compute_dtype") or session.get("dtype")
+
+
 def compute_dtype() -> str:
     """The dtype the scorer and a local reader load in here (``CTXGATE_DTYPE`` or the CPU's)."""
     from compressor.models import pick_device, pick_dtype
@@ -116,11 +122,8 @@ def _check_dtype(out: Path, sessions: list[dict], dtype: str) -> None:
     The default dtype follows the CPU (bf16 where it is native), so resuming on another machine
     kind would otherwise switch precision silently, for the scorer and the reader both.
     """
-    first = next((s for s in sessions if s.get("compute_dtype") or s.get("dtype")), None)
-    if first is None:
-        return
-    was = first.get("compute_dtype") or first["dtype"]
-    if was != dtype:
+    was = next((session_dtype(s) for s in sessions if session_dtype(s)), None)
+    if was is not None and was != dtype:
         raise EvalError(f"{out} was run in {was} (scorer and reader); this machine would use {dtype}. "
                         f"Set CTXGATE_DTYPE={_SHORT_DTYPE.get(was, was)} to continue it, or use another --out")
 
@@ -224,18 +227,15 @@ def _chunks(todo: list, size: int) -> list[list]:
     An item's full prompt comes first in ``todo``, so the rows of an item can take their fidelity
     reference from the same chunk; an item larger than ``size`` spans several chunks.
     """
+    per_item = Counter(item.id for item, _, _ in todo)
     chunks: list[list] = []
     for entry in todo:
         same_item = chunks and chunks[-1][-1][0].id == entry[0].id
-        if chunks and (len(chunks[-1]) < size and (same_item or len(chunks[-1]) + _left(todo, entry) <= size)):
+        if chunks and len(chunks[-1]) < size and (same_item or len(chunks[-1]) + per_item[entry[0].id] <= size):
             chunks[-1].append(entry)
         else:
             chunks.append([entry])
     return chunks
-
-
-def _left(todo: list, entry) -> int:
-    return sum(1 for e in todo if e[0].id == entry[0].id)
 
 
 def run_eval(config: EvalConfig) -> EvalResults:
