@@ -60,9 +60,12 @@ class Embedder:
                 slot[key] = len(unique)
                 unique.append(t)
             where[i] = slot[key]
-        vecs = model.encode(unique, batch_size=self.batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(vecs[where], dtype=np.float32)
+        vecs = model.encode(unique, batch_size=self.batch_size, convert_to_numpy=True,
+                            show_progress_bar=False).astype(np.float32)
+        # normalized here, in float32: a bf16 model's own normalization leaves norms of 0.999-1.001
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        vecs /= np.where(norms > 0, norms, 1)
+        return np.ascontiguousarray(vecs[where])
 
 
 def similarities(query: np.ndarray, vecs: np.ndarray) -> np.ndarray:

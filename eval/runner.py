@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
 from compressor import CtxgateError
 
@@ -167,8 +168,9 @@ class _Fidelity:
             from compressor.models import load_embedder
 
             self._model = load_embedder(self.embedder)[0]
-        va, vb = self._model.encode([a, b], normalize_embeddings=True, convert_to_numpy=True)
-        return float(max(-1.0, min(1.0, float(va @ vb))))
+        va, vb = self._model.encode([a, b], convert_to_numpy=True).astype(np.float64)
+        # in float64: a bf16 model's own normalization leaves norms of 0.999-1.001
+        return float(max(-1.0, min(1.0, va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) or 1.0))))
 
 
 def _rescore(out: Path, saved: dict) -> None:

@@ -60,7 +60,8 @@ def embed(texts: list[str]) -> list[list[float]]:
     """MiniLM embeddings (normalised), memoised per text so each test file pays once."""
     missing = [t for t in dict.fromkeys(texts) if t not in _cached]
     if missing:
-        vecs = _encoder().encode(missing, normalize_embeddings=True, batch_size=32)
+        vecs = _encoder().encode(missing, batch_size=32).astype(np.float64)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)  # in float64: the model may run in bf16
         for t, v in zip(missing, vecs):
             _cached[t] = [float(x) for x in v]
     return [_cached[t] for t in texts]

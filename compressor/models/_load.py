@@ -104,11 +104,14 @@ def load_causal_lm(name: str, device: str | None = None):
 
 
 @functools.lru_cache(maxsize=4)
-def _embedder(location: str, device: str):
+def _embedder(location: str, device: str, dtype_name: str):
+    """In the LMs' dtype: bf16 MiniLM on an AMX CPU measured 3x faster than fp32 (2.8 s -> 0.95 s for
+    120 NQ documents), rankings unchanged on the sample, similarities within 0.004."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(location, device=device)
+        return SentenceTransformer(location, device=device, model_kwargs={"dtype": getattr(torch, dtype_name)})
     except Exception as exc:
         raise _hub_hint(exc, location) from exc
 
@@ -116,8 +119,10 @@ def _embedder(location: str, device: str):
 def load_embedder(name: str = "embedder", device: str | None = None):
     """(SentenceTransformer, resolved), cached per process."""
     resolved = resolve(name)
+    device = device or pick_device()
+    dtype = str(pick_dtype(device)).removeprefix("torch.")
     with _load_lock:
-        return _embedder(resolved.location, device or pick_device()), resolved
+        return _embedder(resolved.location, device, dtype), resolved
 
 
 def clear_loaded() -> None:
