@@ -72,7 +72,10 @@ class EvalConfig(msgspec.Struct, kw_only=True):
     reader_url: str | None = None
     reader_api_key: str | None = None
     max_new_tokens: int | None = None      # None: the dataset's own default
-    batch: int = 8                         # prompts per generate call (local readers); 1: one at a time
+    batch: int = 8                         # answers decoded at once (local readers); 1: one at a time
+    # "continuous": a finished answer's place is taken by the next prompt (eval._batching);
+    # "grouped": fixed batches of similar-length prompts per generate call (runs before continuous)
+    batching: str = "continuous"
     tokenizer: str | None = None           # token accounting; None: the reader's (or smollm2 for URLs)
     scorer: str = "smollm2"
     embedder: str = "minilm"
@@ -111,8 +114,8 @@ class Row(msgspec.Struct, kw_only=True, omit_defaults=False):
     hit_cap: bool = False
     compress_seconds: float = 0.0
     compress_cache: str = "off"           # "hit" when the same context was compressed before (GSM8K demos)
-    reader_seconds: float = 0.0           # in a batch: the batch's time divided by its size
-    reader_batch: int = 1                 # how many answers shared the generate call
+    reader_seconds: float = 0.0           # in a batch: its share of each step (and prefill) it took part in
+    reader_batch: int = 1                 # answers decoded together: mean rows per step (grouped: per call)
     error: str | None = None
     warnings: list[str] = msgspec.field(default_factory=list)
 

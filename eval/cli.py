@@ -62,9 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="for --reader-url ($OPENAI_API_KEY)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the dataset's answer length cap")
     p.add_argument("--batch", type=int, default=8,
-                   help="answers decoded together by a local reader (default 8; 1 = one at a time). Decoding is "
-                        "memory-bound, so a batch costs little more than one answer; padded batches are not "
-                        "bit-identical to one at a time, so a run keeps its batch size")
+                   help="answers a local reader decodes at once, with continuous batching (default 8; 1 = one "
+                        "at a time). Decoding is memory-bound, so a step for 8 costs little more than for one; "
+                        "padded batches are not bit-identical to one at a time, so a run keeps its batch size")
     p.add_argument("--tokenizer", default=None, help="token accounting (default: the reader's tokenizer)")
     p.add_argument("--scorer", default="smollm2")
     p.add_argument("--embedder", default="minilm")

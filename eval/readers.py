@@ -18,8 +18,8 @@ class Answer:
     prompt_tokens: int
     new_tokens: int
     hit_cap: bool
-    seconds: float           # in a batch, the batch's time divided by its size
-    batch: int = 1           # answers decoded in the same generate call
+    seconds: float           # in a batch, its share of each step it took part in
+    batch: int = 1           # answers decoded together (continuous batching: the mean over its steps)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Reader(Protocol):
 
     def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer: ...
 
-    def answer_many(self, asks: list[Ask]) -> list[Answer]: ...
+    def answer_many(self, asks: list[Ask], max_batch: int = 8) -> list[Answer]: ...
 
     def describe(self) -> dict[str, str]: ...
 
@@ -148,79 +148,39 @@ class LocalReader:
         hit_cap = len(new) >= max_new_tokens and not stopped and not ended
         return Answer(text.strip(), n_in, len(new), hit_cap, seconds)
 
-    # padding a 350-token prompt to 2,700 would cost more prefill than the batch saves in decoding
-    MAX_PAD = 1.5
+    # rows x columns of the shared KV cache: every step reads (and DynamicCache re-copies) all of it,
+    # so four 2,700-token NQ prompts share a batch (measured 96 ms a step, 48 for one of 700)
+    BATCH_TOKENS = 12288
 
-    def answer_many(self, asks: list[Ask]) -> list[Answer]:
-        """Answers in order; prompts of similar length are decoded together (left-padded).
-
-        Decoding is memory-bound (each step streams all the weights), so a batch of answers costs
-        little more than one. The prefix cache is not used here.
+    def answer_many(self, asks: list[Ask], max_batch: int = 8) -> list[Answer]:
+        """Answers in order, up to ``max_batch`` decoded at once with continuous batching (a finished
+        row leaves at once and the next prompt joins; see ``eval._batching``). Decoding is
+        memory-bound, so a step for a batch costs little more than for one answer. The prefix cache
+        is not used here.
         """
-        if len(asks) == 1:
+        if len(asks) == 1 or max_batch <= 1:
             return answer_each(self, asks)
-        tok = self.tokenizer
-        ids = [tok.apply_chat_template(_messages(a.system, a.user), add_generation_prompt=True, tokenize=True,
-                                       return_dict=True)["input_ids"] for a in asks]
-        order = sorted(range(len(asks)), key=lambda i: len(ids[i]))
-        groups: list[list[int]] = []
-        for i in order:
-            if groups and len(ids[i]) <= self.MAX_PAD * len(ids[groups[-1][0]]):
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        out: list[Answer | None] = [None] * len(asks)
-        for g in groups:
-            for i, ans in zip(g, self._generate_batch([ids[i] for i in g], [asks[i] for i in g])):
-                out[i] = ans
-        return out  # type: ignore[return-value]
-
-    def _generate_batch(self, ids: list[list[int]], asks: list[Ask]) -> list[Answer]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from ._batching import decode_many
 
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.model.device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.model.device)
-        caps = torch.tensor([a.max_new_tokens for a in asks], device=self.model.device)
-
-        finished: dict[int, int] = {}  # row -> its token count when its cap or a stop pattern ended it
-
-        class _Stop(StoppingCriteria):
-            """Per row: its own cap or its stop patterns (generate handles EOS and pads finished rows)."""
-
-            def __call__(self, seq, scores, **kwargs):
-                k = seq.shape[1] - width
-                done = k >= caps
-                for r, a in enumerate(asks):
-                    if r in finished:
-                        done[r] = True
-                    elif done[r] or (a.stop and cut_at_stop(tok.decode(seq[r, width:], skip_special_tokens=True),
-                                                            a.stop)[1]):
-                        done[r] = True
-                        finished[r] = k
-                return done
-
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            seq = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=int(caps.max()),
-                do_sample=False, temperature=None, top_p=None, top_k=None,
-                stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=pad,
-            )
-        share = (time.perf_counter() - t0) / len(asks)
         eos = _eos_ids(self.model, tok)
+        prompts = [tok.apply_chat_template(_messages(a.system, a.user), add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"] for a in asks]
+
+        def done(i: int, new: list[int]) -> bool:
+            stop = asks[i].stop
+            return new[-1] in eos or bool(stop) and cut_at_stop(tok.decode(new, skip_special_tokens=True), stop)[1]
+
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        decoded = decode_many(self.model, prompts, [a.max_new_tokens for a in asks], done, pad=pad,
+                              max_batch=max_batch, batch_tokens=self.BATCH_TOKENS)
         answers = []
-        for r, a in enumerate(asks):
-            new = seq[r, width:].tolist()[: finished.get(r, a.max_new_tokens)]  # then padding
-            end = next((k + 1 for k, t in enumerate(new) if t in eos), None)
-            new = new[:end] if end is not None else new
-            text = tok.decode(new, skip_special_tokens=True)
+        for a, p, d in zip(asks, prompts, decoded):
+            text = tok.decode(d.new, skip_special_tokens=True)
             text, stopped = cut_at_stop(text, a.stop) if a.stop else (text, False)
-            hit_cap = len(new) >= a.max_new_tokens and not stopped and end is None
-            answers.append(Answer(text.strip(), len(ids[r]), len(new), hit_cap, share, len(asks)))
+            ended = bool(d.new) and d.new[-1] in eos
+            hit_cap = len(d.new) >= a.max_new_tokens and not stopped and not ended
+            answers.append(Answer(text.strip(), len(p), len(d.new), hit_cap, d.seconds, d.batch))
         return answers
 
 
@@ -285,8 +245,8 @@ class HTTPReader:
         return Answer(text.strip(), int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
                       choice.get("finish_reason") == "length" and not stopped, seconds)
 
-    def answer_many(self, asks: list[Ask]) -> list[Answer]:
-        return answer_each(self, asks)
+    def answer_many(self, asks: list[Ask], max_batch: int = 8) -> list[Answer]:
+        return answer_each(self, asks)  # the endpoint batches its own way
 
     def close(self) -> None:
         self._client.close()

@@ -136,7 +136,12 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
         "",
     ]
     batched = sorted(r.reader_batch for r in rows if r.reader_batch > 1)
-    if batched:
+    if batched and config.batching == "continuous":
+        parts += [f"{len(batched)} of {len(rows)} answers were decoded with continuous batching (`--batch "
+                  f"{config.batch}`: up to {config.batch} at once, a finished answer's place taken by the next prompt; "
+                  f"median {batched[len(batched) // 2]} rows per step): reader seconds are each answer's share of "
+                  "the steps and the prefill it took part in.", ""]
+    elif batched:
         parts += [f"{len(batched)} of {len(rows)} answers were decoded in batches (`--batch`, prompts of similar "
                   f"length together; median {batched[len(batched) // 2]} per generate call): their reader seconds "
                   "are the batch's time divided by its size.", ""]

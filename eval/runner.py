@@ -89,6 +89,10 @@ def _check_out(config: EvalConfig, out: Path) -> None:
         if config.reader_url is None and was != config.batch:
             raise EvalError(f"{out} was run with --batch {was}, not {config.batch} (padded batches are not "
                             f"bit-identical to one at a time); pass --batch {was} to continue it")
+        how = old.get("batching", "grouped")  # runs from before continuous batching
+        if config.reader_url is None and was > 1 and how != config.batching:
+            raise EvalError(f"{out} was decoded in {how} batches by an earlier ctxgate, and this one decodes in "
+                            f"{config.batching} batches (not bit-identical in bf16); use another --out")
 
 
 def load_sessions(out: Path) -> list[dict]:
@@ -223,12 +227,18 @@ def _row(item: Item, method: str, rate: float, result, ans, reader_name: str, re
     )
 
 
+# a chunk (compressed, then answered, then written) holds whole items up to this many batches' worth
+# of conditions: the reader's continuous batching keeps its batch full until a chunk's queue runs dry
+CHUNK_BATCHES = 4
+
+
 def _chunks(todo: list, size: int) -> list[list]:
-    """Consecutive runs of at most ``size`` conditions, whole items where they fit.
+    """Consecutive runs of at most ``CHUNK_BATCHES * size`` conditions, whole items where they fit.
 
     An item's full prompt comes first in ``todo``, so the rows of an item can take their fidelity
-    reference from the same chunk; an item larger than ``size`` spans several chunks.
+    reference from the same chunk; an item larger than a chunk spans several.
     """
+    size = CHUNK_BATCHES * max(1, size)
     per_item = Counter(item.id for item, _, _ in todo)
     chunks: list[list] = []
     for entry in todo:
@@ -251,7 +261,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
         if (out / CONFIG).exists():  # describe the run as it was made, not this command's defaults
             saved = json.loads((out / CONFIG).read_text())
             config = msgspec.structs.replace(config, **{k: saved[k] for k in ("dataset", "methods", "reader", "scorer",
-                                                                             "embedder") if k in saved})
+                                                                             "embedder") if k in saved},
+                                             batch=saved.get("batch", 1), batching=saved.get("batching", "grouped"))
             if config.rescore:
                 _rescore(out, saved)
         elif config.rescore:
@@ -298,7 +309,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
                 results = [_compress(item, method, rate, compressor) for item, method, rate in chunk]
                 asks = [Ask(item.system, item.prompt(res.compressed), config.max_new_tokens or item.max_new_tokens,
                             item.stop) for (item, _, _), res in zip(chunk, results)]
-                answers = reader.answer_many(asks)
+                answers = reader.answer_many(asks, size)
                 for (item, method, rate), res, ans in zip(chunk, results, answers):
                     row = _row(item, method, rate, res, ans, reader_name, done.get((item.id, *FULL)), fidelity)
                     sink.write(msgspec.json.encode(row) + b"\n")

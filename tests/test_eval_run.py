@@ -8,9 +8,10 @@ import msgspec
 import pytest
 
 from eval.cli import main
+from eval._batching import _prefill_groups
 from eval.readers import Ask, HTTPReader, LocalReader, cut_at_stop
 from eval.report import _machine_lines
-from eval.runner import compute_dtype, load_rows, load_sessions
+from eval.runner import CHUNK_BATCHES, _chunks, compute_dtype, load_rows, load_sessions
 
 ARGS = ["--dataset", "nq", "--option", "docs=5", "--limit", "2", "--reader", "smollm2", "--rates", "0.25",
         "--max-new-tokens", "8", "--quiet"]
@@ -58,6 +59,17 @@ def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys, monkeypatch):
     assert f"CTXGATE_DTYPE={'fp32' if other == 'bf16' else 'bf16'}" in capsys.readouterr().err
     assert len(load_rows(out / "results.jsonl")) == 6
     monkeypatch.delenv("CTXGATE_DTYPE")
+    # another batch size, or a run decoded in fixed batches by an earlier ctxgate, is not continued
+    assert main([*ARGS, "--methods", "truncate", "--batch", "4", "--out", str(out), "--resume"]) == 2
+    assert "pass --batch 8" in capsys.readouterr().err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["batching"] == "continuous" and "continuous batching (`--batch 8`" in (out / "report.md").read_text()
+    (out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "batching"}))
+    assert main([*ARGS, "--methods", "truncate", "--out", str(out), "--resume"]) == 2
+    assert "decoded in grouped batches" in capsys.readouterr().err
+    assert main(["--report-only", "--out", str(out)]) == 0
+    assert "per generate call" in (out / "report.md").read_text()  # described as it was decoded
+    (out / "config.json").write_text(json.dumps(cfg))
     # the report can be rebuilt from results.jsonl alone
     (out / "report.md").unlink()
     assert main(["--report-only", "--out", str(out)]) == 0
@@ -160,19 +172,43 @@ def test_a_run_resumed_on_another_machine_says_which_rows_ran_where(tmp_path):
     assert _machine_lines(sessions[:2]) == [f"Machine: {lines[2].split(': ', 1)[1]}."]
 
 
-def test_a_batch_answers_as_one_at_a_time_does(monkeypatch):
+def test_continuous_batching_answers_as_one_at_a_time_does(monkeypatch):
     # fp32: padded batches are exact up to rounding there (bf16 may flip a greedy choice)
     monkeypatch.setenv("CTXGATE_DTYPE", "fp32")
     reader = LocalReader("smollm2", prefix_cache=False)
     asks = [Ask("Answer briefly.", "What is the capital of France?", 6, []),                   # hits its cap
             Ask("Answer briefly.", "Count from one to twenty in words, separated by commas.", 40, []),
             Ask("Answer briefly.", "Name three colours.", 40, [r"blue"]),                        # stops early
-            Ask("Answer briefly.", "What is 2+2? " + "Think it through. " * 30, 24, [])]  # its own group
+            Ask("Answer briefly.", "What is 2+2? " + "Think it through. " * 30, 24, []),   # 5x the others
+            Ask("Answer briefly.", "Say yes.", 1, []),                             # done at its prefill
+            Ask("Answer briefly.", "Name a large city in Spain, and say why it is famous.", 12, [])]
     one = [reader.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop) for a in asks]
-    many = reader.answer_many(asks)
-    assert [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in many] == \
-        [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in one]
-    assert [a.batch for a in many] == [3, 3, 3, 1] and one[0].hit_cap and one[2].text.endswith("blue")
+    assert one[0].hit_cap and one[2].text.endswith("blue") and one[4].new_tokens == 1
+    for most in (8, 2):  # 2: rows leave and others join mid-way, the long prompt's columns dropped
+        many = reader.answer_many(asks, most)
+        assert [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in many] == \
+            [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in one]
+        assert many[4].batch == 1 and all(2 <= a.batch <= most for k, a in enumerate(many) if k != 4)
+
+
+def test_prefill_groups_and_chunks_keep_items_whole():
+    # longest first; a group's padded size (rows x its longest) stays within the budget, and no prompt
+    # is padded to more than 1.5x its length
+    assert _prefill_groups([2700, 2600, 700, 690, 650, 330], 4096) == [[0], [1], [2, 3, 4], [5]]
+    assert _prefill_groups([600] * 8, 4096) == [list(range(6)), [6, 7]]
+    assert _prefill_groups([5000, 10], 4096) == [[0], [1]] and _prefill_groups([], 4096) == []
+
+    class It:
+        def __init__(self, i):
+            self.id = f"item-{i}"
+
+    items = [It(i) for i in range(6)]
+    todo = [(it, m, 0.1) for it in items for m in "abcdefg"]     # 7 conditions per item
+    chunks = _chunks(todo, 8)                                    # up to 32 conditions: 4 whole items
+    assert [len(c) for c in chunks] == [28, 14] and CHUNK_BATCHES == 4
+    assert [e for c in chunks for e in c] == todo
+    assert {e[0].id for e in chunks[0]} == {f"item-{i}" for i in range(4)}
+    assert [len(c) for c in _chunks(todo[:7], 1)] == [4, 3]     # an item larger than a chunk spans two
 
 
 def test_rescore_recomputes_metrics_from_the_stored_answers(tmp_path, capsys):
