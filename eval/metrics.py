@@ -5,8 +5,8 @@
 - SQuAD: official EM and token F1 (max over references).
 - GSM8K: the final number (\\boxed{N}, else "The answer is N", else the last number) equals the reference.
 - Summaries: ROUGE-L F1 on lowercased word tokens (LCS), as rouge-score without stemming.
-- Fidelity to the full-prompt answer: token F1 and normalized exact agreement here; embedding
-  cosine in ``fidelity.py``.
+- Fidelity to the full-prompt answer: token F1, normalized exact agreement and embedding cosine
+  (the eval harness and the sidecar's shadow checks both score with these).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import re
 import string
 import unicodedata
 from collections import Counter
+
+import numpy as np
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -181,3 +183,15 @@ def agreement(prediction: str, reference_answer: str, task: str) -> tuple[float,
     else:
         em = float(normalize_answer(prediction) == normalize_answer(reference_answer))
     return f1, em
+
+
+def embedding_cosine(model, a: str, b: str) -> float:
+    """Cosine of two answers under a sentence-transformer ``model`` (MiniLM); two empty answers agree.
+
+    Computed in float64 from the raw vectors: a bf16 model's own normalization leaves norms of
+    0.999-1.001, which scored identical answers 0.999.
+    """
+    if not a.strip() or not b.strip():
+        return float(a.strip() == b.strip())
+    va, vb = model.encode([a, b], convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
+    return float(max(-1.0, min(1.0, va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) or 1.0))))

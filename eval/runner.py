@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import numpy as np
 
 from compressor import CtxgateError
 
@@ -166,15 +165,13 @@ class _Fidelity:
         self._model = None
 
     def cosine(self, a: str, b: str) -> float:
-        if not a.strip() or not b.strip():
+        if not a.strip() or not b.strip():  # before the model loads: it is not needed for these
             return float(a.strip() == b.strip())
         if self._model is None:
             from compressor.models import load_embedder
 
             self._model = load_embedder(self.embedder)[0]
-        va, vb = self._model.encode([a, b], convert_to_numpy=True).astype(np.float64)
-        # in float64: a bf16 model's own normalization leaves norms of 0.999-1.001
-        return float(max(-1.0, min(1.0, va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) or 1.0))))
+        return metrics.embedding_cosine(self._model, a, b)
 
 
 def _rescore(out: Path, saved: dict) -> None:

@@ -10,8 +10,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from eval.metrics import agreement
 
 
@@ -114,12 +112,3 @@ def from_sse(provider: str, raw: bytes) -> Answer:
 def agreement_scores(compressed: str, full: str) -> tuple[float, float]:
     """(token F1, exact agreement) of the compressed-prompt answer with the full-prompt answer."""
     return agreement(compressed, full, "fidelity")
-
-
-def cosine(embedder, a: str, b: str) -> float:
-    """MiniLM cosine of two answers (blocking: call in a thread). Two empty answers agree."""
-    if not a.strip() or not b.strip():
-        return float(a.strip() == b.strip())
-    va, vb = embedder.encode([a, b], convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
-    # in float64: a bf16 model's own normalization leaves norms of 0.999-1.001
-    return float(max(-1.0, min(1.0, va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) or 1.0))))

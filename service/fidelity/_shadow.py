@@ -32,6 +32,8 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from eval.metrics import embedding_cosine
+
 from .._config import Policy, Settings
 from .._metrics import Metrics
 from .._upstream import forward_headers
@@ -251,7 +253,7 @@ class Fidelity:
             from compressor.models import load_embedder
 
             self._embedder, _ = load_embedder(self._embedder_name, self.settings.device)
-        return _answers.cosine(self._embedder, compressed, full), f1, em
+        return embedding_cosine(self._embedder, compressed, full), f1, em
 
     def _record(self, cand: Candidate, status: str, stream: bool, full: _answers.Answer,
                 compressed: _answers.Answer, scores: tuple[float, float, float] | None,
