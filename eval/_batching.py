@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from transformers import DynamicCache
 
+SPARE = 64  # unwritten columns a rebuilt cache keeps for the next steps
+
 
 @dataclass
 class Decoded:
@@ -109,31 +111,27 @@ class _SharedKV(DynamicCache):
     """Every layer's keys and values for all rows, in buffers with spare columns: a step writes its
     column in place (``DynamicCache`` re-copies the whole cache each step, 15-23% of a step here)."""
 
-    SPARE = 64
-
     def __init__(self, keys: list, values: list, valid) -> None:
+        """``keys``/``values``: per-layer buffers whose first ``valid.shape[1]`` columns are written."""
         super().__init__()
         self.valid = valid                        # (rows, width) bool: which columns are a row's
-        self._k = [self._room(k) for k in keys]
-        self._v = [self._room(v) for v in values]
-        self._n = [valid.shape[1]] * len(keys)    # columns written, per layer
-        self._rows = list(range(valid.shape[0]))  # buffer row of each live row (rows leave lazily)
-        self._cut = 0                             # leading buffer columns no live row uses
+        self._use(keys, values)
+
+    def _use(self, keys: list, values: list) -> None:
+        self._k, self._v = keys, values
+        self._n = [self.width] * len(keys)                 # columns written, per layer
+        self._rows = list(range(self.valid.shape[0]))      # buffer row of each live row (rows leave lazily)
+        self._cut = 0                                      # leading buffer columns no live row uses
 
     @property
     def width(self) -> int:
         return self.valid.shape[1]
 
-    def _room(self, t, extra: int | None = None):
-        import torch.nn.functional as F
-
-        return F.pad(t, (0, 0, 0, self.SPARE if extra is None else extra))
-
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         n, q = self._n[layer_idx], key_states.shape[-2]
         if n + q > self._k[layer_idx].shape[-2]:
-            self._k[layer_idx] = self._room(self._k[layer_idx][:, :, :n], n // 2 + q)
-            self._v[layer_idx] = self._room(self._v[layer_idx][:, :, :n], n // 2 + q)
+            self._k[layer_idx] = _with_room(self._k[layer_idx][:, :, :n], n // 2 + q)
+            self._v[layer_idx] = _with_room(self._v[layer_idx][:, :, :n], n // 2 + q)
         self._k[layer_idx][:, :, n:n + q] = key_states
         self._v[layer_idx][:, :, n:n + q] = value_states
         self._n[layer_idx] = n + q
@@ -166,9 +164,7 @@ class _SharedKV(DynamicCache):
 
     def settle(self) -> None:
         if self._rows != list(range(self._k[0].shape[0])) or self._cut:
-            self._k, self._v = _rebuild([(self, self.width)], self.width, self.SPARE)
-            self._rows, self._cut = list(range(self.valid.shape[0])), 0
-            self._n = [self.width] * len(self._k)
+            self._use(*_rebuild([(self, self.width)], self.width))
 
     def extend(self, other: _SharedKV) -> _SharedKV:
         """``other``'s rows appended; both right-aligned to the wider."""
@@ -178,27 +174,29 @@ class _SharedKV(DynamicCache):
         a, b = self.width, other.width
         w = max(a, b)
         valid = torch.cat([F.pad(self.valid, (w - a, 0)), F.pad(other.valid, (w - b, 0))], dim=0)
-        merged = _SharedKV.__new__(_SharedKV)
-        DynamicCache.__init__(merged)
-        merged.valid = valid
-        merged._k, merged._v = _rebuild([(self, a), (other, b)], w, self.SPARE)
-        merged._n = [w] * len(merged._k)
-        merged._rows, merged._cut = list(range(valid.shape[0])), 0
-        return merged
+        return _SharedKV(*_rebuild([(self, a), (other, b)], w), valid)
 
 
-def _rebuild(parts: list[tuple[_SharedKV, int]], width: int, spare: int):
-    """New key and value buffers holding each part's live rows, right-aligned to ``width`` columns:
-    one copy per row and layer, no temporaries (``index_select`` then ``pad`` copied twice)."""
+def _with_room(t, extra: int = SPARE):
+    """``t`` with ``extra`` unwritten columns after its last, for the next steps to write into."""
+    import torch.nn.functional as F
+
+    return F.pad(t, (0, 0, 0, extra))
+
+
+def _rebuild(parts: list[tuple[_SharedKV, int]], width: int):
+    """New key and value buffers holding each part's live rows, right-aligned to ``width`` columns
+    with ``SPARE`` after: one copy per row and layer, no temporaries (``index_select`` then ``pad``
+    copied twice)."""
     rows = sum(len(p._rows) for p, _ in parts)
     keys, values = [], []
     for layer in range(len(parts[0][0]._k)):
-        for src, out in ((lambda p: p._k, keys), (lambda p: p._v, values)):
-            ref = src(parts[0][0])[layer]
-            buf = ref.new_empty((rows, ref.shape[1], width + spare, ref.shape[3]))
+        for attr, out in (("_k", keys), ("_v", values)):
+            ref = getattr(parts[0][0], attr)[layer]
+            buf = ref.new_empty((rows, ref.shape[1], width + SPARE, ref.shape[3]))
             r = 0
             for part, used in parts:
-                data = src(part)[layer]
+                data = getattr(part, attr)[layer]
                 start = part._cut
                 for row in part._rows:
                     buf[r, :, :width - used].zero_()
@@ -234,6 +232,6 @@ def _prefill(model, prompts: list[list[int]], pad: int, device) -> tuple[list[in
     res = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=True, logits_to_keep=1)
     # padded columns hold whatever the pad token computed; zero them so a masked column is inert
     hide = ~mask[:, None, :, None]
-    keys = [layer.keys.masked_fill(hide, 0) for layer in res.cache.layers]
-    values = [layer.values.masked_fill(hide, 0) for layer in res.cache.layers]
+    keys = [_with_room(layer.keys.masked_fill(hide, 0)) for layer in res.cache.layers]
+    values = [_with_room(layer.values.masked_fill(hide, 0)) for layer in res.cache.layers]
     return res.logits[:, -1].argmax(-1).tolist(), _SharedKV(keys, values, mask)
