@@ -17,6 +17,8 @@ from typing import Protocol
 
 import msgspec
 
+from ._files import private
+
 
 class CompressionCache(Protocol):
     name: str
@@ -72,7 +74,8 @@ class SQLiteCache:
 
     def __init__(self, path: str | Path, max_entries: int = 100_000, ttl: float | None = 7 * 86400) -> None:
         self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:":
+            private(self.path)          # holds compressed prompt text: owner-only (0600, dir 0700)
         self.max_entries = max_entries
         self.ttl = ttl
         self._local = threading.local()

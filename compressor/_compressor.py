@@ -25,6 +25,10 @@ from .methods._base import Job, Method
 
 CACHE_VERSION = 2      # 2: hybrid keeps whole typical documents when there is no question
 DEFAULT_RATE = 0.5
+MAX_SEPARATOR_CHARS = 64
+# no tokenizer packs more than this many characters into a token on average; past it the input is
+# over max_input_tokens without counting (tokenizing 32 MB would take the worker for many seconds)
+MAX_CHARS_PER_TOKEN = 32
 
 
 class Compressor:
@@ -74,6 +78,10 @@ class Compressor:
         counter = get_counter(request.tokenizer or self.tokenizer)
         docs = request.documents()
         markups = [parse_markup(d.text) for d in docs]
+        chars = sum(len(m.text) for m in markups)
+        if chars > self.max_input_tokens * MAX_CHARS_PER_TOKEN:     # surely too large: do not tokenize it
+            raise InputTooLarge(f"input is {chars} characters, over the limit of {self.max_input_tokens} tokens "
+                                "(max_input_tokens)")
         doc_tokens = counter.count_many([m.text for m in markups])
         total = sum(doc_tokens)
         if total > self.max_input_tokens:
@@ -81,7 +89,10 @@ class Compressor:
                 f"input is {total} tokens, over the limit of {self.max_input_tokens} (max_input_tokens)"
             )
         budget = self._budget(request, total)
-        separator = str(request.options.get("separator", "\n\n"))
+        separator = request.options.get("separator", "\n\n")
+        if not isinstance(separator, str) or len(separator) > MAX_SEPARATOR_CHARS:
+            # joined between every pair of documents: a long one would multiply the output
+            raise InvalidRequest(f"option separator must be a string of at most {MAX_SEPARATOR_CHARS} characters")
 
         if total == 0 or (total <= budget and not any(m.has_compress_regions for m in markups)):
             return self._unchanged(request, docs, markups, doc_tokens, counter, method_name, separator, t0)
@@ -107,6 +118,20 @@ class Compressor:
                 result, documents=[msgspec.structs.replace(d, metadata={}) for d in result.documents]
             )
             self.cache.set(key, msgspec.msgpack.encode(stored))
+        return result
+
+    def unchanged(self, request: CompressRequest, reason: str) -> CompressResult:
+        """``request``'s context as it is (markup stripped), counted: the fail-open answer when
+        compression did not finish in time. ``reason`` goes into the warnings."""
+        t0 = time.perf_counter()
+        counter = get_counter(request.tokenizer or self.tokenizer)
+        docs = request.documents()
+        markups = [parse_markup(d.text) for d in docs]
+        doc_tokens = counter.count_many([m.text for m in markups])
+        separator = request.options.get("separator", "\n\n")
+        result = self._unchanged(request, docs, markups, doc_tokens, counter, self._method_name(request.method),
+                                 separator if isinstance(separator, str) else "\n\n", t0)
+        result.warnings = [f"not compressed ({reason}); returned as given"]
         return result
 
     def method(self, name: str) -> Method:

@@ -15,6 +15,10 @@ class InputTooLarge(InvalidRequest):
     """The input is over the configured token limit (``max_input_tokens``)."""
 
 
+class ConfigError(CtxgateError):
+    """A setting is wrong (a config file, an env var, a flag): the operator's error, not a request's."""
+
+
 class ModelError(CtxgateError):
     """A model could not be found, verified or loaded."""
 

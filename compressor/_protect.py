@@ -8,6 +8,7 @@ Structures (code blocks, JSON) are also kept verbatim by word-level methods.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from dataclasses import dataclass
@@ -39,25 +40,71 @@ class Span:
         return self.kind in ("code_block", "json")
 
 
+# a run of this many opening brackets is skipped whole when a decode from its start fails: trying
+# every position inside it made "[[[[..." quadratic
+_BRACKET_RUN = 16
+
+
 def _json_spans(text: str, taken: list[tuple[int, int]]) -> list[Span]:
-    """Balanced {...} / [...] blocks that parse as JSON (objects, or arrays of 2+ items)."""
+    """Balanced {...} / [...] blocks that parse as JSON (objects, or arrays of 2+ items).
+
+    Linear in practice: code blocks (``taken``, sorted) are skipped by index, failed starts inside a
+    long bracket run are not retried, and JSON too deep for the decoder (RecursionError) ends the
+    search: what is left stays ordinary text."""
     spans: list[Span] = []
-    i, n = 0, len(text)
+    n = len(text)
     decoder = json.JSONDecoder()
+    find = _next_bracket
+    i = find(text, 0)
+    t = 0
     while i < n:
-        c = text[i]
-        if c in "{[" and not any(s <= i < e for s, e in taken):
-            try:
-                obj, end = decoder.raw_decode(text, i)
-            except ValueError:
-                i += 1
-                continue
-            if (isinstance(obj, dict) and obj) or (isinstance(obj, list) and len(obj) >= 2):
-                spans.append(Span(i, end, "json"))
-                i = end
-                continue
-        i += 1
+        while t < len(taken) and taken[t][1] <= i:
+            t += 1
+        if t < len(taken) and taken[t][0] <= i:
+            i = find(text, taken[t][1])
+            continue
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except RecursionError:
+            return spans
+        except ValueError:
+            j = i + 1
+            while j < n and text[j] in "{[":
+                j += 1
+            i = find(text, j if j - i >= _BRACKET_RUN else i + 1)
+            continue
+        if (isinstance(obj, dict) and obj) or (isinstance(obj, list) and len(obj) >= 2):
+            spans.append(Span(i, end, "json"))
+            i = find(text, end)
+            continue
+        i = find(text, i + 1)
     return spans
+
+
+_BRACKET = re.compile(r"[{\[]")
+
+
+def _next_bracket(text: str, start: int) -> int:
+    m = _BRACKET.search(text, start)
+    return m.start() if m else len(text)
+
+
+class _Occupied:
+    """Non-overlapping intervals, sorted by start: overlap test and insert by bisection."""
+
+    def __init__(self, intervals: list[tuple[int, int]]) -> None:
+        self.starts = [s for s, _ in intervals]
+        self.ends = [e for _, e in intervals]
+
+    def add_if_free(self, start: int, end: int) -> bool:
+        k = bisect.bisect_right(self.starts, start)
+        if k > 0 and self.ends[k - 1] > start:
+            return False
+        if k < len(self.starts) and self.starts[k] < end:
+            return False
+        self.starts.insert(k, start)
+        self.ends.insert(k, end)
+        return True
 
 
 def find_protected(text: str) -> list[Span]:
@@ -66,18 +113,13 @@ def find_protected(text: str) -> list[Span]:
         return []
     big = [Span(m.start(), m.end(), "code_block") for m in _FENCE.finditer(text)]
     big += _json_spans(text, [(s.start, s.end) for s in big])
-    small: list[Span] = []
+    big.sort(key=lambda s: s.start)
+    out = list(big)
+    occupied = _Occupied([(s.start, s.end) for s in big])
+    # earlier patterns win; within one pattern, matches come in order and never overlap
     for kind, pat in _PATTERNS:
         for m in pat.finditer(text):
-            if m.end() > m.start():
-                small.append(Span(m.start(), m.end(), kind))
-    out = list(big)
-    occupied = [(s.start, s.end) for s in big]
-    # earlier patterns win; longer matches win within one pattern
-    for span in small:
-        if any(span.start < e and s < span.end for s, e in occupied):
-            continue
-        out.append(span)
-        occupied.append((span.start, span.end))
+            if m.end() > m.start() and occupied.add_if_free(m.start(), m.end()):
+                out.append(Span(m.start(), m.end(), kind))
     out.sort(key=lambda s: (s.start, s.end))
     return out

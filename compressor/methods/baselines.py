@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+from .._errors import InvalidRequest
 from .._select import fit
 from ._base import Job, MethodOutput
 
@@ -36,7 +37,10 @@ class RandomDrop:
     model_name = None
 
     def run(self, job: Job) -> MethodOutput:
-        rng = random.Random(int(job.options.get("seed", 0)))
+        seed = job.options.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int | str) or not str(seed).lstrip("-").isdigit():
+            raise InvalidRequest(f"option seed must be an integer, got {str(seed)[:40]!r}")
+        rng = random.Random(int(seed))
         scores = [[rng.random() for _ in d.units] for d in job.docs]
         texts = fit(scores, job.docs, job.budget, job.counter)
         return MethodOutput(texts=[t if t.strip() or not d.text.strip() else None for t, d in zip(texts, job.docs)])

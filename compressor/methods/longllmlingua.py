@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "iterative_size": 200,
 }
 TOLERANCE = 0.15
+# a client-set iterative_size of 1 would score the context one token per forward pass
+MIN_INT = {"iterative_size": 50}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -52,7 +54,10 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(default, bool):
             return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
         if isinstance(default, int):
-            return int(value)
+            n = int(value)
+            if key in MIN_INT and n < MIN_INT[key]:
+                raise InvalidRequest(f"option {key} must be at least {MIN_INT[key]}, got {n}")
+            return n
         if isinstance(default, float):
             return float(value)
     except (TypeError, ValueError):
