@@ -22,11 +22,12 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from compressor import Compressor
+from compressor import Compressor, CtxgateError
 
 from ._cache import TieredCache, build_cache
 from ._config import Settings, load_settings
-from ._errors import error_body, provider_for
+from ._access import ADMIN_PREFIXES, Hosts, admin_ok
+from ._errors import ProxyError, error_body, provider_for, status_for
 from ._local import LocalModel
 from ._metrics import Metrics
 from ._rewrite import Rewriter
@@ -121,6 +122,15 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
                     media_type="application/json")
 
 
+def _client_error(request: Request, exc: Exception) -> Response:
+    """ProxyError and the engine's own errors: their status (``status_for``), the route's format."""
+    status = status_for(exc)
+    if status >= 500:
+        log.error("%s on %s", type(exc).__name__, request.url.path)
+    return Response(error_body(provider_for(request.url.path), status, str(exc), getattr(exc, "param", None)),
+                    status_code=status, media_type="application/json")
+
+
 def _internal_error(request: Request, exc: Exception) -> Response:
     """Anything unexpected: a provider-format 500 (the type is logged, never the request)."""
     # the frames, not the message: an exception message may quote request text
@@ -128,6 +138,34 @@ def _internal_error(request: Request, exc: Exception) -> Response:
               "".join(traceback.format_tb(exc.__traceback__)))
     return Response(error_body(provider_for(request.url.path), 500, f"internal error ({type(exc).__name__})"),
                     status_code=500, media_type="application/json")
+
+
+_COUNTED = {"/v1/chat/completions": "chat", "/v1/messages": "messages", "/v1/models": "models",
+            "/v1/compress": "compress"}
+
+
+async def _count(message, scope) -> None:
+    """The one place requests are counted, by route and the status actually sent."""
+    if message["type"] == "http.response.start" and (route := _COUNTED.get(scope.get("path", ""))):
+        scope["app"].state.metrics.requests.labels(route, str(message["status"])).inc()
+
+
+def _guard(settings: Settings):
+    """Host check (DNS rebinding) and the admin token, before any handler runs."""
+    hosts = Hosts(settings.allowed_hosts_for())
+    token = settings.admin_token.encode() if settings.admin_token else None
+
+    async def guard(request: Request) -> Response | None:
+        if not hosts.allows(request.headers.get("host")):
+            return Response(error_body(provider_for(request.url.path), 400, "this Host is not allowed (allowed_hosts)"),
+                            status_code=400, media_type="application/json")
+        if token is not None and request.url.path.startswith(ADMIN_PREFIXES) and not admin_ok(request, token):
+            return Response(error_body("openai", 401, "the admin routes need the admin token "
+                                       "(Authorization: Bearer <admin_token>)"), status_code=401,
+                            media_type="application/json", headers={"www-authenticate": "Bearer"})
+        return None
+
+    return guard
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -140,7 +178,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_lifespan],
         state=State({"settings": settings, "metrics": Metrics()}),
         request_max_body_size=settings.max_body_bytes,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _http_error, ProxyError: _client_error, CtxgateError: _client_error,
+                            Exception: _internal_error},
+        before_request=_guard(settings),
+        before_send=[_count],
         openapi_config=None,
         logging_config=None,
     )

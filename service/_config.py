@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from compressor import InvalidRequest
+from compressor import ConfigError
 
 CacheBackend = Literal["memory", "sqlite", "redis", "off"]
 Route = Literal["chat", "messages", "compress"]
@@ -63,6 +63,9 @@ class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_entries: int = 100_000         # sqlite / memory bound (redis is bounded by ttl)
     ttl: float = 7 * 86400.0           # seconds
     memory_entries: int = 4096         # in-process LRU in front of sqlite/redis (0 disables it)
+    timeout: float = 0.25              # redis: seconds per connect / command (then the look-up is a miss)
+    breaker_failures: int = 3          # backend errors in a row that open the circuit breaker
+    breaker_cooldown: float = 5.0      # seconds the backend is skipped before it is tried again
 
 
 class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -86,7 +89,19 @@ class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     min_samples: int = 5               # samples before a step up
     step_up: float = 0.1               # keep-rate added on low fidelity (bounded at 1.0)
     step_down: float = 0.02            # keep-rate removed when fidelity holds (down to the configured rate)
+    retention_days: float = 30.0       # rows older than this are deleted (at start and daily; 0 = keep all)
     probe_after: int = 200             # at rate 1.0 nothing is compressed or sampled: step down after N requests
+
+
+class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Connection limits of the HTTP server (``service/_server.py``), as nginx and Envoy have them."""
+
+    header_timeout: float = 10.0       # seconds to receive a request's whole header block (slowloris)
+    body_timeout: float = 30.0         # seconds of silence allowed while a request body arrives
+    keepalive_timeout: float = 30.0    # an idle keep-alive connection is closed after this
+    max_header_bytes: int = 64 * 1024  # all request headers together; over it: 431
+    max_headers: int = 100             # header lines per request; over it: 431
+    max_concurrency: int = 2000        # connections + tasks; beyond it new ones get 503
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,27 +132,33 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     fidelity: FidelitySettings = msgspec.field(default_factory=FidelitySettings)
     log_level: str = "info"
+    # Host names the sidecar answers to (DNS-rebinding protection). Empty: the loopback names when it
+    # listens on loopback, any name otherwise. Entries: "api.internal", "*.example.com", "*".
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    # Bearer token for /metrics, /v1/fidelity* and /dashboard (none: those are open like the rest)
+    admin_token: str | None = None
+    limits: Limits = msgspec.field(default_factory=lambda: Limits())
 
     def __post_init__(self) -> None:
         if not 0 < self.policy.rate <= 1:
-            raise InvalidRequest(f"policy.rate must be in (0, 1] (fraction of tokens kept), got {self.policy.rate}")
+            raise ConfigError(f"policy.rate must be in (0, 1] (fraction of tokens kept), got {self.policy.rate}")
         for i, r in enumerate(self.rules):
             if r.rate is not None and not 0 < r.rate <= 1:
-                raise InvalidRequest(f"rules[{i}].rate must be in (0, 1], got {r.rate}")
+                raise ConfigError(f"rules[{i}].rate must be in (0, 1], got {r.rate}")
         for name in ("compress_timeout", "upstream_timeout", "connect_timeout"):
             if getattr(self, name) <= 0:
-                raise InvalidRequest(f"{name} must be positive seconds")
+                raise ConfigError(f"{name} must be positive seconds")
         if self.cache.backend == "redis" and not self.cache.url:
-            raise InvalidRequest("cache.backend=redis needs cache.url (e.g. redis://127.0.0.1:6379/0)")
+            raise ConfigError("cache.backend=redis needs cache.url (e.g. redis://127.0.0.1:6379/0)")
         f = self.fidelity
         if not (0 <= f.sample_rate <= 1 and 0 <= f.threshold <= 1 and 0 < f.step_up <= 1 and 0 < f.step_down <= 1):
-            raise InvalidRequest("fidelity.sample_rate, threshold must be in [0, 1]; step_up, step_down in (0, 1]")
+            raise ConfigError("fidelity.sample_rate, threshold must be in [0, 1]; step_up, step_down in (0, 1]")
         if f.window < 1 or not 1 <= f.min_samples <= f.window or f.max_concurrency < 1 or f.timeout <= 0:
-            raise InvalidRequest("fidelity: window >= min_samples >= 1, max_concurrency >= 1, timeout > 0")
+            raise ConfigError("fidelity: window >= min_samples >= 1, max_concurrency >= 1, timeout > 0")
         for name in ("upstream", "anthropic_upstream"):
             url = getattr(self, name)
             if url is not None and not url.startswith(("http://", "https://")):
-                raise InvalidRequest(f"{name} must be an http(s) URL, got {url!r}")
+                raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
 
     # ------------------------------------------------------------- derived
 
@@ -168,6 +189,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                         fields[key] = value
         return Policy(**fields)
 
+    def allowed_hosts_for(self) -> list[str]:
+        """``allowed_hosts``, or its default for the bind address."""
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        if self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127."):
+            return ["localhost", "127.0.0.1", "::1", self.host]
+        return ["*"]
+
+    def configured_tokenizers(self) -> set[str]:
+        """Tokenizer names the operator chose (policy, rules, the scorer): a request may name these."""
+        names = {self.scorer, self.policy.tokenizer, *(r.tokenizer for r in self.rules)}
+        return {n for n in names if n}
+
     def fidelity_path(self) -> Path:
         if self.fidelity.path:
             return Path(self.fidelity.path).expanduser()
@@ -186,7 +220,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def _read_file(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise InvalidRequest(f"config file {p} not found")
+        raise ConfigError(f"config file {p} not found")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".toml":
@@ -196,15 +230,15 @@ def _read_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text) or {}
     except Exception as exc:  # yaml and toml raise their own kinds; one clear line either way
-        raise InvalidRequest(f"config file {p}: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"config file {p}: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
-        raise InvalidRequest(f"config file {p} must hold a mapping at the top level")
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return data
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     top = {f.encode_name for f in msgspec.structs.fields(Settings)}
-    nested = {"policy": Policy, "cache": CacheSettings, "fidelity": FidelitySettings}
+    nested = {"policy": Policy, "cache": CacheSettings, "fidelity": FidelitySettings, "limits": Limits}
     out: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith("CTXGATE_"):
@@ -247,4 +281,4 @@ def load_settings(
         # strict=False: env values are strings ("8340", "true") and convert to the field types
         return msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"bad setting: {exc}") from None
+        raise ConfigError(f"bad setting: {exc}") from None

@@ -41,6 +41,9 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _rate(value: Any, name: str) -> float:
+    if isinstance(value, bool):           # float(True) is 1.0: a flag is no rate
+        raise ProxyError(400, f"{name} must be a number in (0, 1] (the fraction of tokens to keep), got {value!r}",
+                         param=name)
     try:
         rate = float(value)
     except (TypeError, ValueError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from compressor import ConfigError, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
+
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                     503: "overloaded_error", 529: "overloaded_error"}
@@ -25,6 +27,23 @@ class ProxyError(Exception):
         self.status = status
         self.message = message
         self.param = param
+
+
+# the engine's errors are HTTP-agnostic; their status is decided here, most specific class first
+_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (InputTooLarge, 413), (InvalidRequest, 400), (ConfigError, 500), (ModelNotPrepared, 503), (ModelError, 500),
+    (CtxgateError, 500),
+)
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status of an exception raised on purpose: ProxyError's own, else by class."""
+    if isinstance(exc, ProxyError):
+        return exc.status
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
 
 
 def provider_for(path: str) -> str:

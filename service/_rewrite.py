@@ -22,6 +22,7 @@ so the next turn gets it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import threading
@@ -52,6 +53,8 @@ from ._policy import Plan, Slot, split_question
 log = logging.getLogger("ctxgate.service")
 
 SEGMENT_VERSION = 1
+# memo look-ups on the event loop hash the text: past this length they wait for the worker thread
+FAST_COUNT_CHARS = 64 * 1024
 _COMPRESS_TAG = re.compile(r"<ctxgate:compress\b", re.I)
 _OPENAI = ("gpt-", "o1", "o3", "o4", "chatgpt", "text-embedding", "davinci", "babbage")
 _ESTIMATED = ("claude", "gemini", "anthropic")
@@ -100,29 +103,64 @@ class _Job:
     # set by the request when it stops waiting; from then on the executor only fills the cache and
     # never touches the items the request is already forwarding
     abandoned: bool = False
+    # set when nobody will ever use the result (the client hung up): queued model work is skipped
+    cancelled: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _CountMemo:
-    """LRU of token counts keyed by (tokenizer, text): system prompts and old turns repeat."""
+    """LRU of token counts keyed by (tokenizer, text): system prompts and old turns repeat.
 
-    def __init__(self, size: int = 20_000) -> None:
-        self._data: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._size = size
+    Bounded by bytes, not only entries: a text longer than ``INLINE_CHARS`` is keyed by its
+    BLAKE2b digest, so an entry never holds more than ~1 KB of client text, and the whole memo
+    stays under ``max_bytes`` (200 unique 300 KB prompts held 61 MB when whole texts were keys)."""
+
+    INLINE_CHARS = 1024
+    ENTRY_OVERHEAD = 160            # tuple, int, OrderedDict node: measured ~150 bytes on CPython 3.11
+
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self._data: OrderedDict[tuple[str, str | bytes], int] = OrderedDict()
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
 
+    @classmethod
+    def _key(cls, tok: str, text: str) -> tuple[str, str | bytes]:
+        if len(text) <= cls.INLINE_CHARS:
+            return tok, text
+        return tok, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    @classmethod
+    def _size(cls, key: tuple[str, str | bytes]) -> int:
+        return cls.ENTRY_OVERHEAD + len(key[0]) + len(key[1]) * (1 if isinstance(key[1], bytes) else 4)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._data)
+
     def get(self, tok: str, text: str) -> int | None:
+        key = self._key(tok, text)
         with self._lock:
-            n = self._data.get((tok, text))
+            n = self._data.get(key)
             if n is not None:
-                self._data.move_to_end((tok, text))
+                self._data.move_to_end(key)
             return n
 
     def set(self, tok: str, text: str, n: int) -> None:
+        key = self._key(tok, text)
         with self._lock:
-            self._data[(tok, text)] = n
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
+            if key in self._data:
+                self._data.move_to_end(key)
+                return
+            self._data[key] = n
+            self._bytes += self._size(key)
+            while len(self._data) > self._max_entries or self._bytes > self._max_bytes:
+                old, _ = self._data.popitem(last=False)
+                self._bytes -= self._size(old)
 
 
 def _strip(text: str) -> str:
@@ -154,15 +192,31 @@ class Rewriter:
         self._fingerprint(self.compressor.default_method)
         self.ready.set()
 
+    def prepare(self, plan: Plan, policy: Policy) -> list[_Item]:
+        """The plan's slots as work items, markup validated and stripped: the CPU-bound part of a
+        rewrite, which the caller may run off the event loop. Raises InvalidRequest on bad markup."""
+        items = [self._item(s, policy) for s in plan.slots]
+        for it in items:
+            if not it.segment:
+                it.text = _strip(it.slot.text)
+        return items
+
     async def rewrite(self, route: str, plan: Plan, policy: Policy, *, tokenizer: str | None,
-                      explicit_question: str | None) -> Outcome:
+                      explicit_question: str | None, items: list[_Item] | None = None) -> Outcome:
+        """``items``: from ``prepare(plan, policy)`` when the caller already ran it."""
         t0 = time.perf_counter()
         job = _Job(self.method_name(policy.method), tokenizer, policy, plan.question, explicit_question,
                    time.monotonic() + self.timeout)
-        items = [self._item(s, policy) for s in plan.slots]
+        if items is None:
+            items = self.prepare(plan, policy)
         self._fast(items, job)
         if not self._resolved(items):
-            await self._slow(items, job)
+            try:
+                await self._slow(items, job)
+            except asyncio.CancelledError:      # the caller went away: drop the work not yet started
+                job.cancelled = True
+                self._abandon(job)
+                raise
         return self._finish(route, items, job, t0)
 
     def count_plan(self, plan: Plan, policy: Policy, tokenizer: str | None) -> tuple[int, int]:
@@ -201,8 +255,7 @@ class Rewriter:
                     raw = self.cache.get_fast(it.key)
                     if raw is not None:
                         it.entry, it.status = msgspec.msgpack.decode(raw, type=Entry), "hit"
-            elif tok is not None:
-                it.text = _strip(it.slot.text)
+            elif tok is not None and it.text is not None and len(it.text) <= FAST_COUNT_CHARS:
                 it.count = self._memo.get(tok, it.text)
 
     async def _slow(self, items: list[_Item], job: _Job) -> None:
@@ -253,8 +306,10 @@ class Rewriter:
                         if not self._settle(job, it, entry=entry):
                             return
             elif it.count is None:
-                text = _strip(it.slot.text)
-                count = counter.count(text)
+                text = it.text if it.text is not None else _strip(it.slot.text)
+                count = self._memo.get(tok, text)
+                if count is None:
+                    count = counter.count(text)
                 self._memo.set(tok, text, count)
                 if not self._settle(job, it, text=text, count=count):
                     return
@@ -267,7 +322,7 @@ class Rewriter:
         for it in items:
             if not it.segment or it.entry is not None:
                 continue
-            if time.monotonic() > job.deadline:
+            if time.monotonic() > job.deadline or job.cancelled:
                 return                  # the caller has given up; later turns retry with a fresh budget
             it.key = it.key or self._key(it.slot, job, tok)
             raw = self.cache.get(it.key) if self.cache is not None else None

@@ -271,7 +271,9 @@ class Upstream:
         self.metrics.upstream_seconds.labels(route).observe(time.perf_counter() - t0)
         headers_out = response_headers(resp)
         headers_out.update(extra_headers or {})
-        media = headers_out.pop("content-type", None)
+        # the upstream's content-type goes in as a header, verbatim: given as media_type, Litestar
+        # appends "; charset=utf-8" to every text/* type, even one that already has a charset
+        media = headers_out.get("content-type")
         if (media or "").startswith("text/event-stream"):
             return Relay(self._relay(resp, route, provider), status_code=resp.status, headers=headers_out,
                           media_type=media)

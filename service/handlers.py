@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -19,13 +20,15 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from compressor import CompressRequest, InputTooLarge, InvalidRequest
+from compressor import CompressRequest
 
 from . import _local
 from ._app import Context
+from ._config import Policy
 from ._control import Control, parse_control
-from ._errors import ProxyError, error_body
-from ._policy import plan_for, strip_slots, strip_tags
+from ._errors import ProxyError
+from ._labels import header_value, model_label
+from ._policy import Plan, plan_for, strip_slots, strip_tags
 from ._rewrite import Outcome, resolve_tokenizer
 from ._upstream import ClientGone, until_disconnect
 from .fidelity import ROUTES as FIDELITY_ROUTES
@@ -34,12 +37,15 @@ from .fidelity import Candidate
 JSON = "application/json"
 
 
+# Bodies past this size are decoded, planned and re-encoded in a worker thread: a 32 MiB body takes
+# ~100 ms of CPU, which on the event loop would stall every other request. Below it the thread hop
+# (~50 us) costs more than the work.
+OFFLOAD_BYTES = 64 * 1024
+MAX_DEPTH_MESSAGE = "the request body is nested too deeply"
+
+
 def _ctx(request: Request) -> Context:
     return request.app.state.ctx
-
-
-def _error(provider: str, exc: ProxyError) -> Response:
-    return Response(error_body(provider, exc.status, exc.message, exc.param), status_code=exc.status, media_type=JSON)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -51,9 +57,18 @@ def _decode(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ProxyError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:      # msgspec's own guard, at ~1,000 levels
+        raise ProxyError(400, MAX_DEPTH_MESSAGE) from None
     if not isinstance(body, dict):
         raise ProxyError(400, "the request body must be a JSON object")
     return body
+
+
+async def _off_loop(size: int, fn, *args):
+    """``fn(*args)`` on the loop for small inputs, in a worker thread for big ones."""
+    if size > OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def _outcome_headers(o: Outcome) -> dict[str, str]:
@@ -63,7 +78,7 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
         h["x-ctxgate-tokens-after"] = str(o.tokens_after)
         h["x-ctxgate-ratio"] = f"{o.tokens_before / o.tokens_after:.4f}" if o.tokens_after else "1.0000"
         if o.tokenizer:
-            h["x-ctxgate-tokenizer"] = o.tokenizer
+            h["x-ctxgate-tokenizer"] = header_value(o.tokenizer)
         if o.estimated:
             h["x-ctxgate-tokens-estimated"] = "true"
     if o.fail_open:
@@ -71,46 +86,64 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
     return h
 
 
-async def _rewrite_body(ctx: Context, route: str, raw: bytes,
-                        headers) -> tuple[bytes, dict[str, str], Candidate | None]:
-    """The body to forward (compressed per policy, ctxgate field and tags removed), our headers, and
-    the shadow-check candidate when this request was drawn for one."""
+@dataclass
+class _Prepared:
+    """A proxied request after the CPU-bound part: decoded, validated, planned."""
+
+    body: dict[str, Any]
+    forward: bytes | None            # set when nothing is compressed: the bytes to send as they are
+    ctl: Control | None = None
+    model: str = ""
+    configured: Policy | None = None
+    policy: Policy | None = None
+    plan: Plan | None = None
+    items: list | None = None
+
+
+def _prepare(ctx: Context, route: str, raw: bytes, headers) -> _Prepared:
     body = _decode(raw)
     had_field = "ctxgate" in body
     ctl = parse_control(headers, body)
-    model = body.get("model") if isinstance(body.get("model"), str) else ""
+    model = model_label(body.get("model"))
     configured = ctx.settings.policy_for(route, model)
     policy = ctl.apply(ctx.fidelity.policy(route, model, configured))   # a request's own rate beats the controller
     if ctl.bypass or not policy.enabled:
         if strip_tags(route, body, raw) or had_field:
-            return msgspec.json.encode(body), {"x-ctxgate-cache": "bypass"}, None
-        return raw, {"x-ctxgate-cache": "bypass"}, None    # byte-for-byte: nothing of ours inside
+            return _Prepared(body, msgspec.json.encode(body))
+        return _Prepared(body, raw)    # byte-for-byte: nothing of ours inside
     plan = plan_for(route, body, ctl.question)
-    outcome = await ctx.rewriter.rewrite(route, plan, policy, explicit_question=ctl.question,
-                                         tokenizer=policy.tokenizer or resolve_tokenizer(model))
-    cand = ctx.fidelity.candidate(route, model, ctx.rewriter.method_name(policy.method), policy, configured.rate,
-                                  ctl.rate is not None, outcome.tokens_before, outcome.tokens_after)
-    return msgspec.json.encode(body), _outcome_headers(outcome), cand
+    return _Prepared(body, None, ctl, model, configured, policy, plan, ctx.rewriter.prepare(plan, policy))
+
+
+async def _rewrite_body(ctx: Context, route: str, raw: bytes,
+                        headers) -> tuple[bytes, dict[str, str], Candidate | None]:
+    """The body to forward (compressed per policy, ctxgate field and tags removed), our headers, and
+    the shadow-check candidate when this request was drawn for one."""
+    prep: _Prepared = await _off_loop(len(raw), _prepare, ctx, route, raw, headers)
+    if prep.forward is not None:
+        return prep.forward, {"x-ctxgate-cache": "bypass"}, None
+    assert prep.ctl is not None and prep.policy is not None and prep.plan is not None and prep.configured
+    policy, ctl = prep.policy, prep.ctl
+    outcome = await ctx.rewriter.rewrite(route, prep.plan, policy, explicit_question=ctl.question,
+                                         tokenizer=policy.tokenizer or resolve_tokenizer(prep.model),
+                                         items=prep.items)
+    cand = ctx.fidelity.candidate(route, prep.model, ctx.rewriter.method_name(policy.method), policy,
+                                  prep.configured.rate, ctl.rate is not None, outcome.tokens_before,
+                                  outcome.tokens_after)
+    content = await _off_loop(len(raw), msgspec.json.encode, prep.body)
+    return content, _outcome_headers(outcome), cand
 
 
 async def _proxy(request: Request, route: str, provider: str, path: str) -> Response:
+    """Client errors raise (rendered once, by the app's exception handlers, in the route's format)."""
     ctx = _ctx(request)
     raw = await request.body()
-    try:
-        content, extra, cand = await _rewrite_body(ctx, route, raw, request.headers)
-    except ProxyError as exc:
-        ctx.metrics.requests.labels(route, str(exc.status)).inc()
-        return _error(provider, exc)
-    except InvalidRequest as exc:  # bad ctxgate markup
-        ctx.metrics.requests.labels(route, "400").inc()
-        return _error(provider, ProxyError(400, str(exc)))
+    content, extra, cand = await _rewrite_body(ctx, route, raw, request.headers)
     try:
         response = await ctx.upstream.forward(request, route=route, provider=provider, path=path, content=content,
                                               extra_headers=extra)
     except ClientGone:
-        ctx.metrics.requests.labels(route, "499").inc()
         return Response(b"", status_code=499)
-    ctx.metrics.requests.labels(route, str(response.status_code)).inc()
     if cand is not None:
         response = ctx.fidelity.watch(cand, request.headers, request.url.query, raw, response)
     return response
@@ -135,7 +168,6 @@ async def models(request: Request) -> Response:
         response = await ctx.upstream.forward(request, route="models", provider=provider, path=path, method="GET")
     except ClientGone:
         return Response(b"", status_code=499)
-    ctx.metrics.requests.labels("models", str(response.status_code)).inc()
     return response
 
 
@@ -145,24 +177,34 @@ async def models(request: Request) -> Response:
 @post("/v1/compress", status_code=200)
 async def compress(request: Request) -> Response:
     """RAG form ``{context, question?, rate?|target_tokens?, method?, tokenizer?, options?}`` -> CompressResult;
-    messages form ``{messages, model, token_budget?, config?}`` -> ``{messages, tokens_before, ...}``."""
+    messages form ``{messages, model, token_budget?, config?}`` -> ``{messages, tokens_before, ...}``.
+
+    Same time budget as the proxy (``compress_timeout``; then the input comes back uncompressed, with
+    ``fail_open``), and a client that hangs up takes its queued work with it."""
     ctx = _ctx(request)
+    raw = await request.body()
+    body = await _off_loop(len(raw), _decode, raw)
+    if "context" in body:
+        work = _compress_rag(ctx, body)
+    elif "messages" in body:
+        work = _compress_messages(ctx, body)
+    else:
+        raise ProxyError(400, "give either 'context' (RAG form) or 'messages' (headroom form)")
     try:
-        body = _decode(await request.body())
-        if "context" in body:
-            response = await _compress_rag(ctx, body)
-        elif "messages" in body:
-            response = await _compress_messages(ctx, body)
-        else:
-            raise ProxyError(400, "give either 'context' (RAG form) or 'messages' (headroom form)")
-    except ProxyError as exc:
-        response = _error("openai", exc)
-    except InputTooLarge as exc:
-        response = _error("openai", ProxyError(413, str(exc)))
-    except InvalidRequest as exc:
-        response = _error("openai", ProxyError(400, str(exc)))
-    ctx.metrics.requests.labels("compress", str(response.status_code)).inc()
-    return response
+        return await until_disconnect(request, work)
+    except ClientGone:
+        return Response(b"", status_code=499)
+
+
+def _allowed_tokenizer(ctx: Context, name: str | None, param: str) -> str | None:
+    """A tokenizer a request may name: an embedded model, a known provider name, or one the config
+    names. Never a local path or a Hub id: those would load files the client picks."""
+    if name is None:
+        return None
+    if resolve_tokenizer(name) is not None or name in ctx.settings.configured_tokenizers():
+        return name
+    raise ProxyError(400, f"{param} must be an embedded model, an OpenAI/Anthropic model or encoding name, or one "
+                          "the config names", param=param)
 
 
 async def _compress_rag(ctx: Context, body: dict[str, Any]) -> Response:
@@ -170,10 +212,21 @@ async def _compress_rag(ctx: Context, body: dict[str, Any]) -> Response:
         req = msgspec.convert(body, CompressRequest)              # __post_init__ validates the budget
     except msgspec.ValidationError as exc:
         raise ProxyError(400, f"bad RAG compress request: {exc}") from None
+    _allowed_tokenizer(ctx, req.tokenizer, "tokenizer")
     if not ctx.rewriter.ready.is_set():
         raise ProxyError(503, "models are still loading; see /readyz")
-    loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(ctx.executor, ctx.compressor.compress, req)
+    run = _Once(ctx.compressor.compress, req)
+    future = asyncio.get_running_loop().run_in_executor(ctx.executor, run)
+    try:
+        result = await asyncio.wait_for(asyncio.shield(future), ctx.settings.compress_timeout)
+    except TimeoutError:
+        run.cancel()
+        result = await asyncio.to_thread(ctx.compressor.unchanged, req, "timeout")
+        ctx.metrics.fail_open.labels("timeout").inc()
+        return Response(msgspec.json.encode(result), media_type=JSON, headers={"x-ctxgate-fail-open": "timeout"})
+    except asyncio.CancelledError:
+        run.cancel()
+        raise
     if result.cache != "hit" and result.original_tokens:
         ctx.metrics.tokens_before.labels("compress").inc(result.original_tokens)
         ctx.metrics.tokens_after.labels("compress").inc(result.compressed_tokens)
@@ -182,24 +235,46 @@ async def _compress_rag(ctx: Context, body: dict[str, Any]) -> Response:
     return Response(msgspec.json.encode(result), media_type=JSON)
 
 
+class _Once:
+    """A call for the compression executor that is skipped if cancelled before it starts."""
+
+    def __init__(self, fn, *args) -> None:
+        self._fn, self._args = fn, args
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def __call__(self):
+        if self._cancelled.is_set():
+            return None
+        return self._fn(*self._args)
+
+
 async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
-    config = body.get("config") or {}
+    config = body.get("config")
+    if config is None:
+        config = {}
     if not isinstance(config, dict):
         raise ProxyError(400, "config must be an object", param="config")
+    if not isinstance(body.get("messages"), list):
+        raise ProxyError(400, "messages must be a list", param="messages")
     config = dict(config)
     provider = config.pop("provider", None) or _guess_provider(body)
     if provider not in ("openai", "anthropic"):
         raise ProxyError(400, "config.provider must be 'openai' or 'anthropic'", param="config.provider")
     budget = body.get("token_budget")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ProxyError(400, f"token_budget must be a positive integer, got {budget!r}", param="token_budget")
+        raise ProxyError(400, f"token_budget must be a positive integer, got {str(budget)[:40]!r}",
+                         param="token_budget")
     ctl = parse_control({}, {"ctxgate": config}) if config else Control()
     route = "messages" if provider == "anthropic" else "chat"
-    model = body.get("model") if isinstance(body.get("model"), str) else ""
+    model = model_label(body.get("model"))
     policy = ctl.apply(ctx.settings.policy_for("compress", model))
-    tokenizer = policy.tokenizer or resolve_tokenizer(model)
+    tokenizer = _allowed_tokenizer(ctx, policy.tokenizer, "config.tokenizer") or resolve_tokenizer(model)
     doc = {"messages": body.get("messages"), **({"system": body["system"]} if "system" in body else {})}
     plan = plan_for(route, doc, ctl.question)
+    items = await asyncio.to_thread(ctx.rewriter.prepare, plan, policy)       # validates markup
     if budget is not None and not ctl.bypass:
         total, compressible = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
         if total <= budget:
@@ -210,17 +285,19 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
     if ctl.bypass or not policy.enabled:
         strip_slots(plan.slots)
         outcome = Outcome()
-        total, _ = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
-        outcome.tokens_before = outcome.tokens_after = total
     else:
         outcome = await ctx.rewriter.rewrite("compress", plan, policy, tokenizer=tokenizer,
-                                             explicit_question=ctl.question)
+                                             explicit_question=ctl.question, items=items)
+    if outcome.tokens_before is None or outcome.tokens_after is None:
+        # bypassed, or failed open (some text went back uncompressed): count what is returned
+        total, _ = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
+        outcome.tokens_before = outcome.tokens_after = total
     before, after = outcome.tokens_before, outcome.tokens_after
     out: dict[str, Any] = {
         "messages": doc["messages"], "tokens_before": before, "tokens_after": after,
-        "tokens_saved": None if before is None or after is None else before - after,
+        "tokens_saved": before - after,
         # headroom's convention: after / before (0.25 = 4x smaller); `ratio` is ours, before / after
-        "compression_ratio": round(after / before, 4) if before and after is not None else 1.0,
+        "compression_ratio": round(after / before, 4) if before else 1.0,
         "ratio": round(before / after, 4) if before and after else 1.0,
         "transforms_applied": [] if ctl.bypass or outcome.cache == "off"
         else [f"ctxgate:{ctx.rewriter.method_name(policy.method)}"],
@@ -229,7 +306,7 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
     }
     if "system" in doc:
         out["system"] = doc["system"]
-    if budget is not None and after is not None and after > budget:
+    if budget is not None and after > budget:
         out["warnings"] = [f"{after} tokens is over token_budget={budget}: the system prompt, questions and "
                            "short messages are never compressed"]
     return _json(out)
@@ -290,8 +367,8 @@ async def _local_generate(request: Request, provider: str) -> Response:
             "max_completion_tokens", body.get("max_tokens"))
         max_new = local.budget(requested)
         ids = await asyncio.to_thread(local.prompt_ids, msgs, max_new)
-    except ProxyError as exc:
-        return _error(provider, exc)
+    except ProxyError:
+        raise
     stop = threading.Event()
     if body.get("stream") is True:
         pieces = local.stream(ids, max_new, stop)
@@ -325,7 +402,7 @@ async def local_messages(request: Request) -> Response:
 async def local_models(request: Request) -> Response:
     local = _ctx(request).local
     if local is None:
-        return _error("openai", ProxyError(404, "no embedded model: an upstream is configured"))
+        raise ProxyError(404, "no embedded model: an upstream is configured")
     if "anthropic-version" in request.headers:
         return _json({"data": [{"type": "model", "id": local.name, "display_name": local.name,
                                 "created_at": "2024-11-01T00:00:00Z"}],

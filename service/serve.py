@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ._app import create_app
+    from ._server import server_config
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mode = "embedded model " + settings.local_model if settings.embedded else "upstream " + str(
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ctxgate.service").info("ctxgate sidecar on http://%s:%d (%s)", settings.host, settings.port,
                                               mode)
     # access_log off: request lines are noise at 100s of req/s, and prompts never belong in logs anyway
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=5)
+    config = server_config(create_app(settings), settings, log_level=settings.log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -37,8 +37,15 @@ def serve(app, port: int | None = None, timeout: float = 60.0) -> Iterator[str]:
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                                           access_log=False, timeout_graceful_shutdown=2))
+    opts = dict(host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    if settings is not None:          # the sidecar: with its own connection limits, as `ctxgate serve` runs it
+        from service._server import server_config
+
+        config = server_config(app, settings, **opts)
+    else:
+        config = uvicorn.Config(app, access_log=False, **opts)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from compressor import InvalidRequest
+from compressor import ConfigError
 from tests.test_fidelity_shadow import metric
 
 
@@ -71,5 +71,5 @@ def test_fidelity_settings_from_file_and_env(tmp_path):
     assert load_settings(env={}).fidelity.sample_rate == 0.0            # off unless asked: shadow calls cost money
     for bad in ({"CTXGATE_FIDELITY__SAMPLE_RATE": "1.5"}, {"CTXGATE_FIDELITY__MIN_SAMPLES": "50"},
                 {"CTXGATE_FIDELITY__METRIC": "bleu"}):
-        with pytest.raises(InvalidRequest, match="fidelity"):
+        with pytest.raises(ConfigError, match="fidelity"):
             load_settings(env=bad)

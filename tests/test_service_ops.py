@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import pytest
 
-from compressor import CompressResult, InvalidRequest
+from compressor import CompressResult, ConfigError
 from tests.test_service_proxy import _metric, oai, rag_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_settings_from_yaml_toml_env_and_rules(tmp_path):
     for bad, match in [("policy:\n  rate: 3\n", "rate"), ("cache:\n  backend: redis\n", "cache.url"),
                        ("upstream: ftp://x\n", "http"), ("nonsense_key: 1\n", "nonsense_key")]:
         yaml_file.write_text(bad)
-        with pytest.raises(InvalidRequest, match=match):
+        with pytest.raises(ConfigError, match=match):
             load_settings(yaml_file, env={})
 
 

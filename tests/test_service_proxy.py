@@ -231,8 +231,14 @@ def test_models_and_query_strings_are_passed_through_to_the_fixed_host(proxy, up
     models = oai(proxy).models.list()
     assert [m.id for m in models.data] == ["test-model"]
     assert upstream.last().path == "/v1/models" and upstream.last().method == "GET"
+    seen = len(upstream.requests)
+    # on loopback only loopback names are served (DNS rebinding); nothing reaches the upstream
+    r = httpx.post(proxy + "/v1/chat/completions", timeout=10, headers={"host": "evil.example"},
+                   json={"model": "x", "messages": []})
+    assert r.status_code == 400 and "allowed_hosts" in r.json()["error"]["message"]
+    assert len(upstream.requests) == seen
     r = httpx.post(proxy + "/v1/chat/completions?api-version=2024-10-01", timeout=10,
-                   headers={"host": "evil.example"}, json={"model": "x", "messages": []})
+                   headers={"host": "localhost:1"}, json={"model": "x", "messages": []})
     assert r.status_code == 200 and upstream.last().query == "api-version=2024-10-01"
     assert upstream.last().headers["host"] == upstream.url.removeprefix("http://")
     # percent-escapes arrive as sent (not double-encoded); a fragment cannot be smuggled in

@@ -5,7 +5,8 @@ The behaviour comes from the ``x-test-behavior`` request header (the proxy passe
 through), so concurrent tests never share state:
     ok (default) | error500 | slow:<seconds> | reset (breaks the stream after two events, or the
     body half-way) | garbage (200 with a body that is not JSON) | drip (streams one event every
-    0.1 s for 20 s, and records whether the proxy hung up on it)
+    0.1 s for 20 s, and records whether the proxy hung up on it) | ctype:<content-type> (a plain reply
+    with that content-type)
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class TestUpstream:
             return await _send(send, 500, json.dumps(body).encode(), extra=[(b"x-request-id", b"req-500")])
         if behavior == "garbage":
             return await _send(send, 200, b"<html>definitely not json", ctype=b"text/html")
+        if behavior.startswith("ctype:"):         # a reply with exactly this content-type
+            return await _send(send, 200, b"plain reply", ctype=behavior.split(":", 1)[1].encode())
         if behavior == "long-header":
             return await _send(send, 200, b"{}", extra=[(b"x-long", b"v" * 20_000)])
         if scope["path"].endswith("/models"):

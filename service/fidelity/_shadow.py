@@ -93,9 +93,21 @@ class Fidelity:
             self.calls, self.tokens = rows[0]
         last = await asyncio.to_thread(self.store.query, "SELECT route, model, new_rate FROM adjustments "
                                        "WHERE rowid IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)")
-        self.controller.restore({(r, m): rate for r, m, rate in last})
+        if self.cfg.adaptive:       # rates adapted in an earlier run apply only while adapting is on
+            self.controller.restore({(r, m): rate for r, m, rate in last})
+        self._prune()
         for (route, model), st in self.controller.states.items():
             self.metrics.fidelity_rate.labels(route, model).set(st.rate)
+
+    def _roll_day(self) -> None:
+        """A new UTC day: a fresh budget, and rows past the retention period go."""
+        if (day := _day()) != self.day:
+            self.day, self.calls, self.tokens = day, 0, 0
+            self._prune()
+
+    def _prune(self) -> None:
+        if self.store is not None and self.cfg.retention_days > 0:
+            self.store.prune(time.time() - self.cfg.retention_days * 86400)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -127,6 +139,7 @@ class Fidelity:
             return None                             # not compressed: nothing to check
         now = time.time()
         if self.cfg.record_traffic and self.store is not None:
+            self._roll_day()
             self.store.add_traffic(now, route, model, method, policy.rate, tokens_before, tokens_after)
         if route not in ROUTES or self.cfg.sample_rate <= 0 or random.random() >= self.cfg.sample_rate:
             return None
@@ -182,8 +195,7 @@ class Fidelity:
 
     def _reserve(self) -> bool:
         """Take one call from today's budget (event loop only, so no race between checks)."""
-        if (day := _day()) != self.day:
-            self.day, self.calls, self.tokens = day, 0, 0
+        self._roll_day()
         if self.cfg.daily_max_calls and self.calls >= self.cfg.daily_max_calls:
             return False
         if self.cfg.daily_max_tokens and self.tokens >= self.cfg.daily_max_tokens:

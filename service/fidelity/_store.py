@@ -15,8 +15,11 @@ import logging
 import queue
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from compressor import private, private_dir
 
 log = logging.getLogger("ctxgate.service")
 LINGER = 0.25       # seconds a batch gathers rows before its commit; a read or close flushes at once
@@ -52,7 +55,7 @@ _INSERT_SAMPLE = (f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) "
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self._read = self._connect()
         self._read.executescript(_SCHEMA)
         self._read_lock = threading.Lock()
@@ -62,6 +65,7 @@ class Store:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
+        private(self.path)
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -84,6 +88,16 @@ class Store:
     def set_budget(self, day: str, calls: int, tokens: int) -> None:
         self.put("INSERT INTO budget VALUES (?, ?, ?) ON CONFLICT(day) DO UPDATE SET calls=excluded.calls, "
                  "tokens=excluded.tokens", (day, calls, tokens))
+
+    def prune(self, before: float) -> None:
+        """Drop rows older than ``before`` (epoch seconds): the store's retention period."""
+        day = datetime.fromtimestamp(before, UTC).date().isoformat()
+        for table in ("traffic", "samples", "adjustments"):
+            # the latest adjustment per (route, model) is the controller's state: it is kept
+            keep = (" AND rowid NOT IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)"
+                    if table == "adjustments" else "")
+            self.put(f"DELETE FROM {table} WHERE ts < ?{keep}", (before,))
+        self.put("DELETE FROM budget WHERE day < ?", (day,))
 
     def _write_loop(self) -> None:
         conn = self._connect()

@@ -1,3 +1,6 @@
+// With admin_token set, the page is opened as /dashboard?token=...; its API calls carry the token.
+const TOKEN = new URLSearchParams(window.location.search).get("token");
+const AUTH = TOKEN ? { headers: { Authorization: `Bearer ${TOKEN}` } } : {};
 // ctxgate dashboard: reads /v1/fidelity and /v1/fidelity/series and draws plain SVG line charts.
 // No libraries and no CDN: the sidecar often runs where nothing outside can be reached.
 "use strict";
@@ -147,8 +150,8 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const [s, a] = await Promise.all([
-      fetch(`/v1/fidelity/series?since=${since}`).then((r) => { if (!r.ok) throw new Error(r.status); return r.json(); }),
-      fetch("/v1/fidelity").then((r) => { if (!r.ok) throw new Error(r.status); return r.json(); }),
+      fetch(`/v1/fidelity/series?since=${since}`, AUTH).then((r) => { if (!r.ok) throw new Error(r.status); return r.json(); }),
+      fetch("/v1/fidelity", AUTH).then((r) => { if (!r.ok) throw new Error(r.status); return r.json(); }),
     ]);
     render(s, a);
     status.textContent = `updated ${new Date().toLocaleTimeString()} · bucket ${s.bucket}s`;
