@@ -13,12 +13,13 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test setup models system-deps bench eval clean help
+.PHONY: run test setup models system-deps bench chaos eval clean help
 
 help:
 	@echo "make run    set everything up and start the sidecar on 127.0.0.1:8340 (embedded upstream)"
 	@echo "make test   set everything up and run the test suite"
 	@echo "make bench  compression speed table (ctxgate bench)"
+	@echo "make chaos  the sidecar under faults (ctxgate bench chaos)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,10 @@ run: setup models
 
 bench: setup models
 	$(BIN)/ctxgate bench
+
+# faults, loopback only, bounded: 50 streams for 90 s, Redis frozen and killed, the sidecar kill -9'd
+chaos: setup models system-deps
+	$(BIN)/ctxgate bench chaos --seconds 90 --streams 50 --out eval/results/chaos.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -21,7 +21,7 @@ commands:
   serve      run the OpenAI/Anthropic-compatible sidecar proxy
   models     list | prepare | verify the embedded models
   eval       measure answer quality under compression on real datasets
-  bench      measure compression speed (ctxgate bench) or proxy latency (ctxgate bench proxy)
+  bench      measure compression speed (ctxgate bench), proxy latency (bench proxy), faults (bench chaos)
 
 Run 'ctxgate <command> --help' for a command's options."""
 
@@ -38,6 +38,10 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
     elif cmd == "bench":
         if rest[:1] == ["proxy"]:
             from eval.bench_proxy import main as run
+
+            rest = rest[1:]
+        elif rest[:1] == ["chaos"]:
+            from eval.bench_chaos import main as run
 
             rest = rest[1:]
         else:

@@ -55,6 +55,7 @@ log = logging.getLogger("ctxgate.service")
 SEGMENT_VERSION = 1
 # memo look-ups on the event loop hash the text: past this length they wait for the worker thread
 FAST_COUNT_CHARS = 64 * 1024
+MAX_TOKENIZER_NAMES = 256
 _COMPRESS_TAG = re.compile(r"<ctxgate:compress\b", re.I)
 _OPENAI = ("gpt-", "o1", "o3", "o4", "chatgpt", "text-embedding", "davinci", "babbage")
 _ESTIMATED = ("claude", "gemini", "anthropic")
@@ -469,6 +470,8 @@ class Rewriter:
             get_counter(name)
         except Exception:  # unknown model name or an HF id we cannot reach: count in the default
             name = self.compressor.tokenizer or "smollm2"
+        if len(self._counters) >= MAX_TOKENIZER_NAMES:   # names come from clients' model strings
+            self._counters.clear()
         self._counters[requested] = name
         return name
 
