@@ -34,6 +34,7 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_tokens: int = 200              # texts shorter than this (target tokenizer) are left alone
     tool_results: bool = True          # OpenAI role=tool messages, Anthropic tool_result blocks
     user_messages: bool = True         # user text (the trailing question paragraph always stays verbatim)
+    system_prompt: bool = True         # long system prompts: all but the first paragraph (documents, typically)
     tokenizer: str | None = None       # token accounting; default: the request's model when we know it
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -49,6 +50,7 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_tokens: int | None = None
     tool_results: bool | None = None
     user_messages: bool | None = None
+    system_prompt: bool | None = None
     tokenizer: str | None = None
     options: dict[str, Any] | None = None
 

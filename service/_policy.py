@@ -9,8 +9,12 @@ Slot kinds:
   content). Compressed whole when at least ``min_tokens`` long.
 - ``user``: user text. The *last* text part of a user message keeps its trailing question verbatim
   (``split=True``, see ``split_question``); earlier text parts are compressed whole.
-- ``text``: everything else (system prompt, assistant text, developer messages). Never compressed
-  by default; only ``<ctxgate:compress>`` regions inside it are (explicit markup overrides defaults).
+- ``system``: system and developer text. Compressed (``policy.system_prompt``) when it is long: its
+  first paragraph (the instructions) stays verbatim, the rest (retrieved documents, typically) is
+  compressed when at least ``min_tokens``; short system prompts are never touched.
+- ``text``: everything else (assistant text). Never compressed by default; only
+  ``<ctxgate:compress>`` regions inside it are (explicit markup overrides defaults).
+Anthropic ``document`` blocks with text sources count as ``tool``.
 
 ctxgate tags are stripped from every slot, compressed or not, so they never reach upstream. Texts
 we do not own (tool definitions, tool-call arguments, Anthropic thinking blocks) are never touched.
@@ -22,6 +26,17 @@ The question rule (``split_question``), for the last text part of a user message
    markup on both sides;
 3. else there is no verbatim tail and the whole text may be compressed.
 The rule depends only on the message's own text, so a message is treated the same on every turn.
+
+The question each segment is compressed for (``Slot.question``), stable as turns are appended:
+- a *user turn* is a run of user messages with text, with no assistant message between them (a
+  question sent as its own message after the documents belongs to the same turn); its question is
+  that of its last message: the whole text when it is short (``SHORT_QUESTION_CHARS``), else its
+  trailing part by the rule above if that reads like a question (a "?", a ``Question:`` label, a
+  question word or an imperative such as "Summarize");
+- user and system text: the question of their own turn, or of the first user turn after them;
+- tool results (and Anthropic documents): the question of the latest user turn before them (the
+  one that made the model call the tool), else of the first one after.
+An explicit ``ctxgate.question`` / ``x-ctxgate-question`` overrides every segment's question.
 """
 
 from __future__ import annotations
@@ -32,8 +47,16 @@ from typing import Any, Literal
 
 from compressor import InvalidRequest, has_markup, parse_markup, strip_markup
 
-SlotKind = Literal["tool", "user", "text"]
+SlotKind = Literal["tool", "user", "system", "text"]
 QUESTION_MAX_CHARS = 2000
+# a user message this short is a question as a whole (several sentences on one line included):
+# under the default min_tokens, so it is never compressed itself
+SHORT_QUESTION_CHARS = 600
+# a long message's trailing part is its question only when it reads like one; otherwise it is the
+# end of a document (the question then comes from the next user turn)
+_ASKS = re.compile(r"\?|^\s*(?:question|query|q|task|instruction)s?\s*[:.]|^\s*(?:who|whom|whose|what|when|where|"
+                   r"why|how|which|is|are|was|were|do|does|did|can|could|should|would|will|list|explain|describe|"
+                   r"summari[sz]e|find|give|tell|name|compare|quote|answer)\b", re.I | re.M)
 
 _PARA = re.compile(r"\n[ \t\r]*\n\s*")
 _LINE = re.compile(r"\n\s*")
@@ -51,6 +74,8 @@ class Slot:
     text: str
     kind: SlotKind
     split: bool = False      # user text whose trailing question stays verbatim
+    question: str | None = None   # what this segment is compressed for (module docstring)
+    message: int = -1        # index of the message it is in (-1: the Anthropic system prompt)
 
     def write(self, text: str) -> None:
         self.holder[self.key] = text
@@ -59,7 +84,17 @@ class Slot:
 @dataclass
 class Plan:
     slots: list[Slot]
-    question: str | None     # guides question-aware compression of new context
+    question: str | None     # the latest user question (each slot has its own, see Slot.question)
+    question_source: str = "none"    # explicit | found | none
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A slot's text as verbatim head + compressible context + verbatim tail (their concatenation)."""
+
+    head: str
+    context: str
+    tail: str
 
 
 @dataclass(frozen=True)
@@ -92,6 +127,42 @@ def split_question(text: str, question: str | None = None) -> Split:
     return Split(text, "", "")
 
 
+def parts(slot: Slot, explicit_question: str | None = None) -> Parts:
+    """What of ``slot`` may be compressed: user text keeps its trailing question, system text its
+    first paragraph (the instructions); everything else is all context."""
+    text = slot.text
+    if slot.split:
+        sp = split_question(text, explicit_question)
+        return Parts("", sp.context, sp.sep + sp.tail)
+    if slot.kind == "system":
+        for m in _PARA.finditer(text):
+            if m.start() > 0 and _valid(text[: m.start()]) and _valid(text[m.end():]):
+                return Parts(text[: m.end()], text[m.end():], "")
+        return Parts(text, "", "")            # one paragraph: instructions only, never compressed
+    return Parts("", text, "")
+
+
+def user_question(text: str, *, guess_tail: bool = True) -> str | None:
+    """The question a user message asks: all of it when short, else its trailing question (only
+    with ``guess_tail``: a long message's last paragraph may be a document, not a question)."""
+    body = text.strip()
+    if not body:
+        return None
+    if len(body) <= SHORT_QUESTION_CHARS:
+        return _plain(body)
+    if not guess_tail:
+        return None
+    tail = split_question(text).tail.strip()
+    return _plain(tail) if tail and _ASKS.search(tail) else None
+
+
+def _plain(text: str) -> str:
+    try:
+        return parse_markup(text).text
+    except InvalidRequest:
+        return text
+
+
 def _valid(text: str) -> bool:
     if not has_markup(text):
         return True
@@ -105,48 +176,54 @@ def _valid(text: str) -> bool:
 # --------------------------------------------------------------------------- OpenAI
 
 
-def openai_plan(body: dict[str, Any], question: str | None = None) -> Plan:
+def openai_plan(body: dict[str, Any], question: str | None = None, *, guess_tail: bool = True) -> Plan:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("'messages' must be a list")
     slots: list[Slot] = []
+    roles: list[str] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise InvalidRequest(f"messages[{i}] must be an object")
         role = m.get("role")
-        kind: SlotKind = "tool" if role in ("tool", "function") else "user" if role == "user" else "text"
+        roles.append(role if isinstance(role, str) else "")
+        kind: SlotKind = ("tool" if role in ("tool", "function") else "user" if role == "user"
+                          else "system" if role in ("system", "developer") else "text")
         content = m.get("content")
         if isinstance(content, str):
-            slots.append(Slot(m, "content", content, kind, split=kind == "user"))
+            slots.append(Slot(m, "content", content, kind, split=kind == "user", message=i))
         elif isinstance(content, list):
-            parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"
+            texts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"
                      and isinstance(p.get("text"), str)]
-            for j, p in enumerate(parts):
-                slots.append(Slot(p, "text", p["text"], kind, split=kind == "user" and j == len(parts) - 1))
-    return Plan(slots, question or _last_question(slots))
+            for j, p in enumerate(texts):
+                slots.append(Slot(p, "text", p["text"], kind, split=kind == "user" and j == len(texts) - 1,
+                                  message=i))
+    return _questions(slots, roles, question, guess_tail)
 
 
 # ------------------------------------------------------------------------ Anthropic
 
 
-def anthropic_plan(body: dict[str, Any], question: str | None = None) -> Plan:
+def anthropic_plan(body: dict[str, Any], question: str | None = None, *, guess_tail: bool = True) -> Plan:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("'messages' must be a list")
     slots: list[Slot] = []
     system = body.get("system")
     if isinstance(system, str):
-        slots.append(Slot(body, "system", system, "text"))
+        slots.append(Slot(body, "system", system, "system"))
     elif isinstance(system, list):
-        slots.extend(Slot(b, "text", b["text"], "text") for b in system
+        slots.extend(Slot(b, "text", b["text"], "system") for b in system
                      if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+    roles: list[str] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise InvalidRequest(f"messages[{i}] must be an object")
         user = m.get("role") == "user"
+        roles.append(m.get("role") if isinstance(m.get("role"), str) else "")
         content = m.get("content")
         if isinstance(content, str):
-            slots.append(Slot(m, "content", content, "user" if user else "text", split=user))
+            slots.append(Slot(m, "content", content, "user" if user else "text", split=user, message=i))
             continue
         if not isinstance(content, list):
             continue
@@ -157,33 +234,68 @@ def anthropic_plan(body: dict[str, Any], question: str | None = None) -> Plan:
                 continue
             if b.get("type") == "text" and isinstance(b.get("text"), str):
                 kind: SlotKind = "user" if user else "text"
-                slots.append(Slot(b, "text", b["text"], kind, split=user and b is texts[-1]))
+                slots.append(Slot(b, "text", b["text"], kind, split=user and b is texts[-1], message=i))
             elif b.get("type") == "tool_result":
                 inner = b.get("content")
                 if isinstance(inner, str):
-                    slots.append(Slot(b, "content", inner, "tool"))
+                    slots.append(Slot(b, "content", inner, "tool", message=i))
                 elif isinstance(inner, list):
-                    slots.extend(Slot(x, "text", x["text"], "tool") for x in inner
+                    slots.extend(Slot(x, "text", x["text"], "tool", message=i) for x in inner
                                  if isinstance(x, dict) and x.get("type") == "text" and isinstance(x.get("text"), str))
-            # image, document, tool_use, thinking, redacted_thinking...: never touched
-    return Plan(slots, question or _last_question(slots))
+            elif b.get("type") == "document" and isinstance(src := b.get("source"), dict):
+                if src.get("type") == "text" and isinstance(src.get("data"), str):
+                    slots.append(Slot(src, "data", src["data"], "tool", message=i))
+            # image, tool_use, thinking, redacted_thinking, non-text documents...: never touched
+    return _questions(slots, roles, question, guess_tail)
 
 
-def _last_question(slots: list[Slot]) -> str | None:
-    for s in reversed(slots):
+def _questions(slots: list[Slot], roles: list[str], explicit: str | None, guess_tail: bool) -> Plan:
+    """Give every slot its question (module docstring) and the plan the latest one."""
+    if explicit is not None and explicit.strip():
+        for s in slots:
+            s.question = explicit
+        return Plan(slots, explicit, "explicit")
+    # each user message with text: its question; turns are runs of those with no assistant between
+    asked: dict[int, str | None] = {}
+    for s in slots:
         if s.kind == "user" and s.split:
-            tail = split_question(s.text).tail.strip()
-            if not tail:
-                return None
-            try:
-                return parse_markup(tail).text
-            except InvalidRequest:
-                return tail
-    return None
+            asked[s.message] = user_question(s.text, guess_tail=guess_tail)
+    turn_of: dict[int, int] = {}            # message -> last question message of its turn
+    order = sorted(asked)
+    for k, i in enumerate(order):
+        j = i
+        for nxt in order[k + 1:]:
+            if any(r == "assistant" for r in roles[j + 1:nxt]):
+                break
+            j = nxt
+        turn_of[i] = j
+    turns = sorted({j for j in turn_of.values()})
+    turn_question = {j: asked[j] for j in turns}
+
+    def before(i: int) -> str | None:
+        earlier = [j for j in turns if j < i and turn_question[j]]
+        return turn_question[earlier[-1]] if earlier else None
+
+    def after(i: int) -> str | None:
+        later = [j for j in turns if j >= i and turn_question[j]]
+        return turn_question[later[0]] if later else None
+
+    for s in slots:
+        if s.kind == "user" and s.message in turn_of:
+            s.question = turn_question[turn_of[s.message]] or after(s.message)
+        elif s.kind == "tool":
+            s.question = before(s.message) or after(s.message)
+        else:
+            s.question = after(s.message) if s.message >= 0 else after(0)
+    latest = next((turn_question[j] for j in reversed(turns) if turn_question[j]), None)
+    return Plan(slots, latest, "found" if latest else "none")
 
 
-def plan_for(route: str, body: dict[str, Any], question: str | None = None) -> Plan:
-    return anthropic_plan(body, question) if route == "messages" else openai_plan(body, question)
+def plan_for(route: str, body: dict[str, Any], question: str | None = None, *, guess_tail: bool = True) -> Plan:
+    """``guess_tail=False`` (``/v1/compress``): a long message's last paragraph is never taken for the
+    question; only a short user message or an explicit question count."""
+    plan = anthropic_plan if route == "messages" else openai_plan
+    return plan(body, question, guess_tail=guess_tail)
 
 
 def strip_tags(route: str, body: dict[str, Any], raw: bytes) -> bool:

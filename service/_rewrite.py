@@ -48,11 +48,11 @@ from compressor.models import lookup
 from ._cache import TieredCache
 from ._config import Policy
 from ._metrics import Metrics
-from ._policy import Plan, Slot, split_question
+from ._policy import Plan, Slot, parts
 
 log = logging.getLogger("ctxgate.service")
 
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2      # 2: keyed by the segment's question too
 # memo look-ups on the event loop hash the text: past this length they wait for the worker thread
 FAST_COUNT_CHARS = 64 * 1024
 MAX_TOKENIZER_NAMES = 256
@@ -164,6 +164,17 @@ class _CountMemo:
                 self._bytes -= self._size(old)
 
 
+MIN_DOCUMENTS = 3
+
+
+def _documents(context: str) -> list[str] | None:
+    """A context of several paragraphs split by blank lines as a document list, so the methods rank
+    documents first and prune within the kept ones (as for a RAG pipeline's list); None for one
+    block of text. The kept documents are joined with blank lines again."""
+    parts = [p for p in context.split("\n\n") if p.strip()]
+    return parts if len(parts) >= MIN_DOCUMENTS else None
+
+
 def _strip(text: str) -> str:
     return strip_markup(text) if has_markup(text) else text
 
@@ -227,8 +238,7 @@ class Rewriter:
         for slot in plan.slots:
             total += counter.count(_strip(slot.text))
             if self._item(slot, policy).segment:
-                context = split_question(slot.text).context if slot.split else slot.text
-                n = counter.count(_strip(context))
+                n = counter.count(_strip(parts(slot).context))
                 if n >= policy.min_tokens:
                     compressible += n
         return total, compressible
@@ -241,7 +251,8 @@ class Rewriter:
         if has_markup(text):
             parse_markup(text)          # bad markup is the client's error (400), found before any work
             regions = bool(_COMPRESS_TAG.search(text))
-        wanted = (slot.kind == "tool" and policy.tool_results) or (slot.kind == "user" and policy.user_messages)
+        wanted = ((slot.kind == "tool" and policy.tool_results) or (slot.kind == "user" and policy.user_messages)
+                  or (slot.kind == "system" and policy.system_prompt))
         # tokens <= UTF-8 bytes for byte-level BPE: short texts never reach min_tokens, skip the cache
         small = len(text) < policy.min_tokens and len(text.encode("utf-8")) < policy.min_tokens
         return _Item(slot, segment=regions or (wanted and not small))
@@ -351,7 +362,7 @@ class Rewriter:
         text = slot.text
         if _COMPRESS_TAG.search(text):
             return None
-        context = split_question(text, job.explicit_question).context if slot.split else text
+        context = parts(slot, job.explicit_question).context
         if len(context) > 32 * job.policy.min_tokens:        # surely long enough: skip counting it twice
             return None
         if counter.count(parse_markup(context).text) >= job.policy.min_tokens:
@@ -365,21 +376,23 @@ class Rewriter:
         full = parse_markup(text).text
         marked = bool(_COMPRESS_TAG.search(text))
         if marked:
-            context, sep, tail = text, "", ""           # explicit markup: only the marked regions change
-        elif slot.split:
-            sp = split_question(text, job.explicit_question)
-            context, sep, tail = sp.context, sp.sep, sp.tail
+            head, context, tail = "", text, ""           # explicit markup: only the marked regions change
         else:
-            context, sep, tail = text, "", ""
+            p = parts(slot, job.explicit_question)
+            head, context, tail = p.head, p.context, p.tail
         plain = parse_markup(context).text
         n_context = counter.count(plain)
         rendered = full
         if context and (marked or n_context >= job.policy.min_tokens):
+            docs = None if marked else _documents(context)
+            options = dict(job.policy.options)
+            if docs is not None:                # ranked as documents, as a RAG pipeline would pass them
+                options.setdefault("separator", "\n\n")
             result = self.compressor.compress(CompressRequest(
-                context=context, question=job.question, rate=job.policy.rate, method=job.method,
-                tokenizer=tok, options=dict(job.policy.options)))
+                context=docs if docs is not None else context, question=self._question(slot, job),
+                rate=job.policy.rate, method=job.method, tokenizer=tok, options=options))
             if result.compressed_tokens < n_context:
-                rendered = result.compressed + sep + parse_markup(tail).text
+                rendered = parse_markup(head).text + result.compressed + parse_markup(tail).text
         before, after = counter.count_many([full, rendered]) if rendered != full else [counter.count(full)] * 2
         return Entry(rendered, before, after, compressed=rendered != full)
 
@@ -450,11 +463,18 @@ class Rewriter:
     def _left(self, job: _Job) -> float:
         return max(0.0, job.deadline - time.monotonic())
 
+    @staticmethod
+    def _question(slot: Slot, job: _Job) -> str | None:
+        return job.explicit_question if job.explicit_question and job.explicit_question.strip() else slot.question
+
     def _key(self, slot: Slot, job: _Job, tok: str) -> str:
+        """The segment and the question it is compressed for: on later turns of a conversation that
+        question is still the same one (it precedes or follows the segment in the history), so they
+        hit; the same documents under another question miss and get their own compression."""
         p = job.policy
         return cache_key([SEGMENT_VERSION, "segment", slot.kind, slot.split, job.method,
                           self._fingerprints.get(job.method), tok, p.rate, p.min_tokens,
-                          sorted((k, repr(v)) for k, v in p.options.items()), slot.text])
+                          sorted((k, repr(v)) for k, v in p.options.items()), self._question(slot, job), slot.text])
 
     def _fingerprint(self, method: str) -> None:
         if method not in self._fingerprints:

@@ -131,7 +131,9 @@ async def _rewrite_body(ctx: Context, route: str, raw: bytes,
                                   prep.configured.rate, ctl.rate is not None, outcome.tokens_before,
                                   outcome.tokens_after)
     content = await _off_loop(len(raw), msgspec.json.encode, prep.body)
-    return content, _outcome_headers(outcome), cand
+    headers = _outcome_headers(outcome)
+    headers["x-ctxgate-question"] = prep.plan.question_source      # explicit | found | none
+    return content, headers, cand
 
 
 async def _proxy(request: Request, route: str, provider: str, path: str) -> Response:
@@ -273,7 +275,9 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
     policy = ctl.apply(ctx.settings.policy_for("compress", model))
     tokenizer = _allowed_tokenizer(ctx, policy.tokenizer, "config.tokenizer") or resolve_tokenizer(model)
     doc = {"messages": body.get("messages"), **({"system": body["system"]} if "system" in body else {})}
-    plan = plan_for(route, doc, ctl.question)
+    # a long message's last paragraph is never taken for the question here: LiteLLM's guardrail, for
+    # one, withholds the user's question and sends only the documents
+    plan = plan_for(route, doc, ctl.question, guess_tail=False)
     items = await asyncio.to_thread(ctx.rewriter.prepare, plan, policy)       # validates markup
     if budget is not None and not ctl.bypass:
         total, compressible = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
@@ -303,6 +307,7 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
         else [f"ctxgate:{ctx.rewriter.method_name(policy.method)}"],
         "method": ctx.rewriter.method_name(policy.method), "rate": policy.rate, "cache": outcome.cache,
         "fail_open": outcome.fail_open, "seconds": round(outcome.seconds, 6),
+        "question": plan.question_source,
     }
     if "system" in doc:
         out["system"] = doc["system"]

@@ -1,5 +1,6 @@
 """Prefix stability: a conversation re-sent with one more turn sends byte-identical bytes for every
-earlier message, even though the question (and so question-aware compression) changed.
+earlier message, even though the latest question changed: each segment is compressed for the
+question of its own turn, and the cache is keyed by it.
 
 Uses the question-aware ``extractive`` method (MiniLM): with a method that ignores the question
 this test could not fail. The control case proves it can: a sidecar with an empty cache compresses
@@ -53,7 +54,12 @@ def test_earlier_turns_keep_their_exact_bytes(sidecar, upstream, nq_items):
         raw3 = upstream.last().raw
         first = json.dumps(sent[0][1], ensure_ascii=False, separators=(",", ":")).encode()
         assert first in raw3
-    # control: without the cache, the same first message compresses differently under turn 2's question
     with sidecar(default_method="extractive", compress_timeout=300, policy={"rate": 0.4}) as fresh:
+        # each segment is compressed for the question of its own turn, so even an empty cache gives
+        # the earlier message the same bytes on a later turn
         _client(fresh).chat.completions.create(model="gpt-4o-mini", messages=turns[1])
+        assert upstream.last().json["messages"][1]["content"] == sent[0][1]["content"]
+        # control: forced to turn 2's question, the same first message compresses differently
+        _client(fresh).chat.completions.create(model="gpt-4o-mini", messages=turns[1],
+                                               extra_body={"ctxgate": {"question": turns[1][3]["content"]}})
         assert upstream.last().json["messages"][1]["content"] != sent[0][1]["content"]
