@@ -12,11 +12,24 @@ from __future__ import annotations
 
 import pytest
 
-from tests._nqdata import answer_kept, nq_items
+import json
+import os
+from functools import cache
+
+from tests._nqdata import NQ20, answer_kept, nq_items
 from tests.test_service_proxy import ant, oai
 
 RATE = 0.25
-ITEMS = (2, 3, 4)             # NQ rows 2-4: row 2 is the one the issue found (West Wing, document 19)
+# NQ rows 2-4 by default (row 2 is the one the issue found: West Wing, document 19); these rows were
+# used while writing the rules. CTXGATE_LAYOUT_ROWS=100-119 runs the reporting rows instead.
+_ROWS = os.environ.get("CTXGATE_LAYOUT_ROWS", "2-4")
+ITEMS = tuple(range(int(_ROWS.split("-")[0]), int(_ROWS.split("-")[-1]) + 1))
+
+
+@cache
+def _row(i: int) -> dict:
+    with open(NQ20, encoding="utf-8") as f:
+        return next(json.loads(line) for k, line in enumerate(f) if k == i)
 INSTRUCTIONS = "Answer the question using only the provided search results. Be brief."
 
 
@@ -90,7 +103,7 @@ def _sent_text(body: dict) -> str:
 @pytest.mark.parametrize("layout", ["question_message", "tool_result", "system_prompt", "multi_turn"])
 def test_openai_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout):
     for row in ITEMS:
-        item = nq_items(5)[row]
+        item = _row(row)
         messages = _openai_layouts(item)[layout]
         base = oai(layout_proxy).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=messages, extra_headers={"x-ctxgate-bypass": "1"})
@@ -106,7 +119,7 @@ def test_openai_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout):
 @pytest.mark.parametrize("layout", ["question_block", "question_next_turn", "tool_result", "system_prompt"])
 def test_anthropic_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout):
     for row in ITEMS:
-        item = nq_items(5)[row]
+        item = _row(row)
         req = _anthropic_layouts(item)[layout]
         ant(layout_proxy).messages.create(model="claude-3-5-haiku-latest", max_tokens=16,
                                           extra_headers={"x-ctxgate-bypass": "1"}, **req)
