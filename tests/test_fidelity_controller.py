@@ -48,3 +48,32 @@ def test_never_below_the_configured_rate_and_off_when_not_adaptive():
     for _ in range(5):
         c2.observe("chat", "m", 0.3, 0.3, False, 0.0)
     assert c2.rate("chat", "m", 0.3) == 0.3 and [ch.reason for ch in changes] == ["start"]
+
+
+def test_an_adapted_rate_is_not_restored_with_adapting_off(tmp_path):
+    """A rate adapted in an earlier run came back as 0.9 with fidelity.adaptive off (issue 16)."""
+    import asyncio
+    import time
+
+    from service import Policy, Settings
+    from service._config import FidelitySettings
+    from service._metrics import Metrics
+    from service.fidelity import Fidelity
+    from service.fidelity._store import Store
+
+    path = tmp_path / "f.sqlite"
+    store = Store(path)
+    store.add_adjustment(time.time(), "chat", "m", 0.3, 0.9, "low_fidelity", 0.5, 20)
+    store.close()
+
+    async def rate(adaptive: bool) -> float:
+        s = Settings(fidelity=FidelitySettings(path=str(path), adaptive=adaptive, sample_rate=0.0))
+        f = Fidelity(s, Metrics(), None, {})
+        await f.start()
+        try:
+            return f.policy("chat", "m", Policy(rate=0.3)).rate
+        finally:
+            await f.close()
+
+    assert asyncio.run(rate(False)) == 0.3
+    assert asyncio.run(rate(True)) == 0.9
