@@ -34,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from eval._asgi import lifespan, read_body
 from eval.bench_proxy import REPO_ROOT, _free_port, _machine, _wait
 
 STALL_S = 4.0          # the upstream's silence on "stall"; the sidecar's upstream_timeout is below it
@@ -49,17 +50,8 @@ def make_upstream():
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                await send({"type": msg["type"] + ".complete"})
-                if msg["type"] == "lifespan.shutdown":
-                    return
-        raw = b""
-        while True:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
+            return await lifespan(receive, send)
+        raw = await read_body(receive)
         headers = dict(scope["headers"])
         behaviour = headers.get(b"x-chaos", b"ok").decode()
         if scope["path"].endswith("/models"):

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eval._asgi import lifespan, read_body
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,13 +54,8 @@ def make_upstream(chunks: int, chunk_ms: float):
 
     async def upstream(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                await send({"type": msg["type"] + ".complete"})
-                if msg["type"] == "lifespan.shutdown":
-                    return
-        while (await receive()).get("more_body"):
-            pass
+            return await lifespan(receive, send)
+        await read_body(receive)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
         for i, ev in enumerate(events):

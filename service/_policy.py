@@ -41,6 +41,8 @@ An explicit ``ctxgate.question`` / ``x-ctxgate-question`` overrides every segmen
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -52,6 +54,7 @@ QUESTION_MAX_CHARS = 2000
 # a user message this short is a question as a whole (several sentences on one line included):
 # under the default min_tokens, so it is never compressed itself
 SHORT_QUESTION_CHARS = 600
+HEAD_TRIES = 8              # paragraph breaks tried for a system prompt's verbatim head
 # a long message's trailing part is its question only when it reads like one; otherwise it is the
 # end of a document (the question then comes from the next user turn)
 _ASKS = re.compile(r"\?|^\s*(?:question|query|q|task|instruction)s?\s*[:.]|^\s*(?:who|whom|whose|what|when|where|"
@@ -135,8 +138,9 @@ def parts(slot: Slot, explicit_question: str | None = None) -> Parts:
         sp = split_question(text, explicit_question)
         return Parts("", sp.context, sp.sep + sp.tail)
     if slot.kind == "system":
-        for m in _PARA.finditer(text):
-            if m.start() > 0 and _valid(text[: m.start()]) and _valid(text[m.end():]):
+        # the first few paragraph breaks only: each try parses the markup of the whole text
+        for m in itertools.islice((m for m in _PARA.finditer(text) if m.start() > 0), HEAD_TRIES):
+            if _valid(text[: m.start()]) and _valid(text[m.end():]):
                 return Parts(text[: m.end()], text[m.end():], "")
         return Parts(text, "", "")            # one paragraph: instructions only, never compressed
     return Parts("", text, "")
@@ -260,25 +264,25 @@ def _questions(slots: list[Slot], roles: list[str], explicit: str | None, guess_
     for s in slots:
         if s.kind == "user" and s.split:
             asked[s.message] = user_question(s.text, guess_tail=guess_tail)
-    turn_of: dict[int, int] = {}            # message -> last question message of its turn
+    assistants = list(itertools.accumulate((r == "assistant" for r in roles), initial=0))  # before each message
     order = sorted(asked)
-    for k, i in enumerate(order):
-        j = i
-        for nxt in order[k + 1:]:
-            if any(r == "assistant" for r in roles[j + 1:nxt]):
-                break
-            j = nxt
-        turn_of[i] = j
-    turns = sorted({j for j in turn_of.values()})
+    turn_of: dict[int, int] = {}            # message -> last question message of its turn (one backward pass)
+    for k in range(len(order) - 1, -1, -1):
+        i = order[k]
+        nxt = order[k + 1] if k + 1 < len(order) else None
+        joined = nxt is not None and assistants[nxt] == assistants[i + 1]   # no assistant in between
+        turn_of[i] = turn_of[nxt] if joined else i
+    turns = sorted(set(turn_of.values()))
     turn_question = {j: asked[j] for j in turns}
+    with_question = [j for j in turns if turn_question[j]]
 
     def before(i: int) -> str | None:
-        earlier = [j for j in turns if j < i and turn_question[j]]
-        return turn_question[earlier[-1]] if earlier else None
+        k = bisect.bisect_left(with_question, i)
+        return turn_question[with_question[k - 1]] if k > 0 else None
 
     def after(i: int) -> str | None:
-        later = [j for j in turns if j >= i and turn_question[j]]
-        return turn_question[later[0]] if later else None
+        k = bisect.bisect_left(with_question, i)
+        return turn_question[with_question[k]] if k < len(with_question) else None
 
     for s in slots:
         if s.kind == "user" and s.message in turn_of:

@@ -97,7 +97,6 @@ class _Job:
     method: str
     tokenizer: str | None            # requested tokenizer name (None: the compressor's default)
     policy: Policy
-    question: str | None
     explicit_question: str | None
     deadline: float
     reasons: list[str] = field(default_factory=list)
@@ -217,7 +216,7 @@ class Rewriter:
                       explicit_question: str | None, items: list[_Item] | None = None) -> Outcome:
         """``items``: from ``prepare(plan, policy)`` when the caller already ran it."""
         t0 = time.perf_counter()
-        job = _Job(self.method_name(policy.method), tokenizer, policy, plan.question, explicit_question,
+        job = _Job(self.method_name(policy.method), tokenizer, policy, explicit_question,
                    time.monotonic() + self.timeout)
         if items is None:
             items = self.prepare(plan, policy)
@@ -389,7 +388,7 @@ class Rewriter:
             if docs is not None:                # ranked as documents, as a RAG pipeline would pass them
                 options.setdefault("separator", "\n\n")
             result = self.compressor.compress(CompressRequest(
-                context=docs if docs is not None else context, question=self._question(slot, job),
+                context=docs if docs is not None else context, question=slot.question,
                 rate=job.policy.rate, method=job.method, tokenizer=tok, options=options))
             if result.compressed_tokens < n_context:
                 rendered = parse_markup(head).text + result.compressed + parse_markup(tail).text
@@ -463,10 +462,6 @@ class Rewriter:
     def _left(self, job: _Job) -> float:
         return max(0.0, job.deadline - time.monotonic())
 
-    @staticmethod
-    def _question(slot: Slot, job: _Job) -> str | None:
-        return job.explicit_question if job.explicit_question and job.explicit_question.strip() else slot.question
-
     def _key(self, slot: Slot, job: _Job, tok: str) -> str:
         """The segment and the question it is compressed for: on later turns of a conversation that
         question is still the same one (it precedes or follows the segment in the history), so they
@@ -474,7 +469,7 @@ class Rewriter:
         p = job.policy
         return cache_key([SEGMENT_VERSION, "segment", slot.kind, slot.split, job.method,
                           self._fingerprints.get(job.method), tok, p.rate, p.min_tokens,
-                          sorted((k, repr(v)) for k, v in p.options.items()), self._question(slot, job), slot.text])
+                          sorted((k, repr(v)) for k, v in p.options.items()), slot.question, slot.text])
 
     def _fingerprint(self, method: str) -> None:
         if method not in self._fingerprints:

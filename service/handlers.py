@@ -277,8 +277,11 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
     doc = {"messages": body.get("messages"), **({"system": body["system"]} if "system" in body else {})}
     # a long message's last paragraph is never taken for the question here: LiteLLM's guardrail, for
     # one, withholds the user's question and sends only the documents
-    plan = plan_for(route, doc, ctl.question, guess_tail=False)
-    items = await asyncio.to_thread(ctx.rewriter.prepare, plan, policy)       # validates markup
+    def planned() -> tuple[Plan, list]:
+        plan = plan_for(route, doc, ctl.question, guess_tail=False)
+        return plan, ctx.rewriter.prepare(plan, policy)                 # validates markup
+
+    plan, items = await asyncio.to_thread(planned)
     if budget is not None and not ctl.bypass:
         total, compressible = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
         if total <= budget:
@@ -364,16 +367,13 @@ def _local_model(request: Request, provider: str) -> _local.LocalModel:
 
 
 async def _local_generate(request: Request, provider: str) -> Response:
-    try:
-        local = _local_model(request, provider)
-        body = _decode(await request.body())
-        msgs = _local.anthropic_messages(body) if provider == "anthropic" else _local.openai_messages(body)
-        requested = body.get("max_tokens") if provider == "anthropic" else body.get(
-            "max_completion_tokens", body.get("max_tokens"))
-        max_new = local.budget(requested)
-        ids = await asyncio.to_thread(local.prompt_ids, msgs, max_new)
-    except ProxyError:
-        raise
+    local = _local_model(request, provider)
+    body = _decode(await request.body())
+    msgs = _local.anthropic_messages(body) if provider == "anthropic" else _local.openai_messages(body)
+    requested = body.get("max_tokens") if provider == "anthropic" else body.get(
+        "max_completion_tokens", body.get("max_tokens"))
+    max_new = local.budget(requested)
+    ids = await asyncio.to_thread(local.prompt_ids, msgs, max_new)
     stop = threading.Event()
     if body.get("stream") is True:
         pieces = local.stream(ids, max_new, stop)
