@@ -34,7 +34,8 @@ MAX_CHARS_PER_TOKEN = 32
 class Compressor:
     """Holds the loaded models and the cache; safe to share between threads.
 
-    ``scorer`` and ``embedder`` are model names (embedded names, HF ids or local folders).
+    ``scorer`` and ``embedder`` are model names (embedded names, HF ids or local folders);
+    ``student`` is the classifier's network (``student`` or a ``.safetensors`` file from ``ctxgate train``).
     ``tokenizer`` is the default target tokenizer for token accounting.
     """
 
@@ -43,6 +44,7 @@ class Compressor:
         *,
         scorer: str = "smollm2",
         embedder: str = "minilm",
+        student: str = "student",
         tokenizer: str | None = None,
         default_method: str = "hybrid",
         cache: CompressionCache | None = None,
@@ -53,6 +55,7 @@ class Compressor:
             raise InvalidRequest(f"unknown method {default_method!r}; choose one of {', '.join(METHOD_NAMES)}")
         self.scorer = scorer
         self.embedder = embedder
+        self.student = student
         self.tokenizer = tokenizer
         self.default_method = default_method
         self.cache = cache
@@ -94,10 +97,13 @@ class Compressor:
             # joined between every pair of documents: a long one would multiply the output
             raise InvalidRequest(f"option separator must be a string of at most {MAX_SEPARATOR_CHARS} characters")
 
-        if total == 0 or (total <= budget and not any(m.has_compress_regions for m in markups)):
+        if total == 0 or (total <= budget and not request.auto and not any(m.has_compress_regions for m in markups)):
             return self._unchanged(request, docs, markups, doc_tokens, counter, method_name, separator, t0)
 
         method = self.method(method_name)
+        if request.auto and not getattr(method, "supports_auto", False):
+            raise InvalidRequest(f"rate 'auto' needs a method that decides how much to keep (classifier); "
+                                 f"{method_name} needs a number")
         key = None
         if self.cache is not None:
             key = self._key(request, method, method_name, counter, budget, markups, separator)
@@ -140,7 +146,7 @@ class Compressor:
         with self._build_lock:
             if name not in self._methods:
                 self._methods[name] = make_method(
-                    name, scorer=self.scorer, embedder=self.embedder, device=self.device
+                    name, scorer=self.scorer, embedder=self.embedder, student=self.student, device=self.device
                 )
             return self._methods[name]
 
@@ -163,6 +169,8 @@ class Compressor:
     def _budget(request: CompressRequest, total: int) -> int:
         if request.target_tokens is not None:
             return request.target_tokens
+        if request.auto:
+            return max(1, total)       # an upper bound: the method decides
         rate = request.rate if request.rate is not None else DEFAULT_RATE
         return max(1, math.ceil(total * rate))
 
@@ -201,7 +209,7 @@ class Compressor:
             segs = [segment(markups[i], keep_structures=keep_structures) for i in free]
             free_total = sum(doc_tokens[i] for i in free)
             free_budget = max(0, budget - fixed_tokens)
-            if free_total <= free_budget:
+            if free_total <= free_budget and not request.auto:
                 out_texts: list[str | None] = [s.text for s in segs]
                 out_scores = None
             else:
@@ -230,6 +238,8 @@ class Compressor:
         if request.instruction:
             opts.setdefault("instruction", request.instruction)
         opts.setdefault("is_documents", request.is_documents)
+        if request.auto:
+            opts["auto"] = True
         return opts
 
     def _compress_regions(self, method: Method, request: CompressRequest, m: Markup, counter: TokenCounter) -> str:
@@ -238,18 +248,21 @@ class Compressor:
         pos = 0
         default_rate = request.rate if request.rate is not None else DEFAULT_RATE
         for r in m.compress:
+            auto = r.rate is None and default_rate == "auto"
             parts.append(m.text[pos:r.start])
             region = Markup(m.text[r.start:r.end],
                             keep=[type(k)(k.start - r.start, k.end - r.start) for k in m.keep
                                   if k.start >= r.start and k.end <= r.end])
             seg = segment(region)
             n = counter.count(region.text)
-            budget = max(1, math.ceil(n * (r.rate if r.rate is not None else default_rate)))
-            if n <= budget or not seg.units:
+            budget = n if auto else max(1, math.ceil(n * (r.rate if r.rate is not None else default_rate)))
+            if (n <= budget and not auto) or not seg.units:
                 parts.append(region.text)
             else:
-                job = Job([seg], [n], budget, counter, question=request.question,
-                          options={**self._method_options(request), "is_documents": False})
+                opts = {**self._method_options(request), "is_documents": False}
+                if not auto:
+                    opts.pop("auto", None)
+                job = Job([seg], [n], budget, counter, question=request.question, options=opts)
                 with self._lock:
                     out = method.run(job)
                 parts.append(out.texts[0] or "")

@@ -26,7 +26,9 @@ class Document(msgspec.Struct, kw_only=True):
 class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What to compress and how hard.
 
-    ``rate`` is the fraction of tokens to keep (0.25 means about 4x), as in LLMLingua.
+    ``rate`` is the fraction of tokens to keep (0.25 means about 4x), as in LLMLingua, or
+    ``"auto"``: the method keeps what it judges relevant, whatever the ratio (methods that can
+    judge: ``classifier``); the result reports the ratio achieved.
     ``target_tokens`` is an absolute budget. Give at most one; with neither, ``rate`` is 0.5.
     ``question`` makes compression question-aware; ``instruction`` is kept verbatim and never
     compressed (it is not counted in the budget).
@@ -35,7 +37,7 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     context: str | list[str | Document]
     question: str | None = None
     instruction: str | None = None
-    rate: float | None = None
+    rate: float | Literal["auto"] | None = None
     target_tokens: int | None = None
     method: str = "auto"
     tokenizer: str | None = None
@@ -44,10 +46,21 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.rate is not None and self.target_tokens is not None:
             raise InvalidRequest("give either rate or target_tokens, not both")
-        if self.rate is not None and not (0.0 < self.rate <= 1.0):
+        if isinstance(self.rate, str):
+            if self.rate.strip().lower() != "auto":
+                raise InvalidRequest(f"rate must be a number in (0, 1] or 'auto', got {self.rate!r}")
+            self.rate = "auto"
+        elif self.rate is not None and (isinstance(self.rate, bool) or not isinstance(self.rate, (int, float))):
+            raise InvalidRequest(f"rate must be a number in (0, 1] or 'auto', got {self.rate!r}")
+        elif self.rate is not None and not (0.0 < self.rate <= 1.0):
             raise InvalidRequest(f"rate must be in (0, 1] (the fraction of tokens to keep), got {self.rate}")
         if self.target_tokens is not None and self.target_tokens < 1:
             raise InvalidRequest(f"target_tokens must be a positive integer, got {self.target_tokens}")
+
+    @property
+    def auto(self) -> bool:
+        """True when the method decides how much to keep (``rate="auto"``)."""
+        return self.rate == "auto"
 
     def documents(self) -> list[Document]:
         """The context as a list of Documents (a plain string is one document)."""

@@ -31,6 +31,7 @@ from ._errors import ProxyError, error_body, provider_for, status_for
 from ._local import LocalModel
 from ._metrics import Metrics
 from ._rewrite import Rewriter
+from ._windows import Windows
 from ._upstream import Upstream
 from .fidelity import Fidelity
 
@@ -50,6 +51,7 @@ class Context:
     cache: TieredCache | None
     local: LocalModel | None = None
     fidelity: Fidelity | None = None
+    windows: Windows | None = None
     load_error: str | None = None
     loaded: threading.Event = field(default_factory=threading.Event)
 
@@ -98,6 +100,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     ctx = Context(s, metrics, compressor, rewriter, upstream, executor, cache,
                   LocalModel(s.local_model, s.local_max_tokens, s.device) if s.embedded else None)
     ctx.fidelity = Fidelity(s, metrics, shadow_client, upstream.url)
+    ctx.windows = Windows(s.context_windows, upstream)
     await ctx.fidelity.start()
     app.state.ctx = ctx
     threading.Thread(target=_load, args=(ctx,), name="ctxgate-load", daemon=True).start()

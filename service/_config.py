@@ -30,12 +30,15 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     enabled: bool = True
     method: str = "auto"               # "auto" = the Compressor's default method (hybrid)
-    rate: float = 0.5
+    rate: float | Literal["auto"] = 0.5   # "auto": the classifier keeps what it judges relevant
     min_tokens: int = 200              # texts shorter than this (target tokenizer) are left alone
     tool_results: bool = True          # OpenAI role=tool messages, Anthropic tool_result blocks
     user_messages: bool = True         # user text (the trailing question paragraph always stays verbatim)
     system_prompt: bool = True         # long system prompts: all but the first paragraph (documents, typically)
     tokenizer: str | None = None       # token accounting; default: the request's model when we know it
+    # a prompt that would overflow its model's context window (with its max_tokens) is compressed
+    # harder until it fits; see service/_windows.py for where the window comes from
+    fit_context: bool = True
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -46,12 +49,13 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str = "*"
     enabled: bool | None = None
     method: str | None = None
-    rate: float | None = None
+    rate: float | Literal["auto"] | None = None
     min_tokens: int | None = None
     tool_results: bool | None = None
     user_messages: bool | None = None
     system_prompt: bool | None = None
     tokenizer: str | None = None
+    fit_context: bool | None = None
     options: dict[str, Any] | None = None
 
     def matches(self, route: str, model: str) -> bool:
@@ -140,13 +144,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Bearer token for /metrics, /v1/fidelity* and /dashboard (none: those are open like the rest)
     admin_token: str | None = None
     limits: Limits = msgspec.field(default_factory=lambda: Limits())
+    # model glob -> context window in tokens; beats the upstream's /v1/models and the built-in table
+    context_windows: dict[str, int] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 < self.policy.rate <= 1:
-            raise ConfigError(f"policy.rate must be in (0, 1] (fraction of tokens kept), got {self.policy.rate}")
+        if self.policy.rate != "auto" and not 0 < self.policy.rate <= 1:
+            raise ConfigError(f"policy.rate must be in (0, 1] (fraction of tokens kept) or auto, got {self.policy.rate}")
         for i, r in enumerate(self.rules):
-            if r.rate is not None and not 0 < r.rate <= 1:
-                raise ConfigError(f"rules[{i}].rate must be in (0, 1], got {r.rate}")
+            if r.rate is not None and r.rate != "auto" and not 0 < r.rate <= 1:
+                raise ConfigError(f"rules[{i}].rate must be in (0, 1] or auto, got {r.rate}")
+        for glob, n in self.context_windows.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"context_windows[{glob!r}] must be a positive number of tokens, got {n!r}")
         for name in ("compress_timeout", "upstream_timeout", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive seconds")

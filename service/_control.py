@@ -6,7 +6,7 @@ The body field wins over headers (it is closer to the request). Bad values are t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -24,10 +24,11 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What a request may ask for. ``question`` picks the question for question-aware compression."""
 
     bypass: bool = False
-    rate: float | None = None
+    rate: float | Literal["auto"] | None = None
     method: str | None = None
     question: str | None = None
     min_tokens: int | None = None
+    fit_context: bool | None = None
 
     def apply(self, policy: Policy) -> Policy:
         changes: dict[str, Any] = {}
@@ -37,10 +38,14 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             changes["method"] = self.method
         if self.min_tokens is not None:
             changes["min_tokens"] = self.min_tokens
+        if self.fit_context is not None:
+            changes["fit_context"] = self.fit_context
         return msgspec.structs.replace(policy, **changes) if changes else policy
 
 
-def _rate(value: Any, name: str) -> float:
+def _rate(value: Any, name: str) -> float | Literal["auto"]:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     if isinstance(value, bool):           # float(True) is 1.0: a flag is no rate
         raise ProxyError(400, f"{name} must be a number in (0, 1] (the fraction of tokens to keep), got {value!r}",
                          param=name)
@@ -83,6 +88,8 @@ def parse_control(headers, body: dict[str, Any] | None) -> Control:
         ctl.method = _method(v, "x-ctxgate-method")
     if (v := headers.get("x-ctxgate-question")) is not None:
         ctl.question = v
+    if (v := headers.get("x-ctxgate-fit-context")) is not None:
+        ctl.fit_context = _flag(v, "x-ctxgate-fit-context")
     field = body.pop("ctxgate", None) if body is not None else None
     if field is None:
         return ctl
@@ -105,6 +112,8 @@ def parse_control(headers, body: dict[str, Any] | None) -> Control:
             if not isinstance(value, str):
                 raise ProxyError(400, f"{name} must be a string", param=name)
             ctl.question = value
+        elif key == "fit_context":
+            ctl.fit_context = _flag(value, name)
         elif key == "min_tokens":
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ProxyError(400, f"{name} must be a non-negative integer, got {value!r}", param=name)

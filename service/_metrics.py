@@ -24,6 +24,9 @@ class Metrics:
             "failed open on timeout (cached, so the next request with them hits)", registry=r)
         self.cache_errors = Counter("ctxgate_cache_errors", "Cache backend failures (treated as misses)", ["op"],
                                     registry=r)
+        self.fit_context = Counter("ctxgate_fit_context", "Prompts over their model's context window: fitted "
+                                   "(compressed harder until they fit) or too_long (sent as they were)",
+                                   ["route", "outcome"], registry=r)
         self.fail_open = Counter("ctxgate_fail_open", "Requests forwarded uncompressed because compression failed",
                                  ["reason"], registry=r)
         self.upstream_seconds = Histogram("ctxgate_upstream_seconds", "Upstream time to response headers",

@@ -79,6 +79,23 @@ class Outcome:
     seconds: float = 0.0
     tokenizer: str | None = None     # what the counts are in
     estimated: bool = False          # True when that tokenizer is only an estimate (e.g. Claude models)
+    fit: str | None = None           # fitted | too_long: the prompt overflowed its model's context window
+    window: int | None = None        # that window, when fit is set
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The context window a request must fit: ``window`` tokens for prompt and answer, ``reserve``
+    of them for the answer (its max_tokens)."""
+
+    window: int
+    reserve: int
+
+    def limit(self, exact: bool) -> int:
+        """Prompt tokens allowed. ``exact``: counted in the model's own tokenizer; otherwise a 10%
+        margin covers the difference between tokenizers."""
+        room = self.window - self.reserve
+        return int(room * (FIT_MARGIN_EXACT if exact else FIT_MARGIN_ESTIMATED))
 
 
 @dataclass
@@ -178,6 +195,12 @@ def _strip(text: str) -> str:
     return strip_markup(text) if has_markup(text) else text
 
 
+FIT_MARGIN_EXACT = 0.98
+FIT_MARGIN_ESTIMATED = 0.90
+FIT_MIN_RATE = 0.02              # below this a fit is not attempted: the upstream's error goes back
+FIT_MIN_TOKENS = 64              # the last attempt compresses every message at least this long
+
+
 class Rewriter:
     def __init__(self, compressor: Compressor, cache: TieredCache | None, executor: Executor, metrics: Metrics,
                  *, timeout: float) -> None:
@@ -213,13 +236,27 @@ class Rewriter:
         return items
 
     async def rewrite(self, route: str, plan: Plan, policy: Policy, *, tokenizer: str | None,
-                      explicit_question: str | None, items: list[_Item] | None = None) -> Outcome:
-        """``items``: from ``prepare(plan, policy)`` when the caller already ran it."""
+                      explicit_question: str | None, items: list[_Item] | None = None,
+                      fit: Fit | None = None) -> Outcome:
+        """``items``: from ``prepare(plan, policy)`` when the caller already ran it. ``fit``: the
+        context window to fit, compressing harder when the prompt would overflow it."""
         t0 = time.perf_counter()
         job = _Job(self.method_name(policy.method), tokenizer, policy, explicit_question,
                    time.monotonic() + self.timeout)
         if items is None:
             items = self.prepare(plan, policy)
+        await self._run(items, job)
+        fitted = None
+        if fit is not None:
+            items, job, fitted = await self._fit(plan, policy, items, job, fit)
+            if fitted is not None:
+                self.metrics.fit_context.labels(route, fitted).inc()
+        outcome = self._finish(route, items, job, t0)
+        if fitted is not None:
+            outcome.fit, outcome.window = fitted, fit.window
+        return outcome
+
+    async def _run(self, items: list[_Item], job: _Job) -> None:
         self._fast(items, job)
         if not self._resolved(items):
             try:
@@ -228,7 +265,64 @@ class Rewriter:
                 job.cancelled = True
                 self._abandon(job)
                 raise
-        return self._finish(route, items, job, t0)
+
+    async def _fit(self, plan: Plan, policy: Policy, items: list[_Item], job: _Job,
+                   fit: Fit) -> tuple[list[_Item], _Job, str | None]:
+        """Over the window: compress the compressible segments harder; if that is not enough,
+        every message of FIT_MIN_TOKENS or more. The first attempt that fits is used. When none
+        fits (or the first result is incomplete), the original items go on and the upstream says
+        why it refuses them."""
+        total = self._total(items)
+        tok = self._counter_name(job.tokenizer)
+        limit = fit.limit(exact=job.tokenizer is not None and tok == job.tokenizer and not get_counter(tok).estimated)
+        if total is None or total <= limit:
+            return items, job, None
+        if limit <= 0:
+            return items, job, "too_long"
+        compressed_before = sum(it.entry.before for it in items if it.segment and it.entry and it.entry.compressed)
+        compressed_after = sum(it.entry.after for it in items if it.segment and it.entry and it.entry.compressed)
+        fixed = total - compressed_after
+        everything = msgspec.structs.replace(policy, user_messages=True, system_prompt=True, tool_results=True,
+                                             min_tokens=min(policy.min_tokens, FIT_MIN_TOKENS))
+        # the rate the prompt has now: the policy's, or what "auto" achieved
+        rate_now = _numeric_rate(policy) or (compressed_after / compressed_before if compressed_before else 1.0)
+        attempts: list[tuple[Policy, float | None]] = []
+        if compressed_before and limit > fixed:
+            attempts.append((policy, (limit - fixed) / compressed_before * 0.95))
+        attempts.append((everything, None))
+        last_rate, last_total = rate_now, total
+        for p, rate in attempts:
+            if rate is None:                  # scale the last rate by how far off that attempt still was
+                rate = last_rate * limit / last_total * 0.9
+            rate = min(rate, rate_now)
+            if rate < FIT_MIN_RATE or time.monotonic() >= job.deadline:
+                break
+            harder = msgspec.structs.replace(p, rate=round(rate, 4))
+            j = _Job(job.method, job.tokenizer, harder, job.explicit_question, job.deadline)
+            its = await asyncio.to_thread(self.prepare, plan, harder)
+            await self._run(its, j)
+            got = self._total(its)
+            if got is None:
+                break
+            if got <= limit:
+                return its, j, "fitted"
+            last_rate, last_total = rate, got
+        return items, job, "too_long"
+
+    @staticmethod
+    def _total(items: list[_Item]) -> int | None:
+        """Tokens of the prompt as it would go upstream; None when some part is not counted."""
+        total = 0
+        for it in items:
+            if it.segment:
+                if it.entry is None:
+                    return None
+                total += it.entry.after
+            elif it.count is None:
+                return None
+            else:
+                total += it.count
+        return total
 
     def count_plan(self, plan: Plan, policy: Policy, tokenizer: str | None) -> tuple[int, int]:
         """(all tokens, compressible tokens) of a plan in the target tokenizer; blocking."""
@@ -501,3 +595,7 @@ def resolve_tokenizer(model: str | None) -> str | None:
     if lookup(m) is not None:
         return model
     return None
+
+
+def _numeric_rate(policy: Policy) -> float | None:
+    return policy.rate if isinstance(policy.rate, (int, float)) else None

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 import urllib.request
 from urllib.parse import quote_from_bytes
 
@@ -288,6 +289,25 @@ class Upstream:
         finally:
             _finish(resp)
         return Response(body, status_code=resp.status, headers=headers_out, media_type=media)
+
+    async def get_json(self, provider: str, path: str, headers, *, max_bytes: int = 4 * 1024 * 1024) -> Any:
+        """GET an upstream path with the client's own headers (its credentials); the decoded JSON
+        body of a 200, else None. Bounded in size; raises on network errors."""
+        url = self.url(provider, path)
+        if url is None:
+            return None
+        resp = await self._send(provider, "GET", url, None, forward_headers(headers))
+        try:
+            if resp.status != 200:
+                return None
+            raw = await resp.content.read(max_bytes + 1)
+            if len(raw) > max_bytes:
+                return None
+            return json.loads(raw)
+        except ValueError:
+            return None
+        finally:
+            _finish(resp)
 
     async def _send(self, provider: str, method: str, url: str | yarl.URL, content: bytes | None,
                     headers: dict[str, str]) -> aiohttp.ClientResponse:

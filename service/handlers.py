@@ -29,7 +29,8 @@ from ._control import Control, parse_control
 from ._errors import ProxyError
 from ._labels import header_value, model_label
 from ._policy import Plan, plan_for, strip_slots, strip_tags
-from ._rewrite import Outcome, resolve_tokenizer
+from ._rewrite import Fit, Outcome, resolve_tokenizer
+from ._windows import request_reserve
 from ._upstream import ClientGone, until_disconnect
 from .fidelity import ROUTES as FIDELITY_ROUTES
 from .fidelity import Candidate
@@ -83,6 +84,9 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
             h["x-ctxgate-tokens-estimated"] = "true"
     if o.fail_open:
         h["x-ctxgate-fail-open"] = o.fail_open
+    if o.fit is not None:
+        h["x-ctxgate-fit-context"] = o.fit.replace("_", "-")       # fitted | too-long
+        h["x-ctxgate-context-window"] = str(o.window)
     return h
 
 
@@ -124,9 +128,14 @@ async def _rewrite_body(ctx: Context, route: str, raw: bytes,
         return prep.forward, {"x-ctxgate-cache": "bypass"}, None
     assert prep.ctl is not None and prep.policy is not None and prep.plan is not None and prep.configured
     policy, ctl = prep.policy, prep.ctl
+    fit = None
+    if policy.fit_context and ctx.windows is not None:
+        window = await ctx.windows.window("anthropic" if route == "messages" else "openai", prep.model, headers)
+        if window is not None:
+            fit = Fit(window.tokens, request_reserve(route, prep.body))
     outcome = await ctx.rewriter.rewrite(route, prep.plan, policy, explicit_question=ctl.question,
                                          tokenizer=policy.tokenizer or resolve_tokenizer(prep.model),
-                                         items=prep.items)
+                                         items=prep.items, fit=fit)
     cand = ctx.fidelity.candidate(route, prep.model, ctx.rewriter.method_name(policy.method), policy,
                                   prep.configured.rate, ctl.rate is not None, outcome.tokens_before,
                                   outcome.tokens_after)

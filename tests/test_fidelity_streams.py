@@ -35,7 +35,7 @@ def test_a_broken_stream_is_not_compared(shadowing, upstream, nq_item):
         time.sleep(0.5)
         assert metric(url, "ctxgate_fidelity_shadow_total", route="chat", result="incomplete") == 1
         assert httpx.get(url + "/v1/fidelity", timeout=10).json()["budget"]["calls"] == 0
-    assert len(upstream.requests) == 1                                 # no shadow call
+    assert len(upstream.calls) == 1                                 # no shadow call
 
 
 def test_a_client_that_hangs_up_still_cancels_upstream_and_is_not_compared(shadowing, upstream, nq_item):
@@ -55,7 +55,7 @@ def test_a_client_that_hangs_up_still_cancels_upstream_and_is_not_compared(shado
             assert time.monotonic() < deadline, "the dropped stream was never counted as incomplete"
             time.sleep(0.05)
         assert httpx.get(url + "/v1/fidelity", timeout=10).json()["budget"]["calls"] == 0
-    assert len(upstream.requests) == 1
+    assert len(upstream.calls) == 1
 
 
 def test_fidelity_settings_from_file_and_env(tmp_path):

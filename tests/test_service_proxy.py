@@ -229,14 +229,14 @@ def test_question_field_keeps_that_question_verbatim(proxy, upstream, nq_item):
 
 def test_models_and_query_strings_are_passed_through_to_the_fixed_host(proxy, upstream):
     models = oai(proxy).models.list()
-    assert [m.id for m in models.data] == ["test-model"]
+    assert [m.id for m in models.data] == ["test-model", "small-window"]
     assert upstream.last().path == "/v1/models" and upstream.last().method == "GET"
-    seen = len(upstream.requests)
+    seen = len(upstream.calls)
     # on loopback only loopback names are served (DNS rebinding); nothing reaches the upstream
     r = httpx.post(proxy + "/v1/chat/completions", timeout=10, headers={"host": "evil.example"},
                    json={"model": "x", "messages": []})
     assert r.status_code == 400 and "allowed_hosts" in r.json()["error"]["message"]
-    assert len(upstream.requests) == seen
+    assert len(upstream.calls) == seen
     r = httpx.post(proxy + "/v1/chat/completions?api-version=2024-10-01", timeout=10,
                    headers={"host": "localhost:1"}, json={"model": "x", "messages": []})
     assert r.status_code == 200 and upstream.last().query == "api-version=2024-10-01"
@@ -282,7 +282,7 @@ def test_concurrent_streams_are_not_mixed_up(proxy, upstream):
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == [] and len(upstream.requests) == 20
+    assert errors == [] and len(upstream.calls) == 20
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:

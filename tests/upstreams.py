@@ -49,6 +49,12 @@ class TestUpstream:
                     return r
         raise AssertionError(f"upstream received no request ending in {path_suffix!r}")
 
+    @property
+    def calls(self) -> list[Received]:
+        """What arrived, less the proxy's own ``GET /models`` look-ups (context windows)."""
+        with self.lock:
+            return [r for r in self.requests if not (r.method == "GET" and r.path.endswith("/models"))]
+
     def clear(self) -> None:
         with self.lock:
             self.requests.clear()
@@ -92,8 +98,14 @@ class TestUpstream:
             return await _send(send, 200, b"{}", extra=[(b"x-long", b"v" * 20_000)])
         if scope["path"].endswith("/models"):
             return await _send(send, 200, json.dumps({"object": "list", "data": [
-                {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"}]}).encode())
+                {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"},
+                {"id": SMALL_MODEL, "object": "model", "created": 0, "owned_by": "tests",
+                 "max_model_len": SMALL_WINDOW}]}).encode())
         body = json.loads(raw or b"{}")
+        if body.get("model") == SMALL_MODEL:
+            used = prompt_tokens(body) + int(body.get("max_tokens") or 0)
+            if used > SMALL_WINDOW:
+                return await _send(send, 400, json.dumps(_too_long(anthropic, used)).encode())
         if body.get("stream"):
             return await self._stream(send, receive, scope["path"], anthropic, body, behavior)
         reply = _anthropic_message(body) if anthropic else _openai_completion(body)
@@ -135,6 +147,30 @@ async def _send(send, status: int, body: bytes, ctype: bytes = b"application/jso
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
+
+
+# A model with a small context window, as vLLM reports one (``max_model_len``): prompts whose
+# tokens (SmolLM2's tokenizer, every message text) plus max_tokens exceed it get vLLM's 400.
+SMALL_MODEL = "small-window"
+SMALL_WINDOW = 1024
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    from compressor.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    texts = [body["system"]] if isinstance(body.get("system"), str) else []
+    for m in body.get("messages", []):
+        c = m.get("content")
+        texts.extend([c] if isinstance(c, str) else [b.get("text", "") for b in c or [] if isinstance(b, dict)])
+    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 4 for t in texts)
+
+
+def _too_long(anthropic: bool, used: int) -> dict[str, Any]:
+    msg = f"This model's maximum context length is {SMALL_WINDOW} tokens. However, you requested {used} tokens."
+    if anthropic:
+        return {"type": "error", "error": {"type": "invalid_request_error", "message": msg}}
+    return {"error": {"message": msg, "type": "BadRequestError", "param": None, "code": "context_length_exceeded"}}
 
 
 def _prompt_chars(body: dict[str, Any]) -> int:

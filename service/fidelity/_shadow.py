@@ -127,8 +127,8 @@ class Fidelity:
 
     def policy(self, route: str, model: str, policy: Policy) -> Policy:
         """The configured policy with the controller's rate for this (route, model)."""
-        if route not in ROUTES:
-            return policy
+        if route not in ROUTES or not isinstance(policy.rate, (int, float)):
+            return policy                 # rate "auto": the method decides; nothing to adapt
         rate = self.controller.rate(route, model, policy.rate)
         return policy if rate == policy.rate else msgspec.structs.replace(policy, rate=rate)
 
@@ -138,6 +138,11 @@ class Fidelity:
         if tokens_before is None or tokens_after is None or tokens_after >= tokens_before:
             return None                             # not compressed: nothing to check
         now = time.time()
+        if not isinstance(policy.rate, (int, float)) or not isinstance(configured, (int, float)):
+            # rate "auto": recorded as the rate it achieved; the controller has nothing to adapt
+            achieved = round(tokens_after / tokens_before, 4)
+            policy = msgspec.structs.replace(policy, rate=achieved)
+            configured, overridden = achieved, True
         if self.cfg.record_traffic and self.store is not None:
             self._roll_day()
             self.store.add_traffic(now, route, model, method, policy.rate, tokens_before, tokens_after)
