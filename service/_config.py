@@ -39,6 +39,9 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # a prompt that would overflow its model's context window (with its max_tokens) is compressed
     # harder until it fits; see service/_windows.py for where the window comes from
     fit_context: bool = True
+    # a segment that went upstream uncompressed (fail-open) stays uncompressed on later turns with
+    # the same conversation prefix, so the provider's prompt cache keeps hitting
+    sticky_uncompressed: bool = True
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -56,6 +59,7 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     system_prompt: bool | None = None
     tokenizer: str | None = None
     fit_context: bool | None = None
+    sticky_uncompressed: bool | None = None
     options: dict[str, Any] | None = None
 
     def matches(self, route: str, model: str) -> bool:

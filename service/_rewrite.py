@@ -81,6 +81,11 @@ class Outcome:
     estimated: bool = False          # True when that tokenizer is only an estimate (e.g. Claude models)
     fit: str | None = None           # fitted | too_long: the prompt overflowed its model's context window
     window: int | None = None        # that window, when fit is set
+    # segments by what happened to them: hit (from the cache, no model work waited for), miss
+    # (compressed for this request, or waited for while another request compressed it),
+    # failed_open (sent uncompressed: timeout/error), kept_uncompressed (sent uncompressed on an
+    # earlier turn with this prefix, so kept that way), unchanged (under min_tokens, or no smaller)
+    segments: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class _Item:
     status: str | None = None        # hit | miss
     text: str | None = None          # non-segments: the markup-stripped text
     count: int | None = None         # non-segments: its tokens
+    prefix: bytes = b""              # digest of the slots before this one: the conversation so far
+    pinned: bool = False             # went upstream uncompressed before under this prefix: stays so
 
 
 @dataclass
@@ -230,7 +237,11 @@ class Rewriter:
         """The plan's slots as work items, markup validated and stripped: the CPU-bound part of a
         rewrite, which the caller may run off the event loop. Raises InvalidRequest on bad markup."""
         items = [self._item(s, policy) for s in plan.slots]
+        h = hashlib.blake2b(digest_size=16)
         for it in items:
+            it.prefix = h.copy().digest()
+            h.update(f"{it.slot.kind}\x00{len(it.slot.text)}\x00".encode())
+            h.update(it.slot.text.encode("utf-8", "surrogatepass"))
             if not it.segment:
                 it.text = _strip(it.slot.text)
         return items
@@ -254,6 +265,13 @@ class Rewriter:
         outcome = self._finish(route, items, job, t0)
         if fitted is not None:
             outcome.fit, outcome.window = fitted, fit.window
+        if outcome.segments.get("failed_open") and self.cache is not None and policy.sticky_uncompressed:
+            tok = self._counter_name(job.tokenizer)
+            for it in items:
+                if it.segment and it.entry is None and it.key is None and job.method in self._fingerprints:
+                    it.key = self._key(it.slot, job, tok)
+            # fire and forget: a pin lost to a crash costs one provider-cache miss
+            asyncio.get_running_loop().run_in_executor(None, self.pin_failed_open, items, policy)
         return outcome
 
     async def _run(self, items: list[_Item], job: _Job) -> None:
@@ -357,6 +375,10 @@ class Rewriter:
             if it.segment:
                 if fp_known and tok is not None and self.cache is not None:
                     it.key = self._key(it.slot, job, tok)
+                    if job.policy.sticky_uncompressed and self.cache.get_fast(_pin_key(it)) is not None:
+                        self._unpin_as_plain(it)
+                        it.count = self._memo.get(tok, it.text or "")
+                        continue
                     raw = self.cache.get_fast(it.key)
                     if raw is not None:
                         it.entry, it.status = msgspec.msgpack.decode(raw, type=Entry), "hit"
@@ -394,6 +416,14 @@ class Rewriter:
         counter = get_counter(tok)
         fp_known = job.method in self._fingerprints
         for it in items:
+            if it.segment and it.entry is None and fp_known and self.cache is not None \
+                    and job.policy.sticky_uncompressed:
+                it.key = it.key or self._key(it.slot, job, tok)
+                if self.cache.get(_pin_key(it)) is not None:
+                    with job.lock:
+                        if job.abandoned:
+                            return
+                        self._unpin_as_plain(it)
             if it.segment:
                 if it.entry is None and fp_known and self.cache is not None:
                     it.key = it.key or self._key(it.slot, job, tok)
@@ -419,6 +449,24 @@ class Rewriter:
                 if not self._settle(job, it, text=text, count=count):
                     return
 
+    @staticmethod
+    def _unpin_as_plain(it: _Item) -> None:
+        """A pinned segment goes on as plain text (counted, never compressed) for this prefix."""
+        it.segment, it.pinned = False, True
+        it.text = _strip(it.slot.text)
+
+    def pin_failed_open(self, items: list[_Item], policy: Policy) -> None:
+        """Remember, per prefix, the segments that went upstream uncompressed (worker thread): the
+        provider has cached them that way, so later turns keep them byte-identical."""
+        if self.cache is None or not policy.sticky_uncompressed:
+            return
+        for it in items:
+            if it.segment and it.entry is None and it.key is not None:
+                try:
+                    self.cache.set(_pin_key(it), b"1")
+                except Exception as exc:          # a cache failure costs one provider-cache miss, no more
+                    log.warning("could not pin a segment: %s", type(exc).__name__)
+
     def _compress_missing(self, items: list[_Item], job: _Job) -> None:
         """Compression executor: model work for the segments still missing, until the deadline."""
         tok = self._counter_name(job.tokenizer)
@@ -432,7 +480,9 @@ class Rewriter:
             it.key = it.key or self._key(it.slot, job, tok)
             raw = self.cache.get(it.key) if self.cache is not None else None
             if raw is not None:
-                if not self._settle(job, it, status="hit", entry=msgspec.msgpack.decode(raw, type=Entry)):
+                # cached by another request while this one waited for the executor: it paid the
+                # wait, so it is reported as a miss, not as a free hit
+                if not self._settle(job, it, status="miss", entry=msgspec.msgpack.decode(raw, type=Entry)):
                     return
                 continue
             try:
@@ -493,6 +543,7 @@ class Rewriter:
         before = after = 0
         known = True
         statuses = set()
+        segments: dict[str, int] = {}
         for it in items:
             entry = it.entry
             if it.segment and entry is not None:
@@ -502,8 +553,13 @@ class Rewriter:
                 if it.status:
                     statuses.add(it.status)
                     (self.metrics.cache_hits if it.status == "hit" else self.metrics.cache_misses).inc()
+                kind = it.status or "unchanged"
+                segments[kind] = segments.get(kind, 0) + 1
                 continue
+            if it.pinned:
+                segments["kept_uncompressed"] = segments.get("kept_uncompressed", 0) + 1
             if it.segment:
+                segments["failed_open"] = segments.get("failed_open", 0) + 1
                 known = False           # failed open: uncounted
             text = it.text if it.text is not None else _strip(it.slot.text)
             if text != it.slot.text:
@@ -522,12 +578,13 @@ class Rewriter:
         self.metrics.compression_seconds.labels(route).observe(seconds)
         cache = "partial" if len(statuses) > 1 else statuses.pop() if statuses else "off"
         if not known:
-            return Outcome(cache=cache, fail_open=reason, seconds=seconds)
+            return Outcome(cache=cache, fail_open=reason, seconds=seconds, segments=segments)
         self.metrics.tokens_before.labels(route).inc(before)
         self.metrics.tokens_after.labels(route).inc(after)
         self.metrics.tokens_saved.labels(route).inc(max(0, before - after))
         counter = get_counter(self._counter_name(job.tokenizer))
-        return Outcome(before, after, cache, reason, seconds, tokenizer=counter.name, estimated=counter.estimated)
+        return Outcome(before, after, cache, reason, seconds, tokenizer=counter.name, estimated=counter.estimated,
+                       segments=segments)
 
     # -------------------------------------------------------------- helpers
 
@@ -599,3 +656,7 @@ def resolve_tokenizer(model: str | None) -> str | None:
 
 def _numeric_rate(policy: Policy) -> float | None:
     return policy.rate if isinstance(policy.rate, (int, float)) else None
+
+
+def _pin_key(it: _Item) -> str:
+    return cache_key(["pinned-uncompressed", it.key, it.prefix.hex()])

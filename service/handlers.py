@@ -84,6 +84,9 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
             h["x-ctxgate-tokens-estimated"] = "true"
     if o.fail_open:
         h["x-ctxgate-fail-open"] = o.fail_open
+    if o.segments:
+        h["x-ctxgate-segments"] = ", ".join(f"{k.replace('_', '-')}={v}" for k, v in sorted(o.segments.items()))
+        h["x-ctxgate-compress-seconds"] = f"{o.seconds:.3f}"
     if o.fit is not None:
         h["x-ctxgate-fit-context"] = o.fit.replace("_", "-")       # fitted | too-long
         h["x-ctxgate-context-window"] = str(o.window)

@@ -174,25 +174,77 @@ def test_fail_open_when_the_time_budget_runs_out(sidecar, upstream, nq_item):
         assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="timeout"}') == 1
 
 
-def test_a_compression_that_outlives_its_request_is_cached_for_the_next(sidecar, upstream, nq_item):
-    # hybrid on 20 documents takes seconds on CPU: the first request fails open at 1 s, forwards the
-    # prompt untouched (no item changes under it), and the finished compression serves the next one
+@pytest.fixture()
+def slow_truncate(monkeypatch):
+    """Fault injection: the model-free truncate method takes 1 s, well past a 0.3 s budget."""
+    from compressor.methods.baselines import Truncate
+
+    real = Truncate.run
+
+    def slow(self, job):
+        time.sleep(1.0)
+        return real(self, job)
+
+    monkeypatch.setattr(Truncate, "run", slow)
+
+
+def _wait_background(url: str, n: int = 1) -> None:
+    deadline = time.monotonic() + 60
+    while _metric(httpx.get(url + "/metrics").text, "ctxgate_background_compressions_total") < n:
+        assert time.monotonic() < deadline, "the background compression never finished"
+        time.sleep(0.05)
+
+
+def test_a_compression_that_outlives_its_request_is_cached_but_its_conversation_stays_uncompressed(
+        sidecar, upstream, nq_item, slow_truncate):
     prompt = rag_prompt(nq_item, 20)
-    with sidecar(default_method="hybrid", compress_timeout=1.0) as url:
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
-        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
-        if r.headers.get("x-ctxgate-fail-open") != "timeout":
-            pytest.skip("hybrid finished within 1 s on this machine")
-        assert upstream.last().json["messages"][0]["content"] == prompt
-        deadline = time.monotonic() + 120
-        while _metric(httpx.get(url + "/metrics").text, "ctxgate_background_compressions_total") < 1:
-            assert time.monotonic() < deadline, "the background compression never finished"
-            time.sleep(0.2)
-        metrics = httpx.get(url + "/metrics").text
-        assert _metric(metrics, "ctxgate_cache_misses_total") == 0            # no request carried it
+    turn1 = [{"role": "user", "content": prompt}]
+    with sidecar(compress_timeout=0.3) as url:
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": turn1}, timeout=60)
+        assert r.headers["x-ctxgate-fail-open"] == "timeout" and r.headers["x-ctxgate-segments"] == "failed-open=1"
+        assert upstream.last("/chat/completions").json["messages"] == turn1       # untouched
+        _wait_background(url)
+        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_cache_misses_total") == 0  # no request carried it
+        # the next turn of that conversation: the provider cached the documents uncompressed, so
+        # they go again byte for byte, although a compression is now in the cache
+        turn2 = turn1 + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "And who else?"}]
+        r2 = httpx.post(url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": turn2}, timeout=60)
+        assert "x-ctxgate-fail-open" not in r2.headers
+        assert "kept-uncompressed=1" in r2.headers["x-ctxgate-segments"]
+        assert upstream.last("/chat/completions").json["messages"][0]["content"] == prompt
+        # another conversation (its own system prompt) over the same documents gets the compression
+        other = [{"role": "system", "content": "You are terse."}, *turn1]
+        r3 = httpx.post(url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": other}, timeout=60)
+        assert r3.headers["x-ctxgate-cache"] == "hit" and r3.headers["x-ctxgate-segments"] == "hit=1"
+        assert len(upstream.last("/chat/completions").json["messages"][1]["content"]) < len(prompt) / 1.5
+
+
+def test_without_sticky_uncompressed_the_next_turn_takes_the_background_result(sidecar, upstream, nq_item,
+                                                                              slow_truncate):
+    prompt = rag_prompt(nq_item, 20)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    with sidecar(compress_timeout=0.3, policy={"sticky_uncompressed": False}) as url:
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=60).headers["x-ctxgate-fail-open"] == "timeout"
+        _wait_background(url)
         again = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
         assert again.headers["x-ctxgate-cache"] == "hit" and "x-ctxgate-fail-open" not in again.headers
-        assert len(upstream.last().json["messages"][0]["content"]) < len(prompt) / 1.5
+        assert len(upstream.last("/chat/completions").json["messages"][0]["content"]) < len(prompt) / 1.5
+
+
+def test_a_request_that_waited_for_another_ones_compression_is_a_miss(sidecar, upstream, nq_item, slow_truncate):
+    # two requests with the same documents at once: one compresses, the other waits for it in the
+    # queue and takes its result from the cache; it paid the wait, so it is not reported as a hit
+    import concurrent.futures
+
+    prompt = rag_prompt(nq_item, 20)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    with sidecar(compress_timeout=10) as url:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            rs = list(pool.map(lambda _: httpx.post(url + "/v1/chat/completions", json=body, timeout=60), range(2)))
+        assert sorted(r.headers["x-ctxgate-cache"] for r in rs) == ["miss", "miss"]
+        assert all(float(r.headers["x-ctxgate-compress-seconds"]) >= 0.9 for r in rs)
+        third = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        assert third.headers["x-ctxgate-cache"] == "hit" and float(third.headers["x-ctxgate-compress-seconds"]) < 0.5
 
 
 def test_fail_open_when_the_method_errors(sidecar, upstream, nq_item):
