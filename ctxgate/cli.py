@@ -21,6 +21,7 @@ commands:
   serve      run the OpenAI/Anthropic-compatible sidecar proxy
   models     list | prepare | verify the embedded models
   eval       measure answer quality under compression on real datasets
+  train      rebuild the classifier student: teacher labels, then training
   bench      measure compression speed (ctxgate bench), proxy latency (bench proxy), faults (bench chaos)
 
 Run 'ctxgate <command> --help' for a command's options."""
@@ -35,6 +36,8 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         from service.serve import main as run
     elif cmd == "eval":
         from eval.cli import main as run
+    elif cmd == "train":
+        from eval.train.cli import main as run
     elif cmd == "bench":
         if rest[:1] == ["proxy"]:
             from eval.bench_proxy import main as run

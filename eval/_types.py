@@ -15,6 +15,9 @@ FIRST_LINE = r"\S[^\n]*\n"
 # Which metric family scores an item; "fidelity" means no reference: compare to the full-prompt answer.
 Task = Literal["qa", "squad", "math", "summary", "kv", "fidelity"]
 
+# ``--rates auto``: rows store rate 0, which no numeric rate can be; the method chose the size
+AUTO_RATE = 0.0
+
 CONTEXT_SLOT = "{context}"
 QUESTION_SLOT = "{question}"
 
@@ -79,6 +82,7 @@ class EvalConfig(msgspec.Struct, kw_only=True):
     tokenizer: str | None = None           # token accounting; None: the reader's (or smollm2 for URLs)
     scorer: str = "smollm2"
     embedder: str = "minilm"
+    student: str = "student"
     out: str = "eval-results/run"
     resume: bool = True
     report_only: bool = False              # rebuild report.md and plots from results.jsonl, run nothing

@@ -10,7 +10,7 @@ import sys
 from compressor import CtxgateError
 from compressor.methods import METHOD_NAMES
 
-from ._types import EvalConfig
+from ._types import AUTO_RATE, EvalConfig
 from .datasets import DATASETS
 
 DEFAULT_METHODS = ",".join(EvalConfig().methods)
@@ -21,11 +21,12 @@ def _csv(s: str) -> list[str]:
 
 
 def _rates(s: str) -> list[float]:
+    """Fractions kept; ``auto`` (the method decides) is stored as rate 0 (``eval._types.AUTO_RATE``)."""
     try:
-        rates = [float(x) for x in _csv(s)]
+        rates = [AUTO_RATE if x.lower() == "auto" else float(x) for x in _csv(s)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"rates must be numbers like 0.25,0.1; got {s!r}") from None
-    bad = [r for r in rates if not 0 < r <= 1]
+        raise argparse.ArgumentTypeError(f"rates must be numbers like 0.25,0.1 or auto; got {s!r}") from None
+    bad = [r for r in rates if not (0 < r <= 1 or r == AUTO_RATE)]
     if bad or not rates:
         raise argparse.ArgumentTypeError(f"rates are fractions of tokens kept, in (0, 1]; got {s!r}")
     return rates
@@ -56,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
                    help="dataset option, e.g. docs=10 gold_position=4 (nq), keys=25 (kv), context=article (squad)")
     p.add_argument("--methods", type=_csv, default=_csv(DEFAULT_METHODS),
                    help=f"comma list from {','.join(METHOD_NAMES)} (the full prompt always runs)")
-    p.add_argument("--rates", type=_rates, default=[0.25, 0.1], help="fractions kept, e.g. 0.5,0.25,0.1,0.05")
+    p.add_argument("--rates", type=_rates, default=[0.25, 0.1], help="fractions kept, e.g. 0.5,0.25,0.1,0.05; auto lets classifier decide")
     p.add_argument("--reader", default="qwen-1.5b", help="local model name, or the model name sent to --reader-url")
     p.add_argument("--reader-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8340/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="for --reader-url ($OPENAI_API_KEY)")
@@ -68,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="token accounting (default: the reader's tokenizer)")
     p.add_argument("--scorer", default="smollm2")
     p.add_argument("--embedder", default="minilm")
+    p.add_argument("--student", default="student", help="classifier network: student or a .safetensors from ctxgate train")
     p.add_argument("--out", default=None, help="output folder (default eval-results/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue --out, skipping finished rows")
     p.add_argument("--report-only", action="store_true", help="rebuild report.md and plots from --out, run nothing")
@@ -92,7 +94,7 @@ def config_from_args(argv: list[str]) -> EvalConfig:
     return EvalConfig(
         dataset=a.dataset, limit=a.limit, seed=a.seed, data_dir=a.data_dir, methods=a.methods, rates=a.rates,
         reader=a.reader, reader_url=a.reader_url, reader_api_key=a.api_key, max_new_tokens=a.max_new_tokens,
-        batch=a.batch, tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder,
+        batch=a.batch, tokenizer=a.tokenizer, scorer=a.scorer, embedder=a.embedder, student=a.student,
         out=a.out or f"eval-results/{a.dataset}", resume=a.resume, report_only=a.report_only, rescore=a.rescore,
         plots=not a.no_plots, progress=not a.quiet, dataset_options=dict(a.option),
         command="ctxgate eval " + shlex.join(argv),

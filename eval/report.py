@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._types import EvalConfig, Row
+from ._types import AUTO_RATE, EvalConfig, Row
 from .runner import RESULTS, load_rows, load_sessions, session_dtype
 
 HEADLINE = {"qa": "subspan EM", "squad": "F1", "math": "final-number acc", "summary": "ROUGE-L",
@@ -100,7 +100,7 @@ def table(cells: list[Cell]) -> str:
     for c in cells:
         acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}" + (f" ±{c.accuracy_ci:.2f}" if c.accuracy_ci else "")
         lines.append(
-            f"| {'full prompt' if c.method == 'passthrough' else c.method} | {c.rate:g} | {c.n} | {acc} "
+            f"| {'full prompt' if c.method == 'passthrough' else c.method} | {_rate(c.rate)} | {c.n} | {acc} "
             f"| {_f(c.full_same_items)} | {_f(c.fidelity_cosine)} | {_f(c.fidelity_f1)} | {_f(c.fidelity_em)} "
             f"| {_f(c.kept, 2)} | {c.ratio:.2f}x | {c.prompt_tokens:.0f} | {c.compress_s:.2f}"
             + (f" ({c.cache_hits} cached)" if c.cache_hits else "") + f" | {c.reader_s:.2f} "
@@ -234,7 +234,7 @@ def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:
         paths.append(p)
 
         fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(cs) + 1.5))
-        labels = ["full prompt" if c.method == "passthrough" else f"{c.method}@{c.rate:g}" for c in cs]
+        labels = ["full prompt" if c.method == "passthrough" else f"{c.method}@{_rate(c.rate)}" for c in cs]
         comp = [c.compress_s for c in cs]
         read = [c.reader_s for c in cs]
         ax.barh(labels, comp, label="compress")
@@ -249,3 +249,7 @@ def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def _rate(rate: float) -> str:
+    return "auto" if rate == AUTO_RATE else f"{rate:g}"

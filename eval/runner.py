@@ -22,7 +22,7 @@ import msgspec
 from compressor import CtxgateError
 
 from . import metrics
-from ._types import EvalConfig, Item, Row
+from ._types import AUTO_RATE, EvalConfig, Item, Row
 from .datasets import load_dataset
 from .readers import Ask, make_reader
 
@@ -199,7 +199,8 @@ def _rescore(out: Path, saved: dict) -> None:
 
 def _compress(item: Item, method: str, rate: float, compressor):
     options = {"separator": item.separator} if isinstance(item.context, list) else {}
-    return compressor.compress(context=item.context, question=item.compression_question, rate=rate,
+    return compressor.compress(context=item.context, question=item.compression_question,
+                               rate="auto" if rate == AUTO_RATE else rate,
                                method=method, options=options)
 
 
@@ -291,7 +292,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
         tokenizer = config.tokenizer or (reader_name if config.reader_url is None else "smollm2")
         # the cache only hits where items share a context compressed the same way (GSM8K's demos,
         # which are not compressed question-aware): one compression serves every question, as in use
-        compressor = Compressor(scorer=config.scorer, embedder=config.embedder, tokenizer=tokenizer,
+        compressor = Compressor(scorer=config.scorer, embedder=config.embedder, student=config.student, tokenizer=tokenizer,
                                 default_method="passthrough", cache=MemoryCache(256))
         ok, skipped = _available(compressor, list(dict.fromkeys(m for m, _ in wanted)))
         todo = [t for t in todo if t[1] in ok]

