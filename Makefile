@@ -13,7 +13,7 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test setup models system-deps bench chaos eval clean help
+.PHONY: run test setup models system-deps bench chaos eval litellm clean help
 
 help:
 	@echo "make run    set everything up and start the sidecar on 127.0.0.1:8340 (embedded upstream)"
@@ -68,6 +68,13 @@ bench: setup models
 # faults, loopback only, bounded: 50 streams for 90 s, Redis frozen and killed, the sidecar kill -9'd
 chaos: setup models system-deps
 	$(BIN)/ctxgate bench chaos --seconds 90 --streams 50 --out eval/results/chaos.json
+
+# LiteLLM's proxy with ctxgate as its headroom guardrail and as a model's api_base (tests/test_litellm_guardrail.py).
+# litellm[proxy] lives in its own venv: a few hundred MB nothing else needs.
+LITELLM_VENV ?= .venv-litellm
+litellm: setup models system-deps
+	test -x $(LITELLM_VENV)/bin/litellm || (python3.11 -m venv $(LITELLM_VENV) && $(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==1.108.7')
+	CTXGATE_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m pytest -q tests/test_litellm_guardrail.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
