@@ -171,6 +171,24 @@ def kept(task: str, context: str, references: list[str]) -> float | None:
     return None
 
 
+def supports_kept(supports: list[list], documents: list[str]) -> float:
+    """Multi-hop: 1.0 when every supporting paragraph survived. A paragraph survives when at least
+    one of its supporting sentences kept half of its words (any case) in that document's
+    compressed text; ``supports`` is [(document index, sentence), ...]."""
+    by_doc: dict[int, list[str]] = {}
+    for d, sentence in supports:
+        by_doc.setdefault(int(d), []).append(sentence)
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    for d, sentences in by_doc.items():
+        have = set(words(documents[d])) if 0 <= d < len(documents) else set()
+        if not any(ws and sum(w in have for w in ws) >= 0.5 * len(ws) for ws in map(words, sentences)):
+            return 0.0
+    return 1.0
+
+
 def agreement(prediction: str, reference_answer: str, task: str) -> tuple[float, float]:
     """(token F1, exact agreement) of a prediction with the full-prompt answer. For short-answer
     tasks only the first line counts; for math, agreement is on the final number."""

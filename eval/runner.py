@@ -207,6 +207,8 @@ def _compress(item: Item, method: str, rate: float, compressor):
 def _row(item: Item, method: str, rate: float, result, ans, reader_name: str, reference: Row | None,
          fidelity: _Fidelity) -> Row:
     acc, scores = metrics.score(item.task, ans.text, item.references)
+    if item.meta.get("supports"):
+        scores["supports_kept"] = metrics.supports_kept(item.meta["supports"], [d.text for d in result.documents])
     ref_text = ans.text if reference is None else reference.prediction
     f1, em = metrics.agreement(ans.text, ref_text, item.task)
     if item.task in ("qa", "squad", "kv"):

@@ -136,6 +136,11 @@ def parts(slot: Slot, explicit_question: str | None = None) -> Parts:
     text = slot.text
     if slot.split:
         sp = split_question(text, explicit_question)
+        tail = sp.tail.strip()
+        if tail and not _ASKS.search(tail) and slot.question and slot.question.strip() not in tail:
+            # the question is in another message and this last paragraph does not ask anything:
+            # it is the last document, compressed like the others
+            return Parts("", text, "")
         return Parts("", sp.context, sp.sep + sp.tail)
     if slot.kind == "system":
         # the first few paragraph breaks only: each try parses the markup of the whole text

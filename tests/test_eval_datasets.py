@@ -83,3 +83,13 @@ def test_clear_errors(tmp_path):
         load_dataset("nq20", data=str(tmp_path / "holdout"))
     with pytest.raises(DataError, match="not found"):
         load_dataset("nq20", data=str(tmp_path))
+
+
+def test_hotpotqa_items_carry_both_hops():
+    items = load_dataset("hotpotqa")
+    assert len(items) == 23
+    for it in items:
+        assert len(it.context) == 10 and len(it.meta["gold_docs"]) == 2
+        for d, sentence in it.meta["supports"]:
+            assert sentence in it.context[d]
+    assert sum(it.meta["type"] == "bridge" for it in items) == 17

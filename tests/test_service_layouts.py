@@ -194,3 +194,16 @@ def test_question_rules_on_the_layouts_the_issue_found():
                                       {"role": "user", "content": bare}]})
     assert plan3.slots[0].question == bare
     assert openai_plan({"messages": [{"role": "user", "content": docs}]}, guess_tail=False).question is None
+
+
+def test_a_documents_only_message_compresses_its_last_paragraph_too():
+    from service._policy import openai_plan, parts
+
+    docs = "Document [1] The East Wing was built in 1942.\n\nDocument [2] The West Wing was expanded in 1909."
+    bare = "Who expanded the West Wing in 1909?"
+    plan = openai_plan({"messages": [{"role": "user", "content": docs}, {"role": "user", "content": bare}]})
+    p = parts(plan.slots[0])
+    assert (p.context, p.tail) == (docs, "")                  # the question is the next message
+    # the same documents with the question as their last paragraph: that paragraph stays verbatim
+    plan = openai_plan({"messages": [{"role": "user", "content": docs + "\n\n" + bare}]})
+    assert parts(plan.slots[0]).tail.strip() == bare

@@ -9,6 +9,7 @@ from .._types import Item
 from ._common import DataError, data_dir
 from .arxiv import load_arxiv
 from .gsm8k import load_gsm8k
+from .hotpotqa import load_hotpotqa
 from .kv import load_kv
 from .nq import build_multidoc, load_nq, load_nq20
 from .qmsum import load_qmsum
@@ -23,6 +24,7 @@ DATASETS: dict[str, tuple[Callable[..., list[Item]], str]] = {
     "qmsum": (load_qmsum, "QMSum query-based summarization, ROUGE-L"),
     "arxiv": (load_arxiv, "arXiv papers, fidelity to the uncompressed answer (no reference)"),
     "kv": (load_kv, "key-value retrieval over UUIDs, exact value"),
+    "hotpotqa": (load_hotpotqa, "HotpotQA multi-hop (distractor), best-subspan match; supports_kept: both hops survive"),
 }
 
 
