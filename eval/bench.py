@@ -126,7 +126,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     from compressor import Compressor
 
     inputs = load_inputs(args)
-    comp = Compressor(scorer=args.scorer, embedder=args.embedder, tokenizer=args.tokenizer, device=args.device)
+    comp = Compressor(scorer=args.scorer, embedder=args.embedder, student=args.student, tokenizer=args.tokenizer,
+                      device=args.device)
     rss_start = _rss_mib()
     first = inputs[0]
     warm_ctx = first["context"][:2] if isinstance(first["context"], list) else first["context"][:2000]
@@ -201,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxgate bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
                    help=f"comma-separated methods (default: all of {', '.join(METHOD_NAMES)})")
-    p.add_argument("--rate", type=float, default=0.25, help="fraction of tokens to keep (default 0.25)")
+    p.add_argument("--rate", type=_rate, default=0.25, help="fraction of tokens to keep (default 0.25), or auto")
     p.add_argument("--items", type=int, default=None, help="NQ 20-document items, from the first (default 5)")
     p.add_argument("--docs", type=int, default=0, help="only the first N documents of each item (default all 20)")
     p.add_argument("--text", help="benchmark one long text instead of NQ (e.g. ../shared/data/arxiv/article_0.txt)")
@@ -209,12 +210,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default=None, help="question for --text (default: none, question-agnostic)")
     p.add_argument("--scorer", default="smollm2", help="causal-LM scorer (default smollm2)")
     p.add_argument("--embedder", default="minilm", help="sentence embedder (default minilm)")
+    p.add_argument("--student", default="student", help="classifier network (default: the shipped student)")
     p.add_argument("--tokenizer", default=None, help="target tokenizer for token counts (default: the scorer's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--data-dir", default=None, help="shared data folder (default $CTXGATE_DATA or ../shared/data)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per method before it is skipped")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     return p
+
+
+def _rate(value: str) -> float | str:
+    return "auto" if value.strip().lower() == "auto" else float(value)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -225,8 +231,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
     if args.items < 1:
         raise InvalidRequest(f"--items must be at least 1, got {args.items}")
-    if not 0.0 < args.rate <= 1.0:
-        raise InvalidRequest(f"--rate must be in (0, 1], got {args.rate}")
+    if args.rate != "auto" and not 0.0 < args.rate <= 1.0:
+        raise InvalidRequest(f"--rate must be in (0, 1] or auto, got {args.rate}")
     return args
 
 
