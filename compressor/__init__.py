@@ -6,9 +6,10 @@
 ``Compressor.compress`` is the one entry point; everything else here is types and helpers.
 """
 
+from ._agreement import agreement, embedding_cosine, final_number, first_line, normalize_answer, token_f1
 from ._cache import CompressionCache, MemoryCache, SQLiteCache, cache_key
 from ._cache_redis import RedisCache
-from ._compressor import Compressor, compress
+from ._compressor import DEFAULT_RATE, Compressor, compress, default_for
 from ._files import private, private_dir
 from ._errors import ChecksumMismatch, ConfigError, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
 from ._markup import has_markup, parse_markup, strip_markup
@@ -18,8 +19,9 @@ from ._types import CompressRequest, CompressResult, Document, DocumentResult
 from .methods import METHOD_NAMES, METHODS
 
 __all__ = [
-    "METHODS", "METHOD_NAMES", "ChecksumMismatch", "CompressRequest", "ConfigError", "CompressResult", "CompressionCache",
+    "DEFAULT_RATE", "METHODS", "METHOD_NAMES", "ChecksumMismatch", "CompressRequest", "ConfigError", "CompressResult", "CompressionCache",
     "Compressor", "CtxgateError", "Document", "DocumentResult", "InputTooLarge", "InvalidRequest",
     "MemoryCache", "ModelError", "ModelNotPrepared", "RedisCache", "SQLiteCache", "TokenCounter", "cache_key", "compress",
-    "find_protected", "get_counter", "has_markup", "parse_markup", "private", "private_dir", "strip_markup",
+    "agreement", "default_for", "embedding_cosine", "final_number", "find_protected", "first_line",
+    "normalize_answer", "token_f1", "get_counter", "has_markup", "parse_markup", "private", "private_dir", "strip_markup",
 ]

@@ -7,13 +7,10 @@ One place, each with its reason, so that upgrading llmlingua means reading one f
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import re
 from typing import Any
 
 from ._errors import InvalidRequest, ModelError
-
-TESTED_LLMLINGUA = "0.2.2"
 
 # llmlingua's ranking methods other than its own perplexity ranking download a model
 # (sentbert, bge*, jinza) or call a paid API (openai, voyageai, cohere). "llmlingua" is the same
@@ -125,13 +122,6 @@ def output_cache(output):
     """The KV cache of a model output under either name (``cache`` in 5.x)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def llmlingua_version() -> str | None:
-    try:
-        return importlib.metadata.version("llmlingua")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 @functools.cache

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from compressor import models
-from compressor._errors import ModelError
+from compressor import ModelError
 
 
 def _names(given: list[str]) -> list[models.ModelSpec]:
@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         for spec in models.MODELS.values():
             ok = "yes" if models.is_prepared(spec) else "no"
             print(f"{spec.name:<10} {','.join(spec.roles):<16} {spec.size_mb:>5} MB  {ok:<8}  {spec.description}")
+        for st in models.STUDENTS.values():
+            path = models.student_file(st.name)[0]
+            size = path.stat().st_size // 2**20 if path.exists() else 0
+            print(f"{st.name:<10} {'classifier':<16} {size:>5} MB  {'shipped':<8}  {st.description} (over {st.base})")
         print("Any Hugging Face id or local model folder also works where a model name is asked for.")
         return 0
     if args.action == "prepare":
@@ -55,4 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         ok, msg = models.verify(spec)
         print(("ok    " if ok else "FAIL  ") + msg)
         bad += not ok
+    if not args.names:                       # the shipped students too: they are in the repo
+        for st in models.STUDENTS.values():
+            try:
+                sha = models.verify_student(st.name)
+                print(f"ok    {st.name}: {models.student_file(st.name)[0].name} SHA-256 {sha[:16]}... matches the pin")
+            except models_errors() as exc:
+                print(f"FAIL  {exc}")
+                bad += 1
     return 1 if bad else 0
+
+
+def models_errors() -> tuple[type[Exception], ...]:
+    from compressor import CtxgateError
+
+    return (CtxgateError,)

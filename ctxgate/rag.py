@@ -17,10 +17,10 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from compressor import CompressRequest, CompressResult, Document, InvalidRequest
-from compressor._compressor import DEFAULT_RATE  # the engine's rate when neither rate nor target_tokens is given
+from compressor import DEFAULT_RATE  # the engine's rate when neither rate nor target_tokens is given
 
 from ._rag_remote import SidecarClient, Unavailable
 from ._rag_types import DocumentLike, Mode, Order, RAGDocument, RAGResult, SidecarError, to_documents
@@ -45,7 +45,7 @@ class RAGCompressor:
         mode: Mode = "local",
         url: str | None = None,
         method: str = "auto",
-        rate: float | None = None,
+        rate: float | Literal["auto"] | None = None,
         target_tokens: int | None = None,
         order: Order = "original",
         strict: bool = False,
@@ -85,7 +85,7 @@ class RAGCompressor:
         documents: Sequence[DocumentLike],
         question: str | None = None,
         *,
-        rate: float | None = None,
+        rate: float | Literal["auto"] | None = None,
         target_tokens: int | None = None,
         method: str | None = None,
     ) -> RAGResult:
@@ -111,7 +111,7 @@ class RAGCompressor:
         documents: Sequence[DocumentLike],
         question: str | None = None,
         *,
-        rate: float | None = None,
+        rate: float | Literal["auto"] | None = None,
         target_tokens: int | None = None,
         method: str | None = None,
     ) -> RAGResult:
@@ -144,7 +144,7 @@ class RAGCompressor:
 
     # ----------------------------------------------------------------- request
 
-    def _request(self, docs: list[Document], question: str | None, rate: float | None,
+    def _request(self, docs: list[Document], question: str | None, rate: float | Literal["auto"] | None,
                  target_tokens: int | None, method: str | None) -> CompressRequest:
         if rate is None and target_tokens is None:
             rate, target_tokens = self.rate, self.target_tokens
@@ -233,6 +233,8 @@ def _ratio(before: int, after: int) -> float:
 def _budget(request: CompressRequest, total: int) -> int:
     if request.target_tokens is not None:
         return request.target_tokens
+    if request.auto:            # the method decides: the whole input is the only bound
+        return total
     return max(1, math.ceil(total * (request.rate if request.rate is not None else DEFAULT_RATE)))
 
 

@@ -15,7 +15,6 @@ import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import httpx
 from litestar import Litestar, Request, Response
@@ -24,7 +23,8 @@ from litestar.exceptions import HTTPException
 
 from compressor import Compressor, CtxgateError
 
-from ._cache import TieredCache, build_cache
+from ._cache import build_cache
+from ._context import Context
 from ._config import Settings, load_settings
 from ._access import ADMIN_PREFIXES, Hosts, admin_ok
 from ._errors import ProxyError, error_body, provider_for, status_for
@@ -36,28 +36,6 @@ from ._upstream import Upstream
 from .fidelity import Fidelity
 
 log = logging.getLogger("ctxgate.service")
-
-
-@dataclass
-class Context:
-    """What handlers reach through ``app.state.ctx``."""
-
-    settings: Settings
-    metrics: Metrics
-    compressor: Compressor
-    rewriter: Rewriter
-    upstream: Upstream
-    executor: ThreadPoolExecutor
-    cache: TieredCache | None
-    local: LocalModel | None = None
-    fidelity: Fidelity | None = None
-    windows: Windows | None = None
-    load_error: str | None = None
-    loaded: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def ready(self) -> bool:
-        return self.rewriter.ready.is_set() and (self.local is None or self.local.ready.is_set())
 
 
 def _load(ctx: Context) -> None:

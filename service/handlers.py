@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from compressor import CompressRequest
 
 from . import _local
-from ._app import Context
+from ._context import Context
 from ._config import Policy
 from ._control import Control, parse_control
 from ._errors import ProxyError

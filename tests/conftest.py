@@ -23,6 +23,30 @@ import pytest
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Environment a test run may take from the shell: where data, models and optional tools are.
+# Every other CTXGATE_* variable (a policy override, a cache URL) would change what is tested.
+_KEEP_ENV = {"CTXGATE_DATA", "CTXGATE_MODELS", "CTXGATE_LAYOUT_ROWS", "CTXGATE_LITELLM", "CTXGATE_DEVICE",
+             "CTXGATE_CHROMIUM"}
+
+
+def _models_dir() -> str:
+    from compressor.models import models_dir
+
+    return str(models_dir())
+
+
+_MODELS = _models_dir()         # resolved once, before any test moves CTXGATE_HOME
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(monkeypatch, tmp_path_factory):
+    """Each test gets its own empty ``$CTXGATE_HOME`` (segment cache, fidelity store) over the one
+    shared model cache, and no ``CTXGATE_*`` setting from the shell."""
+    for key in [k for k in os.environ if k.startswith("CTXGATE_") and k not in _KEEP_ENV]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CTXGATE_MODELS", _MODELS)
+    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path_factory.mktemp("ctxgate-home")))
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -25,6 +25,7 @@ def _fake_package(tmp_path, monkeypatch, payload: bytes) -> ModelSpec:
 
 def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CTXGATE_MODELS")
     spec = _fake_package(tmp_path, monkeypatch, b"0123456789abcdef")
     with pytest.raises(ChecksumMismatch, match="expected .*nothing was used"):
         models.prepare(spec, log=lambda m: None)
@@ -37,6 +38,7 @@ def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypat
 
 def test_unknown_and_unprepared_models_say_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("CTXGATE_MODELS")
     with pytest.raises(ModelNotPrepared, match="ctxgate models prepare smollm2"):
         models.resolve("scorer")
     with pytest.raises(ModelError, match="unknown model 'nope'"):
@@ -82,6 +84,7 @@ def test_a_copied_cache_verifies_without_the_package_and_a_changed_file_is_caugh
     models.prepare(spec, log=lambda m: None)                 # records the prepared files' hashes
     src = models.model_dir("minilm")
     monkeypatch.setenv("CTXGATE_HOME", str(tmp_path))
+    monkeypatch.delenv("CTXGATE_MODELS")
     shutil.copytree(src, models.model_dir("minilm"))
     monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])   # package out of reach
     assert models.missing_packages(spec)

@@ -1,4 +1,7 @@
-"""Where prepared models live: ``$CTXGATE_HOME/models`` (default ``~/.cache/ctxgate``)."""
+"""Where things live. State (caches, the fidelity store) goes under ``$CTXGATE_HOME`` (default
+``~/.cache/ctxgate``); prepared models under ``$CTXGATE_MODELS`` (default ``$CTXGATE_HOME/models``),
+so that a deployment can keep read-only models and writable state apart, and tests can give each
+test its own state over one shared model cache."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ def home() -> Path:
 
 
 def models_dir() -> Path:
-    return home() / "models"
+    explicit = os.environ.get("CTXGATE_MODELS")
+    return Path(explicit).expanduser() if explicit else home() / "models"
 
 
 def model_dir(name: str) -> Path:

@@ -1,6 +1,6 @@
 """Answers and ``usage`` out of OpenAI and Anthropic responses, JSON or SSE, and how two answers compare.
 
-The comparison is the eval's (``eval.metrics.agreement``: token F1 and normalized exact agreement)
+The comparison is the eval's (``compressor.agreement``: token F1 and normalized exact agreement)
 plus MiniLM cosine; nothing here decides what to compress.
 """
 
@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.metrics import agreement
+from compressor import agreement
 
 
 @dataclass

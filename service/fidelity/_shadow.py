@@ -32,7 +32,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from eval.metrics import embedding_cosine
+from compressor import embedding_cosine
 
 from .._config import Policy, Settings
 from .._metrics import Metrics
