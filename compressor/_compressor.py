@@ -31,6 +31,17 @@ MAX_SEPARATOR_CHARS = 64
 MAX_CHARS_PER_TOKEN = 32
 
 
+def default_for(method: str, device: str | None = None) -> str:
+    """``auto``: ``classifier`` on CPU, where it is the only method fast enough to cost less than
+    the prefill it saves; ``hybrid`` on a GPU, where its causal-LM scorer is cheap. Anything else
+    is returned as given."""
+    if (method or "auto").strip().lower() not in ("auto", "default", ""):
+        return method
+    from .models import pick_device
+
+    return "hybrid" if (device or pick_device()).startswith("cuda") else "classifier"
+
+
 class Compressor:
     """Holds the loaded models and the cache; safe to share between threads.
 
@@ -46,13 +57,14 @@ class Compressor:
         embedder: str = "minilm",
         student: str = "student",
         tokenizer: str | None = None,
-        default_method: str = "hybrid",
+        default_method: str = "auto",
         cache: CompressionCache | None = None,
         max_input_tokens: int = 1_000_000,
         device: str | None = None,
     ) -> None:
+        default_method = default_for(default_method, device)
         if default_method not in METHOD_NAMES:
-            raise InvalidRequest(f"unknown method {default_method!r}; choose one of {', '.join(METHOD_NAMES)}")
+            raise InvalidRequest(f"unknown method {default_method!r}; choose one of auto, {', '.join(METHOD_NAMES)}")
         self.scorer = scorer
         self.embedder = embedder
         self.student = student

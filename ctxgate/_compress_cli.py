@@ -22,6 +22,15 @@ examples:
   ctxgate compress --input batch.jsonl --output out.jsonl --rate 0.2 --resume"""
 
 
+def _rate(value: str) -> float | str:
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate must be a number in (0, 1] or auto, got {value!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxgate compress", description="Compress a prompt context.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--question", "-q", help="the question, for question-aware compression")
     p.add_argument("--instruction", help="instruction text, kept verbatim and used as context by some methods")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--rate", type=float, help="fraction of tokens to keep, in (0, 1] (default 0.5)")
+    budget.add_argument("--rate", type=_rate, help="fraction of tokens to keep, in (0, 1] (default 0.5), or auto "
+                        "(the classifier keeps what it judges relevant)")
     budget.add_argument("--target-tokens", type=int, help="absolute token budget")
     p.add_argument("--method", "-m", default="auto", help="compression method (default: auto = hybrid)")
     p.add_argument("--tokenizer", help="count tokens in this tokenizer (model name, HF id, gpt-4o, ...)")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -44,7 +44,7 @@ class CtxgateDocumentCompressor(BaseDocumentCompressor):
     mode: Mode = "local"
     url: str | None = None
     method: str = "auto"
-    rate: float | None = None
+    rate: float | Literal["auto"] | None = None
     target_tokens: int | None = None
     order: Order = "original"
     strict: bool = False

@@ -14,7 +14,7 @@ costs no prompt tokens. No query is needed for question-agnostic methods.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 try:
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -39,7 +39,7 @@ class CtxgateNodePostprocessor(BaseNodePostprocessor):
     mode: Mode = "local"
     url: str | None = None
     method: str = "auto"
-    rate: float | None = None
+    rate: float | Literal["auto"] | None = None
     target_tokens: int | None = None
     order: Order = "original"
     strict: bool = False

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 from compressor import CtxgateError
+from compressor.methods import AUTO_RATE_METHODS
 
 from . import metrics
 from ._types import AUTO_RATE, EvalConfig, Item, Row
@@ -55,7 +56,7 @@ def conditions(config: EvalConfig) -> list[tuple[str, float]]:
     for m in config.methods:
         if m == "passthrough":
             continue
-        out.extend((m, float(r)) for r in config.rates)
+        out.extend((m, float(r)) for r in config.rates if r != AUTO_RATE or m in AUTO_RATE_METHODS)
     return list(dict.fromkeys(out))
 
 

@@ -127,7 +127,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local_max_tokens: int = 256        # hard cap on generated tokens per request
     scorer: str = "smollm2"
     embedder: str = "minilm"
-    default_method: str = "hybrid"
+    default_method: str = "auto"        # classifier on CPU, hybrid on a GPU (compressor.default_for)
     device: str | None = None
     warm_up: bool = True               # load the default method's models at start-up (readyz waits)
     policy: Policy = msgspec.field(default_factory=Policy)

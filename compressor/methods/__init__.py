@@ -15,6 +15,8 @@ METHODS: dict[str, str] = {
     "passthrough": "no compression",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+# methods that decide how much to keep (rate="auto")
+AUTO_RATE_METHODS: tuple[str, ...] = ("classifier",)
 
 
 def make_method(name: str, *, scorer: str, embedder: str, student: str = "student", device: str | None = None) -> Method:
@@ -45,4 +47,4 @@ def make_method(name: str, *, scorer: str, embedder: str, student: str = "studen
     raise ValueError(f"unknown method {name!r}")
 
 
-__all__ = ["METHODS", "METHOD_NAMES", "Job", "Method", "MethodOutput", "make_method"]
+__all__ = ["AUTO_RATE_METHODS", "METHODS", "METHOD_NAMES", "Job", "Method", "MethodOutput", "make_method"]
