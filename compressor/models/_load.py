@@ -192,7 +192,11 @@ def _student(name: str, device: str, precision: str) -> LoadedStudent:
     net.load_state_dict(state, strict=False)
     net.eval()
     if precision == "int8":
-        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+        import warnings
+
+        with warnings.catch_warnings():   # torch 2.13 marks eager quantisation as moving to torchao
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
+            net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
     else:
         net = net.to(device=device, dtype=getattr(torch, _PRECISION[precision]))
     return LoadedStudent(net, _tokenizer(location), max_len, sha[:16], name, precision)
