@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
