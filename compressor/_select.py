@@ -57,9 +57,12 @@ def fit(
     *,
     rounds: int = 3,
     tolerance: float = 0.05,
+    costs: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
-    """Render the best selection whose *measured* size is within ``tolerance`` of ``budget``."""
-    costs = [unit_token_counts(doc, counter) for doc in docs]
+    """Render the best selection whose *measured* size is within ``tolerance`` of ``budget``.
+    ``costs``: the ``unit_token_counts`` of each document, when the caller has them already."""
+    if costs is None:
+        costs = [unit_token_counts(doc, counter) for doc in docs]
     return fit_measured(lambda target: pick(scores, costs, docs, target), docs, budget, counter,
                         rounds=rounds, tolerance=tolerance)
 

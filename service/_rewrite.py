@@ -266,12 +266,9 @@ class Rewriter:
         if fitted is not None:
             outcome.fit, outcome.window = fitted, fit.window
         if outcome.segments.get("failed_open") and self.cache is not None and policy.sticky_uncompressed:
-            tok = self._counter_name(job.tokenizer)
-            for it in items:
-                if it.segment and it.entry is None and it.key is None and job.method in self._fingerprints:
-                    it.key = self._key(it.slot, job, tok)
-            # fire and forget: a pin lost to a crash costs one provider-cache miss
-            asyncio.get_running_loop().run_in_executor(None, self.pin_failed_open, items, policy)
+            # fire and forget, off the loop (keys hash whole segments): a lost pin costs one
+            # provider-cache miss
+            asyncio.get_running_loop().run_in_executor(None, self.pin_failed_open, items, job)
         return outcome
 
     async def _run(self, items: list[_Item], job: _Job) -> None:
@@ -455,12 +452,16 @@ class Rewriter:
         it.segment, it.pinned = False, True
         it.text = _strip(it.slot.text)
 
-    def pin_failed_open(self, items: list[_Item], policy: Policy) -> None:
+    def pin_failed_open(self, items: list[_Item], job: _Job) -> None:
         """Remember, per prefix, the segments that went upstream uncompressed (worker thread): the
-        provider has cached them that way, so later turns keep them byte-identical."""
-        if self.cache is None or not policy.sticky_uncompressed:
+        provider has cached them that way, so later turns keep them byte-identical. A segment
+        without a key yet (the models never loaded) cannot be keyed, and is not pinned."""
+        if self.cache is None or not job.policy.sticky_uncompressed:
             return
+        tok = self._counter_name(job.tokenizer)
         for it in items:
+            if it.segment and it.entry is None and it.key is None and job.method in self._fingerprints:
+                it.key = self._key(it.slot, job, tok)
             if it.segment and it.entry is None and it.key is not None:
                 try:
                     self.cache.set(_pin_key(it), b"1")

@@ -135,14 +135,15 @@ class Classifier:
             texts = self._auto(job, enc, unit_logit, rel, window_of_unit, question)
             return MethodOutput(texts=texts, scores=doc_scores)
 
+        costs = [unit_token_counts(seg, job.counter) for seg in docs]      # counted once, for every stage
         score = _logsigmoid(unit_logit)
         if question is not None and len(enc.windows) > 1:
             score = score + _logsigmoid(rel)[np.clip(window_of_unit, 0, None)]
-            score = score + self._coarse(job, enc, rel, window_of_unit)
+            score = score + self._coarse(job, enc, rel, window_of_unit, costs)
         elif question is None and job.options.get("is_documents") and len(docs) > 1:
-            score = score + self._typical(job, enc, vecs)
+            score = score + self._typical(job, enc, vecs, costs)
         per_doc = [score[enc.unit_offset[d]:enc.unit_offset[d] + len(seg.units)].tolist() for d, seg in enumerate(docs)]
-        texts = fit(per_doc, docs, job.budget, job.counter)
+        texts = fit(per_doc, docs, job.budget, job.counter, costs=costs)
         out = [t if t.strip() or not d.text.strip() else None for t, d in zip(texts, docs)]
         return MethodOutput(texts=out, scores=doc_scores)
 
@@ -183,13 +184,13 @@ class Classifier:
         return rel + lift[np.array([w.doc for w in enc.windows])]
 
     @staticmethod
-    def _coarse(job: Job, enc: Encoded, rel: np.ndarray, window_of_unit: np.ndarray) -> np.ndarray:
+    def _coarse(job: Job, enc: Encoded, rel: np.ndarray, window_of_unit: np.ndarray,
+                costs: list[list[int]]) -> np.ndarray:
         """UNSELECTED for the units of windows outside the most relevant ones that fill
         ``coarse_factor`` x the budget: whole passages are kept or left, as in ``hybrid``, rather
         than a few words of every passage."""
-        costs = np.concatenate([np.asarray(unit_token_counts(seg, job.counter), dtype=np.int64)
-                                if seg.units else np.zeros(0, np.int64) for seg in job.docs])
-        window_cost = np.bincount(window_of_unit[window_of_unit >= 0], weights=costs[window_of_unit >= 0],
+        flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in costs]) if costs else np.zeros(0, np.int64)
+        window_cost = np.bincount(window_of_unit[window_of_unit >= 0], weights=flat[window_of_unit >= 0],
                                   minlength=len(enc.windows))
         allowance = job.budget * float(job.options.get("coarse_factor", COARSE_FACTOR))
         chosen = np.zeros(len(enc.windows), dtype=bool)
@@ -208,7 +209,7 @@ class Classifier:
             best[win.doc] = max(best[win.doc], float(rel[w]))
         return [float(b) if np.isfinite(b) else None for b in best]
 
-    def _typical(self, job: Job, enc: Encoded, vecs: np.ndarray) -> np.ndarray:
+    def _typical(self, job: Job, enc: Encoded, vecs: np.ndarray, costs: list[list[int]]) -> np.ndarray:
         """UNSELECTED for documents outside the most typical ones that fit COARSE_FACTOR x budget."""
         docs = job.docs
         doc_vec = np.zeros((len(docs), vecs.shape[1]), dtype=np.float32)
@@ -225,7 +226,7 @@ class Classifier:
             if not np.isfinite(cen[d]):
                 continue
             must = bool(docs[d].must_keep)
-            cost = sum(unit_token_counts(docs[d], job.counter))
+            cost = sum(costs[d])
             if chosen and used + cost > allowance and not must:
                 continue
             chosen.add(d)
@@ -248,8 +249,7 @@ class Classifier:
         out: list[str | None] = []
         for d, seg in enumerate(job.docs):
             a = enc.unit_offset[d]
-            kept = [i for i in np.flatnonzero(keep_unit[a:a + len(seg.units)]).tolist()]
-            kept = sorted(set(kept) | set(seg.must_keep))
+            kept = sorted(set(np.flatnonzero(keep_unit[a:a + len(seg.units)]).tolist()) | set(seg.must_keep))
             text = seg.render(kept)
             out.append(text if text.strip() or not seg.text.strip() else None)
         return out

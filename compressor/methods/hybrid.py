@@ -82,7 +82,7 @@ class Hybrid:
             ranges = self._coarse_chunks(docs, costs, question, job.budget * factor)
 
         scores = self._fine(docs, costs, ranges, question)
-        texts = fit([s.tolist() for s in scores], docs, job.budget, job.counter)
+        texts = fit([s.tolist() for s in scores], docs, job.budget, job.counter, costs=costs)
         out = [t if t.strip() or not d.text.strip() else None for t, d in zip(texts, docs)]
         return MethodOutput(texts=out, scores=doc_scores)
 

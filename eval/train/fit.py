@@ -159,11 +159,12 @@ def _loss(net, batch):
     mask = tgt >= 0
     loss_tok = (F.binary_cross_entropy_with_logits(tok[mask], tgt[mask]) if mask.any()
                 else torch.zeros((), device=ids.device))
-    for g in torch.unique(group[group >= 0]):
+    groups = torch.unique(group[group >= 0])
+    for g in groups:
         sel = group == g
         # listwise: the group's documents compete for the question, as the coarse stage ranks them
         loss_doc_list = -(soft[sel] * F.log_softmax(doc[sel], dim=0)).sum()
-        loss_tok = loss_tok + LISTWISE_WEIGHT * loss_doc_list / max(1, int(torch.unique(group[group >= 0]).numel()))
+        loss_tok = loss_tok + LISTWISE_WEIGHT * loss_doc_list / len(groups)
     has = ~torch.isnan(rel)
     loss_doc = torch.zeros((), device=ids.device)
     if has.any():
