@@ -17,11 +17,12 @@ from ._protect import find_protected
 from ._tokens import TokenCounter, get_counter
 from ._types import CompressRequest, CompressResult, Document, DocumentResult
 from .methods import METHOD_NAMES, METHODS
+from .structured import kind_of as content_kind
 
 __all__ = [
     "DEFAULT_RATE", "METHODS", "METHOD_NAMES", "ChecksumMismatch", "CompressRequest", "ConfigError", "CompressResult", "CompressionCache",
     "Compressor", "CtxgateError", "Document", "DocumentResult", "InputTooLarge", "InvalidRequest",
     "MemoryCache", "ModelError", "ModelNotPrepared", "RedisCache", "SQLiteCache", "TokenCounter", "cache_key", "compress",
-    "agreement", "default_for", "embedding_cosine", "final_number", "find_protected", "first_line",
+    "agreement", "content_kind", "default_for", "embedding_cosine", "final_number", "find_protected", "first_line",
     "normalize_answer", "token_f1", "get_counter", "has_markup", "parse_markup", "private", "private_dir", "strip_markup",
 ]

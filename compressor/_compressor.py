@@ -19,11 +19,14 @@ from ._errors import InputTooLarge, InvalidRequest
 from ._markup import Markup, parse_markup
 from ._tokens import TokenCounter, get_counter
 from ._types import CompressRequest, CompressResult, Document, DocumentResult
+from ._route import Routed, route
 from ._units import segment
+from .structured import Relevance, Tools
 from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
 
-CACHE_VERSION = 2      # 2: hybrid keeps whole typical documents when there is no question
+CACHE_VERSION = 3      # 3: structured parts (JSON, logs, tables, code) are routed to their compressors
+EXPAND_PREFIX = "expand:"
 DEFAULT_RATE = 0.5
 MAX_SEPARATOR_CHARS = 64
 # no tokenizer packs more than this many characters into a token on average; past it the input is
@@ -76,6 +79,7 @@ class Compressor:
         self._methods: dict[str, Method] = {}
         self._lock = threading.Lock()       # one model call at a time: 2 cores, no oversubscription
         self._build_lock = threading.Lock()
+        self._embedder = None
 
     # ------------------------------------------------------------------ public
 
@@ -128,8 +132,10 @@ class Compressor:
                     dr.metadata = d.metadata
                 return result
 
-        texts, scores, warnings = self._run(method, request, markups, doc_tokens, budget, counter)
+        texts, scores, warnings, routed = self._run(method, request, markups, doc_tokens, budget, counter)
         result = self._result(request, docs, texts, scores, doc_tokens, counter, method, separator, warnings, t0)
+        result.kinds = sorted({k for r in routed for k in r.kinds})
+        result.expand_refs = list(dict.fromkeys(ref for r in routed for ref in r.refs))
         result.cache = "miss" if self.cache is not None else "off"
         if self.cache is not None and key is not None:
             stored = msgspec.structs.replace(
@@ -151,6 +157,14 @@ class Compressor:
                                  separator if isinstance(separator, str) else "\n\n", t0)
         result.warnings = [f"not compressed ({reason}); returned as given"]
         return result
+
+    def expand(self, ref: str) -> str | None:
+        """The original of a structured part that an omission marker's ``ref`` names, while the
+        cache still holds it; None otherwise (or with no cache)."""
+        if self.cache is None or not isinstance(ref, str) or not ref.isalnum() or len(ref) > 64:
+            return None
+        raw = self.cache.get(EXPAND_PREFIX + ref)
+        return raw.decode("utf-8", "surrogatepass") if raw is not None else None
 
     def method(self, name: str) -> Method:
         """The (lazily built, then reused) method object; loads its models on first use."""
@@ -204,7 +218,7 @@ class Compressor:
         doc_tokens: list[int],
         budget: int,
         counter: TokenCounter,
-    ) -> tuple[list[str | None], list[float | None] | None, list[str]]:
+    ) -> tuple[list[str | None], list[float | None] | None, list[str], list[Routed]]:
         warnings: list[str] = []
         texts: list[str | None] = [None] * len(markups)
         free: list[int] = []
@@ -215,17 +229,33 @@ class Compressor:
                 fixed_tokens += counter.count(texts[i] or "")
             else:
                 free.append(i)
+        # structured parts first: each within its share of the budget, then fixed for the method
+        routed: dict[int, Routed] = {}
+        if free and request.options.get("structured", True) is not False:
+            rate = None if request.auto else min(1.0, budget / max(1, sum(doc_tokens)))
+            for i in free:
+                r = route(markups[i], doc_tokens[i], rate, counter, lambda text, b: self._tools(request, method, counter, text, b),
+                          self._store_original)
+                if r is not None:
+                    routed[i] = r
+                    warnings.extend(r.warnings)
+            for i in [i for i in free if i in routed and routed[i].final]:
+                texts[i] = routed[i].markup.text
+                fixed_tokens += counter.count(texts[i])
+                free.remove(i)
         scores: list[float | None] | None = None
         if free:
             keep_structures = bool(request.options.get("keep_structures", True))
-            segs = [segment(markups[i], keep_structures=keep_structures) for i in free]
-            free_total = sum(doc_tokens[i] for i in free)
+            segs = [segment(routed[i].markup, keep_structures=keep_structures, extra_keep=routed[i].keep)
+                    if i in routed else segment(markups[i], keep_structures=keep_structures) for i in free]
+            free_tokens = [counter.count(routed[i].markup.text) if i in routed else doc_tokens[i] for i in free]
+            free_total = sum(free_tokens)
             free_budget = max(0, budget - fixed_tokens)
             if free_total <= free_budget and not request.auto:
                 out_texts: list[str | None] = [s.text for s in segs]
                 out_scores = None
             else:
-                job = Job(segs, [doc_tokens[i] for i in free], free_budget, counter,
+                job = Job(segs, free_tokens, free_budget, counter,
                           question=request.question, options=self._method_options(request))
                 with self._lock:
                     out = method.run(job)
@@ -243,7 +273,44 @@ class Compressor:
                 scores = [None] * len(markups)
                 for j, i in enumerate(free):
                     scores[i] = out_scores[j]
-        return texts, scores, warnings
+        return texts, scores, warnings, list(routed.values())
+
+    def _tools(self, request: CompressRequest, method: Method, counter: TokenCounter, text: str, budget: int) -> Tools:
+        """What a structured compressor may use: relevance (lexical, re-ranked by the embedder),
+        the text method for long prose values, and a reference when originals are kept for expand."""
+        dense = self._dense if request.options.get("structured_dense", True) is not False else None
+        ref = None
+        if request.options.get("expand") and self.cache is not None:
+            ref = "cg" + cache_key(["expand", text])[:12]
+        return Tools(budget, counter, Relevance(request.question, dense),
+                     prune=lambda texts, rate: self._prune(method, request, counter, texts, rate), ref=ref)
+
+    def _store_original(self, ref: str, text: str) -> None:
+        if self.cache is not None:
+            self.cache.set(EXPAND_PREFIX + ref, text.encode("utf-8", "surrogatepass"))
+
+    def _dense(self, texts, question: str) -> list[float]:
+        from ._embed import Embedder
+
+        with self._build_lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.embedder, self.device)
+        with self._lock:
+            emb = self._embedder.embed([*texts, question])
+        return (emb[:-1] @ emb[-1]).tolist()
+
+    def _prune(self, method: Method, request: CompressRequest, counter: TokenCounter, texts, rate: float) -> list[str]:
+        """Long prose values inside structured data, each pruned on its own by the text method."""
+        opts = {k: v for k, v in self._method_options(request).items() if k != "auto"}
+        opts["is_documents"] = False
+        out = []
+        for t in texts:
+            n = counter.count(t)
+            job = Job([segment(t)], [n], max(1, math.ceil(n * rate)), counter, question=request.question, options=opts)
+            with self._lock:
+                res = method.run(job)
+            out.append(res.texts[0] or "")
+        return out
 
     def _method_options(self, request: CompressRequest) -> dict[str, Any]:
         opts = dict(request.options)

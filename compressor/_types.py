@@ -99,6 +99,8 @@ class CompressResult(msgspec.Struct, kw_only=True):
 
     Token counts are in ``tokenizer``; when that is only an estimate, ``tokens_estimated`` is true.
     ``ratio`` is original/compressed (4.0 means 4x smaller); ``rate`` is its inverse.
+    ``kinds`` names the structured content found (``json``, ``log``, ...; prose is not listed) and
+    ``expand_refs`` the stored originals that omission markers point to (``Compressor.expand``).
     """
 
     compressed: str
@@ -114,3 +116,5 @@ class CompressResult(msgspec.Struct, kw_only=True):
     tokenizer: str
     tokens_estimated: bool = False
     warnings: list[str] = msgspec.field(default_factory=list)
+    kinds: list[str] = msgspec.field(default_factory=list)
+    expand_refs: list[str] = msgspec.field(default_factory=list)

@@ -42,6 +42,9 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # a segment that went upstream uncompressed (fail-open) stays uncompressed on later turns with
     # the same conversation prefix, so the provider's prompt cache keeps hitting
     sticky_uncompressed: bool = True
+    # structured tool outputs keep their originals in the cache and the proxy offers the model a
+    # ctxgate_expand tool to get omitted items back (each use costs a second upstream call)
+    expand: bool = False
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -60,6 +63,7 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tokenizer: str | None = None
     fit_context: bool | None = None
     sticky_uncompressed: bool | None = None
+    expand: bool | None = None
     options: dict[str, Any] | None = None
 
     def matches(self, route: str, model: str) -> bool:

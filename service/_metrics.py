@@ -17,6 +17,9 @@ class Metrics:
                                     registry=r)
         self.compression_seconds = Histogram("ctxgate_compression_seconds", "Time spent deciding and compressing",
                                              ["route"], buckets=_LATENCY, registry=r)
+        self.expansions = Counter("ctxgate_expansions", "ctxgate_expand calls answered by the proxy (each one means "
+                                  "a tool output was compressed harder than the model needed)", ["route", "found"],
+                                  registry=r)
         self.cache_hits = Counter("ctxgate_cache_hits", "Segment cache hits", registry=r)
         self.cache_misses = Counter("ctxgate_cache_misses", "Segment cache misses (compressed now)", registry=r)
         self.background_compressions = Counter(

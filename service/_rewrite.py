@@ -38,6 +38,7 @@ from compressor import (
     CompressRequest,
     InputTooLarge,
     cache_key,
+    content_kind,
     get_counter,
     has_markup,
     parse_markup,
@@ -52,7 +53,7 @@ from ._policy import Plan, Slot, parts
 
 log = logging.getLogger("ctxgate.service")
 
-SEGMENT_VERSION = 2      # 2: keyed by the segment's question too
+SEGMENT_VERSION = 3      # 2: keyed by the segment's question too; 3: structured tool outputs, expand
 # memo look-ups on the event loop hash the text: past this length they wait for the worker thread
 FAST_COUNT_CHARS = 64 * 1024
 MAX_TOKENIZER_NAMES = 256
@@ -68,6 +69,7 @@ class Entry(msgspec.Struct, array_like=True):
     before: int
     after: int
     compressed: bool
+    refs: list[str] = []             # stored originals its omission markers name (ctxgate_expand)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Outcome:
     # failed_open (sent uncompressed: timeout/error), kept_uncompressed (sent uncompressed on an
     # earlier turn with this prefix, so kept that way), unchanged (under min_tokens, or no smaller)
     segments: dict[str, int] = field(default_factory=dict)
+    expand_refs: list[str] = field(default_factory=list)   # what ctxgate_expand can return for this request
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,8 @@ def _documents(context: str) -> list[str] | None:
     """A context of several paragraphs split by blank lines as a document list, so the methods rank
     documents first and prune within the kept ones (as for a RAG pipeline's list); None for one
     block of text. The kept documents are joined with blank lines again."""
+    if content_kind(context) != "prose":      # one JSON body, log or table: never cut at its blank lines
+        return None
     parts = [p for p in context.split("\n\n") if p.strip()]
     return parts if len(parts) >= MIN_DOCUMENTS else None
 
@@ -527,9 +532,12 @@ class Rewriter:
         plain = parse_markup(context).text
         n_context = counter.count(plain)
         rendered = full
+        refs: list[str] = []
         if context and (marked or n_context >= job.policy.min_tokens):
             docs = None if marked else _documents(context)
             options = dict(job.policy.options)
+            if job.policy.expand:
+                options["expand"] = True
             if docs is not None:                # ranked as documents, as a RAG pipeline would pass them
                 options.setdefault("separator", "\n\n")
             result = self.compressor.compress(CompressRequest(
@@ -537,18 +545,21 @@ class Rewriter:
                 rate=job.policy.rate, method=job.method, tokenizer=tok, options=options))
             if result.compressed_tokens < n_context:
                 rendered = parse_markup(head).text + result.compressed + parse_markup(tail).text
+                refs = result.expand_refs
         before, after = counter.count_many([full, rendered]) if rendered != full else [counter.count(full)] * 2
-        return Entry(rendered, before, after, compressed=rendered != full)
+        return Entry(rendered, before, after, compressed=rendered != full, refs=refs if rendered != full else [])
 
     def _finish(self, route: str, items: list[_Item], job: _Job, t0: float) -> Outcome:
         before = after = 0
         known = True
         statuses = set()
         segments: dict[str, int] = {}
+        refs: list[str] = []
         for it in items:
             entry = it.entry
             if it.segment and entry is not None:
                 it.slot.write(entry.text)
+                refs.extend(entry.refs)
                 before += entry.before
                 after += entry.after
                 if it.status:
@@ -578,14 +589,15 @@ class Rewriter:
         seconds = time.perf_counter() - t0
         self.metrics.compression_seconds.labels(route).observe(seconds)
         cache = "partial" if len(statuses) > 1 else statuses.pop() if statuses else "off"
+        refs = list(dict.fromkeys(refs))
         if not known:
-            return Outcome(cache=cache, fail_open=reason, seconds=seconds, segments=segments)
+            return Outcome(cache=cache, fail_open=reason, seconds=seconds, segments=segments, expand_refs=refs)
         self.metrics.tokens_before.labels(route).inc(before)
         self.metrics.tokens_after.labels(route).inc(after)
         self.metrics.tokens_saved.labels(route).inc(max(0, before - after))
         counter = get_counter(self._counter_name(job.tokenizer))
         return Outcome(before, after, cache, reason, seconds, tokenizer=counter.name, estimated=counter.estimated,
-                       segments=segments)
+                       segments=segments, expand_refs=refs)
 
     # -------------------------------------------------------------- helpers
 
@@ -620,7 +632,7 @@ class Rewriter:
         hit; the same documents under another question miss and get their own compression."""
         p = job.policy
         return cache_key([SEGMENT_VERSION, "segment", slot.kind, slot.split, job.method,
-                          self._fingerprints.get(job.method), tok, p.rate, p.min_tokens,
+                          self._fingerprints.get(job.method), tok, p.rate, p.min_tokens, p.expand,
                           sorted((k, repr(v)) for k, v in p.options.items()), slot.question, slot.text])
 
     def _fingerprint(self, method: str) -> None:

@@ -249,8 +249,9 @@ class Upstream:
             url = self._urls[(provider, path)] = base + path
         return url
 
-    async def forward(self, request: Request, *, route: str, provider: str, path: str, method: str = "POST",
-                      content: bytes | None = None, extra_headers: dict[str, str] | None = None) -> Response:
+    async def _open(self, request: Request, route: str, provider: str, path: str, method: str,
+                    content: bytes | None) -> aiohttp.ClientResponse | Response:
+        """The upstream response with its headers read, or the provider-format error to return."""
         url = self.url(provider, path)
         if url is None:
             return self.error(provider, 502, f"no {provider} upstream is configured for {request.url.path}")
@@ -270,6 +271,13 @@ class Upstream:
             log.warning("upstream %s unreachable: %s", provider, type(exc).__name__)
             return self.error(provider, 502, f"the upstream API is unreachable ({type(exc).__name__})")
         self.metrics.upstream_seconds.labels(route).observe(time.perf_counter() - t0)
+        return resp
+
+    async def forward(self, request: Request, *, route: str, provider: str, path: str, method: str = "POST",
+                      content: bytes | None = None, extra_headers: dict[str, str] | None = None) -> Response:
+        resp = await self._open(request, route, provider, path, method, content)
+        if isinstance(resp, Response):
+            return resp
         headers_out = response_headers(resp)
         headers_out.update(extra_headers or {})
         # the upstream's content-type goes in as a header, verbatim: given as media_type, Litestar
@@ -278,6 +286,21 @@ class Upstream:
         if (media or "").startswith("text/event-stream"):
             return Relay(self._relay(resp, route, provider), status_code=resp.status, headers=headers_out,
                           media_type=media)
+        return await self._whole(request, resp, route, provider, headers_out)
+
+    async def fetch(self, request: Request, *, route: str, provider: str, path: str, content: bytes,
+                    extra_headers: dict[str, str] | None = None) -> Response:
+        """Like ``forward``, but a stream is read whole before it is returned (as one body with the
+        stream's content type), so that the caller can look at it; bounded by ``FETCH_MAX_BYTES``."""
+        resp = await self._open(request, route, provider, path, "POST", content)
+        if isinstance(resp, Response):
+            return resp
+        headers_out = response_headers(resp)
+        headers_out.update(extra_headers or {})
+        return await self._whole(request, resp, route, provider, headers_out)
+
+    async def _whole(self, request: Request, resp: aiohttp.ClientResponse, route: str, provider: str,
+                     headers_out: dict[str, str]) -> Response:
         try:
             body = await until_disconnect(request, self._read_all(resp.content))
         except TimeoutError:
@@ -288,7 +311,7 @@ class Upstream:
             return self.error(provider, 502, f"the upstream API broke off its response ({type(exc).__name__})")
         finally:
             _finish(resp)
-        return Response(body, status_code=resp.status, headers=headers_out, media_type=media)
+        return Response(body, status_code=resp.status, headers=headers_out, media_type=headers_out.get("content-type"))
 
     async def get_json(self, provider: str, path: str, headers, *, max_bytes: int = 4 * 1024 * 1024) -> Any:
         """GET an upstream path with the client's own headers (its credentials); the decoded JSON

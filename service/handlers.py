@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from compressor import CompressRequest
 
-from . import _local
+from . import _expand, _local
 from ._context import Context
 from ._config import Policy
 from ._control import Control, parse_control
@@ -123,12 +123,13 @@ def _prepare(ctx: Context, route: str, raw: bytes, headers) -> _Prepared:
 
 
 async def _rewrite_body(ctx: Context, route: str, raw: bytes,
-                        headers) -> tuple[bytes, dict[str, str], Candidate | None]:
-    """The body to forward (compressed per policy, ctxgate field and tags removed), our headers, and
-    the shadow-check candidate when this request was drawn for one."""
+                        headers) -> tuple[bytes, dict[str, str], Candidate | None, dict[str, Any] | None]:
+    """The body to forward (compressed per policy, ctxgate field and tags removed), our headers,
+    the shadow-check candidate when this request was drawn for one, and the decoded body when the
+    ctxgate_expand tool was added to it (the proxy then answers that tool's calls)."""
     prep: _Prepared = await _off_loop(len(raw), _prepare, ctx, route, raw, headers)
     if prep.forward is not None:
-        return prep.forward, {"x-ctxgate-cache": "bypass"}, None
+        return prep.forward, {"x-ctxgate-cache": "bypass"}, None, None
     assert prep.ctl is not None and prep.policy is not None and prep.plan is not None and prep.configured
     policy, ctl = prep.policy, prep.ctl
     fit = None
@@ -142,24 +143,53 @@ async def _rewrite_body(ctx: Context, route: str, raw: bytes,
     cand = ctx.fidelity.candidate(route, prep.model, ctx.rewriter.method_name(policy.method), policy,
                                   prep.configured.rate, ctl.rate is not None, outcome.tokens_before,
                                   outcome.tokens_after)
+    expanding = prep.body if policy.expand and outcome.expand_refs and _expand.offer(route, prep.body) else None
     content = await _off_loop(len(raw), msgspec.json.encode, prep.body)
     headers = _outcome_headers(outcome)
     headers["x-ctxgate-question"] = prep.plan.question_source      # explicit | found | none
-    return content, headers, cand
+    return content, headers, cand, expanding
 
 
 async def _proxy(request: Request, route: str, provider: str, path: str) -> Response:
     """Client errors raise (rendered once, by the app's exception handlers, in the route's format)."""
     ctx = _ctx(request)
     raw = await request.body()
-    content, extra, cand = await _rewrite_body(ctx, route, raw, request.headers)
+    content, extra, cand, expanding = await _rewrite_body(ctx, route, raw, request.headers)
     try:
-        response = await ctx.upstream.forward(request, route=route, provider=provider, path=path, content=content,
-                                              extra_headers=extra)
+        if expanding is not None:
+            response = await _with_expand(ctx, request, route, provider, path, expanding, content, extra)
+        else:
+            response = await ctx.upstream.forward(request, route=route, provider=provider, path=path,
+                                                  content=content, extra_headers=extra)
     except ClientGone:
         return Response(b"", status_code=499)
     if cand is not None:
         response = ctx.fidelity.watch(cand, request.headers, request.url.query, raw, response)
+    return response
+
+
+async def _with_expand(ctx: Context, request: Request, route: str, provider: str, path: str,
+                       body: dict[str, Any], content: bytes, extra: dict[str, str]) -> Response:
+    """Upstream calls until the model stops calling ctxgate_expand (at most MAX_ROUNDS answered).
+    Each response is read whole (a stream too: it is then returned as one buffered body, so the
+    client still parses an ordinary stream), which is the latency this option costs."""
+    streamed = body.get("stream") is True
+    for round_ in range(_expand.MAX_ROUNDS + 1):
+        response = await ctx.upstream.fetch(request, route=route, provider=provider, path=path, content=content,
+                                            extra_headers=extra)
+        if response.status_code != 200 or round_ == _expand.MAX_ROUNDS:
+            return response
+        raw = response.content if isinstance(response.content, bytes) else b""
+        turn = await _off_loop(len(raw), _expand.read_turn, route, raw, streamed)
+        if turn is None or not turn.calls or turn.other_tools:
+            return response
+        results = []
+        for call in turn.calls:
+            original = await asyncio.to_thread(ctx.compressor.expand, call.ref)
+            ctx.metrics.expansions.labels(route, "yes" if original is not None else "no").inc()
+            results.append(_expand.answer(original))
+        body = _expand.follow_up(route, body, turn, results)
+        content = await _off_loop(len(content), msgspec.json.encode, body)
     return response
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,15 @@ class TestUpstream:
             used = prompt_tokens(body) + int(body.get("max_tokens") or 0)
             if used > SMALL_WINDOW:
                 return await _send(send, 400, json.dumps(_too_long(anthropic, used)).encode())
+        if behavior == "expand":              # a model that calls ctxgate_expand once, then answers
+            events, reply = expand_turn(body, anthropic)
+            if body.get("stream"):
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+                for ev in events:
+                    await send({"type": "http.response.body", "body": ev, "more_body": True})
+                return await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return await _send(send, 200, json.dumps(reply).encode())
         if body.get("stream"):
             return await self._stream(send, receive, scope["path"], anthropic, body, behavior)
         reply = _anthropic_message(body) if anthropic else _openai_completion(body)
@@ -196,10 +206,10 @@ def _sse(obj: Any, event: str | None = None) -> bytes:
     return (f"event: {event}\n" if event else "").encode() + b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def stream_events(body: dict[str, Any], anthropic: bool) -> list[bytes]:
+def stream_events(body: dict[str, Any], anthropic: bool, words: list[str] | None = None) -> list[bytes]:
     """The exact bytes the test upstream streams (tests compare what the client got against these)."""
     model = body.get("model", "test-model")
-    words = ["Hello", " from", " the", " test", " upstream"]
+    words = words or ["Hello", " from", " the", " test", " upstream"]
     if anthropic:
         evs = [_sse({"type": "message_start", "message": {"id": "msg_test", "type": "message", "role": "assistant",
                                                           "model": model, "content": [], "stop_reason": None,
@@ -223,3 +233,69 @@ def stream_events(body: dict[str, Any], anthropic: bool) -> list[bytes]:
             _sse({**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
             b"data: [DONE]\n\n"]
     return evs
+
+
+EXPAND_REF = re.compile(r"ctxgate_expand ref=(\w+)")
+
+
+def _tool_result(body: dict[str, Any], anthropic: bool) -> str | None:
+    for m in body.get("messages", []):
+        if not anthropic and m.get("role") == "tool" and m.get("tool_call_id") == "call_x1":
+            return m.get("content")
+        if anthropic and isinstance(m.get("content"), list):
+            for b in m["content"]:
+                if isinstance(b, dict) and b.get("type") == "tool_result" and str(b.get("tool_use_id", "")).startswith("toolu_x"):
+                    return b.get("content")
+    return None
+
+
+def expand_turn(body: dict[str, Any], anthropic: bool) -> tuple[list[bytes], dict[str, Any]]:
+    """(stream events, JSON reply): a call to ctxgate_expand with the first ref in the prompt while
+    no tool result is there; then a text answer "expanded <length of the tool result>"."""
+    result = _tool_result(body, anthropic)
+    offered = any("ctxgate_expand" in json.dumps(t) for t in body.get("tools") or [])
+    refs = EXPAND_REF.findall(json.dumps(body.get("messages", [])))
+    model = body.get("model", "test-model")
+    if result is not None or not offered or not refs:
+        text = f"expanded {len(result)}" if result is not None else "no expand"
+        if anthropic:
+            return stream_events(body, True, words=[text]), {**_anthropic_message(body),
+                                                             "content": [{"type": "text", "text": text}]}
+        reply = _openai_completion(body)
+        reply["choices"][0]["message"]["content"] = text
+        return stream_events(body, False, words=[text]), reply
+    args = json.dumps({"ref": refs[0]})
+    if anthropic:
+        reply = {"id": "msg_tool", "type": "message", "role": "assistant", "model": model,
+                 "content": [{"type": "text", "text": "Let me look."},
+                             {"type": "tool_use", "id": "toolu_x1", "name": "ctxgate_expand", "input": {"ref": refs[0]}}],
+                 "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}}
+        evs = [_sse({"type": "message_start", "message": {**reply, "content": [], "stop_reason": None}}, "message_start"),
+               _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                    "content_block_start"),
+               _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me look."}},
+                    "content_block_delta"),
+               _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+               _sse({"type": "content_block_start", "index": 1, "content_block": {
+                   "type": "tool_use", "id": "toolu_x1", "name": "ctxgate_expand", "input": {}}}, "content_block_start")]
+        evs += [_sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": p}},
+                     "content_block_delta") for p in (args[:5], args[5:])]
+        evs += [_sse({"type": "content_block_stop", "index": 1}, "content_block_stop"),
+                _sse({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                      "usage": {"output_tokens": 5}}, "message_delta"),
+                _sse({"type": "message_stop"}, "message_stop")]
+        return evs, reply
+    call = {"id": "call_x1", "type": "function", "function": {"name": "ctxgate_expand", "arguments": args}}
+    reply = _openai_completion(body)
+    reply["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+    reply["choices"][0]["finish_reason"] = "tool_calls"
+    base = {"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+    evs = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
+                                                            "tool_calls": [{"index": 0, "id": "call_x1", "type": "function",
+                                                                            "function": {"name": "ctxgate_expand",
+                                                                                         "arguments": ""}}]},
+                                      "finish_reason": None}]})]
+    evs += [_sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": p}}]},
+                                       "finish_reason": None}]}) for p in (args[:5], args[5:])]
+    evs += [_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}), b"data: [DONE]\n\n"]
+    return evs, reply
