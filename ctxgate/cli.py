@@ -22,7 +22,8 @@ commands:
   models     list | prepare | verify the embedded models
   eval       measure answer quality under compression on real datasets
   train      rebuild the classifier student: teacher labels, then training
-  bench      measure compression speed (ctxgate bench), proxy latency (bench proxy), faults (bench chaos)
+  bench      measure compression speed (ctxgate bench), proxy latency (bench proxy), faults (bench chaos),
+             tool outputs (bench tools)
 
 Run 'ctxgate <command> --help' for a command's options."""
 
@@ -45,6 +46,10 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             rest = rest[1:]
         elif rest[:1] == ["chaos"]:
             from eval.bench_chaos import main as run
+
+            rest = rest[1:]
+        elif rest[:1] == ["tools"]:
+            from eval.bench_tools import main as run
 
             rest = rest[1:]
         else:

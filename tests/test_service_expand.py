@@ -138,3 +138,16 @@ def test_tool_output_is_byte_identical_on_the_next_turn(proxy, upstream):
     client.chat.completions.create(model="test-model", messages=later, tools=[CLIENT_TOOL])
     again = upstream.last("/chat/completions").json["messages"][2]["content"]
     assert again == first
+
+
+def test_v1_compress_applies_the_same_compressors(proxy):
+    payload, _ = _search_payload()
+    messages = _openai_messages(payload)
+    r = httpx.post(proxy + "/v1/compress", json={"messages": messages, "model": "gpt-4o"}, timeout=120)
+    assert r.status_code == 200
+    out = r.json()
+    sent = json.loads(out["messages"][-1]["content"])
+    assert 137 in [x.get("id") for x in sent["results"]] and out["tokens_after"] < out["tokens_before"] / 2
+    rag = httpx.post(proxy + "/v1/compress", json={"context": payload, "question": QUESTION, "rate": 0.2},
+                     timeout=120).json()
+    assert rag["kinds"] == ["json"] and json.loads(rag["compressed"])["total"] == 200

@@ -292,3 +292,46 @@ def test_expand_returns_the_stored_original():
     assert c.expand("nope") is None and c.expand("../../etc") is None
     plain = c.compress(context=text, question=QUESTION, rate=0.2)
     assert plain.expand_refs == [] and "ctxgate_expand" not in plain.compressed
+
+
+@pytest.mark.parametrize("name", ["tools-nq", "tools-squad", "tools-kv", "tools-logs", "tools-hotpot"])
+def test_tool_output_datasets_hold_what_they_claim(name):
+    from eval.bench_tools import needed_kept, valid_json
+    from eval.datasets import load_dataset
+
+    items = load_dataset(name, limit=2, seed=0)
+    assert len(items) == 2 and items[0].id != items[1].id
+    for it in items:
+        assert isinstance(it.context, str) and it.question and it.references
+        assert needed_kept(it, it.context) == 1.0                  # the uncompressed output has what is needed
+        assert valid_json(it.context) == bool(it.meta["json"])
+        assert kind_of(it.context) == ("json" if it.meta["json"] else "log")
+    if name == "tools-nq":
+        assert 50 <= json.loads(items[0].context)["total"] <= 500
+    assert needed_kept(items[0], "nothing here") == 0.0
+
+
+def test_bench_tools_reports_per_dataset(comp):
+    from eval.bench_tools import main
+
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["--datasets", "tools-kv,tools-logs", "--limit", "2", "--method", "classifier"]) == 0
+    rows = [ln for ln in buf.getvalue().splitlines() if ln.startswith("| tools-")]
+    assert [r.split("|")[1].strip() for r in rows] == ["tools-kv", "tools-logs"]
+    assert all(r.split("|")[5].strip() == "1.000" for r in rows)    # needed kept on these at 5x
+
+
+def test_json_without_collections_prunes_prose_values_and_keeps_every_key(comp):
+    rnd = random.Random(9)
+    words = "the committee met on tuesday to discuss the budget and the new library building plans".split()
+    doc = {"id": "rec-7", "created": "2026-03-04", "summary": " ".join(rnd.choice(words) for _ in range(300)),
+           "notes": {"body": " ".join(rnd.choice(words) for _ in range(300)), "author": "J. Smith"}}
+    r = comp.compress(context=json.dumps(doc, indent=2), question="What did the committee discuss?", rate=0.4)
+    out = json.loads(r.compressed)
+    assert list(_leaves(out)) == list(_leaves(doc))
+    assert (out["id"], out["created"], out["notes"]["author"]) == ("rec-7", "2026-03-04", "J. Smith")
+    assert len(out["summary"]) < len(doc["summary"]) and r.compressed_tokens < r.original_tokens * 0.6

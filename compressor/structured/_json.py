@@ -24,6 +24,7 @@ MIN_MAP_KEYS = 12             # an object with this many same-shaped values is a
 LONG_STRING = 600             # characters; longer prose values may be pruned by the text compressor
 LONG_STRING_RATE = 0.5
 WHOLE_TOP = 3                 # the most relevant items keep their long strings whole
+EDGE_SHARE = 0.05             # the first and last item are always kept when each costs at most this share
 ANOMALY_SHARE = 0.4           # anomalies are always kept, up to this share of the budget
 SAMPLE_ITEMS = 64             # items per collection tokenized to learn the characters-per-token ratio
 SCORE_CHARS = 2000
@@ -170,7 +171,8 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     # (an object collection's item text is "key":value, so its key is costed with it)
     budget = tools.budget - skeleton
     # first and last of every collection, then anomalies up to their share, then the rest by rank
-    must = [k for k, (c, i) in enumerate(items) if i in (0, colls[c].n - 1)]
+    # (first and last only when they are cheap: in a short list of long records they would crowd out the relevant ones)
+    must = [k for k, (c, i) in enumerate(items) if i in (0, colls[c].n - 1) and cost[k] <= EDGE_SHARE * budget]
     odd = [k for k in sorted(_anomalies(colls), key=lambda k: rank[k]) if k not in set(must)]
     chosen = set(must)
     spent = sum(cost[k] for k in must)
@@ -211,8 +213,8 @@ def _long_chars(item) -> int:
     return sum(len(v) for _, _, v in _long_strings(item))
 
 
-def _long_strings(item):
-    """(container, key, value) for each long prose string inside ``item``."""
+def _long_strings(item, min_chars: int = LONG_STRING, min_spaces: int = 20):
+    """(container, key, value) for each long prose string inside ``item`` (iteratively)."""
     stack = [item]
     while stack:
         x = stack.pop()
@@ -220,7 +222,7 @@ def _long_strings(item):
         for key, v in entries:
             if isinstance(v, (dict, list)):
                 stack.append(v)
-            elif isinstance(v, str) and not is_number(v) and len(v) > LONG_STRING and v.count(" ") > 20:
+            elif isinstance(v, str) and not is_number(v) and len(v) > min_chars and v.count(" ") > min_spaces:
                 yield x, key, v
 
 
@@ -388,16 +390,7 @@ def _prune_strings_only(value, full: str, tools: Tools, render) -> Crushed:
     if n <= tools.budget or tools.prune is None:
         return Crushed(full, 0, [] if n <= tools.budget else
                        [f"JSON without collections ({n} tokens) is over the budget ({tools.budget}); kept whole"])
-    targets = []
-    stack = [value]
-    while stack:
-        x = stack.pop()
-        entries = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
-        for key, v in entries:
-            if isinstance(v, (dict, list)):
-                stack.append(v)
-            elif isinstance(v, str) and not is_number(v) and len(v) > LONG_STRING // 3 and v.count(" ") > 8:
-                targets.append((x, key))
+    targets = [(x, key) for x, key, _ in _long_strings(value, LONG_STRING // 3, 8)]
     if not targets:
         return Crushed(full, 0, [f"JSON without collections or prose ({n} tokens) is over the budget; kept whole"])
     long_chars = sum(len(c[k]) for c, k in targets)

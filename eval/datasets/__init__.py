@@ -14,6 +14,7 @@ from .kv import load_kv
 from .nq import build_multidoc, load_nq, load_nq20
 from .qmsum import load_qmsum
 from .squad import load_squad
+from .tools import load_tools_hotpot, load_tools_kv, load_tools_logs, load_tools_nq, load_tools_squad
 
 # name -> (loader, one line for --help)
 DATASETS: dict[str, tuple[Callable[..., list[Item]], str]] = {
@@ -24,6 +25,11 @@ DATASETS: dict[str, tuple[Callable[..., list[Item]], str]] = {
     "qmsum": (load_qmsum, "QMSum query-based summarization, ROUGE-L"),
     "arxiv": (load_arxiv, "arXiv papers, fidelity to the uncompressed answer (no reference)"),
     "kv": (load_kv, "key-value retrieval over UUIDs, exact value"),
+    "tools-nq": (load_tools_nq, "NQ rows 100-199 as a search API's JSON array of 50-500 results"),
+    "tools-hotpot": (load_tools_hotpot, "HotpotQA paragraphs as search-result JSON; both supports needed"),
+    "tools-squad": (load_tools_squad, "a SQuAD article as a nested docs-API JSON response"),
+    "tools-kv": (load_tools_kv, "key-value retrieval as one JSON object; the exact value must come back"),
+    "tools-logs": (load_tools_logs, "service logs with planted payment failures (synthetic, seeded)"),
     "hotpotqa": (load_hotpotqa, "HotpotQA multi-hop (distractor), best-subspan match; supports_kept: both hops survive"),
 }
 
