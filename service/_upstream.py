@@ -291,7 +291,8 @@ class Upstream:
     async def fetch(self, request: Request, *, route: str, provider: str, path: str, content: bytes,
                     extra_headers: dict[str, str] | None = None) -> Response:
         """Like ``forward``, but a stream is read whole before it is returned (as one body with the
-        stream's content type), so that the caller can look at it; bounded by ``FETCH_MAX_BYTES``."""
+        stream's content type), so that the caller can look at it. Like ``forward``'s JSON bodies,
+        the read is bounded only by the upstream's own response (its ``max_tokens``)."""
         resp = await self._open(request, route, provider, path, "POST", content)
         if isinstance(resp, Response):
             return resp

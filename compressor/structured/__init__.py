@@ -9,7 +9,7 @@ through ``Tools``), so everything is plain parsing and fast.
 from __future__ import annotations
 
 from ._code import crush_code, crush_diff
-from ._detect import STRUCTURED, Kind, Part, kind_of, parse_json, split
+from ._detect import Kind, Part, kind_of, parse_json, split
 from ._html import html_text
 from ._json import crush as crush_json
 from ._json import crush_ndjson, dumps
@@ -37,5 +37,5 @@ def crush(text: str, kind: Kind, tools: Tools, lang: str = "") -> Crushed | None
     return None
 
 
-__all__ = ["STRUCTURED", "Crushed", "Kind", "Part", "Prune", "Relevance", "Tools", "crush", "dumps",
+__all__ = ["Crushed", "Kind", "Part", "Prune", "Relevance", "Tools", "crush", "dumps",
            "html_text", "kind_of", "parse_json", "signature", "split"]

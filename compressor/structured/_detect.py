@@ -16,7 +16,6 @@ from typing import Literal
 from .._protect import find_protected
 
 Kind = Literal["json", "ndjson", "log", "table", "code", "diff", "html", "prose"]
-STRUCTURED: tuple[Kind, ...] = ("json", "ndjson", "log", "table", "code", "diff", "html")
 
 MIN_JSON_CHARS = 200          # smaller JSON inside prose stays a protected atom of the text
 MIN_LOG_LINES = 6

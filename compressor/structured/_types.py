@@ -34,7 +34,3 @@ class Crushed:
     text: str
     omitted: int = 0
     warnings: list[str] = field(default_factory=list)
-
-
-def fit_count(counter: TokenCounter, texts: Sequence[str]) -> list[int]:
-    return counter.count_many(list(texts)) if texts else []
