@@ -107,6 +107,17 @@ class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     probe_after: int = 200             # at rate 1.0 nothing is compressed or sampled: step down after N requests
 
 
+class StateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """State shared by replicas (``service.fidelity._fleet``): the shadow budget, the adaptive rates and
+    the fleet's fidelity counters. ``auto``: shared in Redis when ``url`` is set or the cache is Redis."""
+
+    backend: Literal["auto", "local", "redis"] = "auto"
+    url: str | None = None             # redis://host:port/db; default: cache.url when the cache is Redis
+    prefix: str = "ctxgate:s:"         # key prefix: fleets sharing one Redis need different prefixes
+    refresh: float = 1.0               # seconds between sending counters and reading the shared rates
+    timeout: float = 2.0               # seconds per Redis call
+
+
 class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Connection limits of the HTTP server (``service/_server.py``), as nginx and Envoy have them."""
 
@@ -137,6 +148,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     policy: Policy = msgspec.field(default_factory=Policy)
     rules: list[Rule] = msgspec.field(default_factory=list)
     compress_timeout: float = 10.0     # seconds: the compression time budget per request (then fail open)
+    workers: int = 1                   # processes serving the port (ctxgate serve --workers)
     compress_workers: int = 1          # threads running compressions (the models are serialised anyway)
     max_input_tokens: int = 200_000    # per text; bigger texts go upstream uncompressed
     upstream_timeout: float = 600.0    # seconds between bytes from upstream (read/write/pool)
@@ -145,6 +157,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 32 * 1024 * 1024
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     fidelity: FidelitySettings = msgspec.field(default_factory=FidelitySettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
     log_level: str = "info"
     # Host names the sidecar answers to (DNS-rebinding protection). Empty: the loopback names when it
     # listens on loopback, any name otherwise. Entries: "api.internal", "*.example.com", "*".
@@ -167,6 +180,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("compress_timeout", "upstream_timeout", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive seconds")
+        if self.state.backend == "redis" and not self.state_url():
+            raise ConfigError("state.backend=redis needs state.url or a redis cache (cache.url)")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if not self.state.refresh > 0 or not self.state.timeout > 0:
+            raise ConfigError("state.refresh and state.timeout must be positive seconds")
         if self.cache.backend == "redis" and not self.cache.url:
             raise ConfigError("cache.backend=redis needs cache.url (e.g. redis://127.0.0.1:6379/0)")
         f = self.fidelity
@@ -221,6 +240,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         names = {self.scorer, self.policy.tokenizer, *(r.tokenizer for r in self.rules)}
         return {n for n in names if n}
 
+    def state_url(self) -> str | None:
+        """The Redis URL of the shared state, or None when state is per replica."""
+        if self.state.backend == "local":
+            return None
+        if self.state.url:
+            return self.state.url
+        return self.cache.url if self.cache.backend == "redis" else None
+
     def fidelity_path(self) -> Path:
         if self.fidelity.path:
             return Path(self.fidelity.path).expanduser()
@@ -257,7 +284,8 @@ def _read_file(path: str | Path) -> dict[str, Any]:
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     top = {f.encode_name for f in msgspec.structs.fields(Settings)}
-    nested = {"policy": Policy, "cache": CacheSettings, "fidelity": FidelitySettings, "limits": Limits}
+    nested = {"policy": Policy, "cache": CacheSettings, "fidelity": FidelitySettings, "limits": Limits,
+              "state": StateSettings}
     out: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith("CTXGATE_"):

@@ -1,6 +1,14 @@
-"""Prometheus metrics, one registry per app (two apps in one process never share counters)."""
+"""Prometheus metrics, one registry per app (two apps in one process never share counters).
+
+Under ``serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set) every worker writes its values to that
+folder, and ``render`` adds them up, so a scrape that reaches any worker sees the whole host.
+Gauges say how to merge: ``ready`` is the highest (1 once any worker is ready), the fidelity
+gauges the most recent value written.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -36,16 +44,22 @@ class Metrics:
                                           ["route"], buckets=_LATENCY, registry=r)
         self.upstream_errors = Counter("ctxgate_upstream_errors", "Upstream transport failures", ["route", "kind"],
                                        registry=r)
-        self.ready = Gauge("ctxgate_ready", "1 once the models are loaded", registry=r)
+        self.ready = Gauge("ctxgate_ready", "1 once the models are loaded", registry=r, multiprocess_mode="max")
         # service.fidelity: shadow checks and the adaptive rate
         self.fidelity_shadow = Counter("ctxgate_fidelity_shadow", "Shadow calls by result (ok, upstream_error, "
                                        "error, budget, busy, incomplete)", ["route", "result"], registry=r)
         self.fidelity_score = Gauge("ctxgate_fidelity_score", "Rolling fidelity the controller sees",
-                                    ["route", "model"], registry=r)
+                                    ["route", "model"], registry=r, multiprocess_mode="mostrecent")
         self.fidelity_rate = Gauge("ctxgate_fidelity_rate", "Keep-rate the controller applies", ["route", "model"],
-                                   registry=r)
+                                   registry=r, multiprocess_mode="mostrecent")
         self.fidelity_adjustments = Counter("ctxgate_fidelity_adjustments", "Controller rate changes",
                                             ["route", "model", "direction"], registry=r)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -136,6 +136,11 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().on_response_complete()        # arms uvicorn's keep-alive timer for the next request
 
 
+class WorkerProtocol(_LimitedProtocol):
+    """The protocol of ``serve --workers`` processes: importable by name, so uvicorn's spawned workers
+    can unpickle it; each worker sets ``limits`` from its settings before it accepts a connection."""
+
+
 def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=`` with these limits."""
     return type("LimitedHttpToolsProtocol", (_LimitedProtocol,), {"limits": limits})
@@ -145,6 +150,7 @@ def server_config(app: Any, settings: Settings, *, host: str | None = None, port
                   **kwargs: Any) -> uvicorn.Config:
     """uvicorn settings for the sidecar: its limits, no access log (prompts never belong in logs)."""
     lim = settings.limits
-    return uvicorn.Config(app, host=host or settings.host, port=port or settings.port, http=limited_protocol(lim),
+    http = kwargs.pop("http", None) or limited_protocol(lim)
+    return uvicorn.Config(app, host=host or settings.host, port=port or settings.port, http=http,
                           timeout_keep_alive=max(1, round(lim.keepalive_timeout)),
                           limit_concurrency=lim.max_concurrency, access_log=False, **kwargs)

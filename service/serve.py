@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--local-model", help="embedded upstream model when no upstream is set (default smollm2)")
     p.add_argument("--cache", choices=("memory", "sqlite", "redis", "off"), help="cache backend (default sqlite)")
     p.add_argument("--redis-url", help="redis://host:port/db for --cache redis")
+    p.add_argument("--workers", type=int, help="processes serving the port (default 1); each loads its own models "
+                                               "(about 1 GB); share the fidelity state through Redis (state.url)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = {k: v for k, v in (("backend", args.cache), ("url", args.redis_url)) if v is not None}
     settings = load_settings(args.config, overrides={
         "upstream": args.upstream, "anthropic_upstream": args.anthropic_upstream, "host": args.host,
-        "port": args.port, "local_model": args.local_model, "log_level": args.log_level,
+        "port": args.port, "local_model": args.local_model, "log_level": args.log_level, "workers": args.workers,
         **({"cache": cache} if cache else {}),
     })
     import uvicorn
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         settings.upstream or settings.anthropic_upstream)
     logging.getLogger("ctxgate.service").info("ctxgate sidecar on http://%s:%d (%s)", settings.host, settings.port,
                                               mode)
+    if settings.workers > 1:
+        from ._workers import run_workers
+
+        return run_workers(settings)
     # access_log off: request lines are noise at 100s of req/s, and prompts never belong in logs anyway
     config = server_config(create_app(settings), settings, log_level=settings.log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run()

@@ -56,6 +56,7 @@ def aggregates(fid: Fidelity) -> dict[str, Any]:
         e.update(configured_rate=st.configured, rate=st.rate, rolling=_r(fid.controller.rolling(route, model)))
     cfg = fid.cfg
     return {
+        "scope": "replica",
         "routes": sorted(keys.values(), key=lambda e: (e["route"], e["model"])),
         "budget": {"day": fid.day, "calls": fid.calls, "tokens": fid.tokens, "max_calls": cfg.daily_max_calls or None,
                    "max_tokens": cfg.daily_max_tokens or None},
@@ -104,6 +105,6 @@ def series(fid: Fidelity, since_seconds: float, bucket: float | None) -> dict[st
     for (route, model), st in fid.controller.states.items():
         if (route, model) in out:
             out[(route, model)]["rate"].append({"t": round(now, 3), "rate": st.rate, "reason": "now"})
-    return {"now": round(now, 3), "since": round(since, 3), "bucket": bucket, "metric": fid.cfg.metric,
+    return {"scope": "replica", "now": round(now, 3), "since": round(since, 3), "bucket": bucket, "metric": fid.cfg.metric,
             "threshold": fid.cfg.threshold,
             "series": sorted(out.values(), key=lambda e: (e["route"], e["model"]))}

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 from litestar import Request, Response, get
 
-from . import _report
+from . import _fleet_report, _report
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 _FILES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
@@ -24,9 +24,21 @@ def _json(obj, status: int = 200) -> Response:
     return Response(msgspec.json.encode(obj), status_code=status, media_type="application/json", headers=_NO_STORE)
 
 
+async def _fleet(report) -> Response:
+    """A fleet report, or 503 while the shared state cannot be read (the proxy itself goes on)."""
+    try:
+        return _json(await report)
+    except Exception as exc:  # redis down or timing out: say so, without the connection details
+        return _json({"error": {"message": f"the shared state (redis) is unavailable: {type(exc).__name__}",
+                                "type": "service_unavailable"}}, 503)
+
+
 @get("/v1/fidelity")
 async def fidelity(request: Request) -> Response:
-    return _json(await asyncio.to_thread(_report.aggregates, _fid(request)))
+    fid = _fid(request)
+    if fid.fleet is not None:               # the whole fleet, from the shared counters
+        return await _fleet(_fleet_report.aggregates(fid))
+    return _json(await asyncio.to_thread(_report.aggregates, fid))
 
 
 @get("/v1/fidelity/series")
@@ -40,7 +52,10 @@ async def fidelity_series(request: Request) -> Response:
     if not since > 0 or (bucket is not None and not bucket > 0):
         error = {"message": "since and bucket must be positive seconds", "type": "invalid_request_error"}
         return _json({"error": error}, 400)
-    return _json(await asyncio.to_thread(_report.series, _fid(request), since, bucket))
+    fid = _fid(request)
+    if fid.fleet is not None:
+        return await _fleet(_fleet_report.series(fid, since, bucket))
+    return _json(await asyncio.to_thread(_report.series, fid, since, bucket))
 
 
 @get("/dashboard")

@@ -38,7 +38,8 @@ from .._config import Policy, Settings
 from .._metrics import Metrics
 from .._upstream import forward_headers
 from . import _answers
-from ._controller import Change, Controller
+from ._controller import Change, Controller, SharedController
+from ._fleet import FleetState
 from ._store import Store
 
 log = logging.getLogger("ctxgate.service")
@@ -76,7 +77,14 @@ class Fidelity:
         self.client = client
         self.urls = urls                          # (provider, path) -> upstream URL or None
         self.store: Store | None = None
-        self.controller = Controller(self.cfg, self._changed)
+        url = settings.state_url()
+        # shared by all replicas through Redis, or this process's own (SQLite-backed) state
+        self.fleet = FleetState(settings.state, url, self.cfg) if url else None
+        self.controller: Controller = (SharedController(self.cfg, self._changed, self.fleet, self._background)
+                                       if self.fleet else Controller(self.cfg, self._changed))
+        # without shared state, N workers on one host split the daily caps between them
+        self._share = 1 if self.fleet else max(1, settings.workers)
+        self._refresher: asyncio.Task | None = None
         self.day, self.calls, self.tokens = _day(), 0, 0
         self.pending = 0
         self._slots = asyncio.Semaphore(self.cfg.max_concurrency)
@@ -88,6 +96,11 @@ class Fidelity:
 
     async def start(self) -> None:
         self.store = await asyncio.to_thread(Store, self.settings.fidelity_path())
+        if self.fleet is not None:
+            self._prune()
+            await self._refresh()
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+            return
         rows = await asyncio.to_thread(self.store.query, "SELECT calls, tokens FROM budget WHERE day = ?", (self.day,))
         if rows:
             self.calls, self.tokens = rows[0]
@@ -109,13 +122,45 @@ class Fidelity:
         if self.store is not None and self.cfg.retention_days > 0:
             self.store.prune(time.time() - self.cfg.retention_days * 86400)
 
+    async def _refresh(self) -> None:
+        """Send this replica's counters, read the fleet's rates (shared state only)."""
+        assert self.fleet is not None and isinstance(self.controller, SharedController)
+        try:
+            await self.fleet.flush()
+            await self.fleet.heartbeat()
+            if self.cfg.adaptive:
+                self.controller.mirror(await self.fleet.states())
+            for (route, model), st in self.controller.states.items():
+                self.metrics.fidelity_rate.labels(route, model).set(max(st.rate, st.configured))
+        except Exception as exc:  # an outage: keep serving with the rates last read
+            self.fleet._failed("the rates", exc)
+
+    async def _refresh_loop(self) -> None:
+        assert self.fleet is not None
+        while True:
+            await asyncio.sleep(self.fleet.state.refresh)
+            await self._refresh()
+
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+        if self.fleet is not None:
+            try:
+                await self.fleet.close()         # sends the last counters
+            except Exception as exc:
+                self.fleet._failed("the last counters", exc)
 
     async def idle(self, timeout: float = 60.0) -> None:
         """Wait for the shadow checks in flight (tests, shutdown)."""
@@ -146,6 +191,8 @@ class Fidelity:
         if self.cfg.record_traffic and self.store is not None:
             self._roll_day()
             self.store.add_traffic(now, route, model, method, policy.rate, tokens_before, tokens_after)
+            if self.fleet is not None:
+                self.fleet.count_traffic(now, route, model, tokens_before, tokens_after)
         if route not in ROUTES or self.cfg.sample_rate <= 0 or random.random() >= self.cfg.sample_rate:
             return None
         provider, path = ROUTES[route]
@@ -190,24 +237,32 @@ class Fidelity:
         if self.pending >= self.cfg.max_concurrency + self.cfg.max_pending:
             self.metrics.fidelity_shadow.labels(cand.route, "busy").inc()
             return
-        if not self._reserve():
-            self.metrics.fidelity_shadow.labels(cand.route, "budget").inc()
-            return
         self.pending += 1
-        task = asyncio.get_running_loop().create_task(self._check(cand, headers, query, raw, compressed, stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._check(cand, headers, query, raw, compressed, stream))
 
-    def _reserve(self) -> bool:
-        """Take one call from today's budget (event loop only, so no race between checks)."""
+    async def _reserve(self) -> str | None:
+        """Take one call from today's budget; None when granted, else the reason it was not.
+
+        Shared state: one atomic Redis script for the fleet. Local: this process's counters, on the
+        event loop only, so no race between checks; N workers without Redis each get 1/N of the caps."""
         self._roll_day()
-        if self.cfg.daily_max_calls and self.calls >= self.cfg.daily_max_calls:
-            return False
-        if self.cfg.daily_max_tokens and self.tokens >= self.cfg.daily_max_tokens:
-            return False
+        if self.fleet is not None:
+            granted = await self.fleet.reserve(self.day)
+            return None if granted else ("unavailable" if granted is None else "budget")
+        max_calls = self.cfg.daily_max_calls and max(1, self.cfg.daily_max_calls // self._share)
+        max_tokens = self.cfg.daily_max_tokens and max(1, self.cfg.daily_max_tokens // self._share)
+        if (max_calls and self.calls >= max_calls) or (max_tokens and self.tokens >= max_tokens):
+            return "budget"
         self.calls += 1
         self._save_budget()
-        return True
+        return None
+
+    def _spent(self, tokens: int) -> None:
+        self.tokens += tokens
+        if self.fleet is not None:
+            self.fleet.spend(self.day, tokens)
+        else:
+            self._save_budget()
 
     def _save_budget(self) -> None:
         if self.store is not None:
@@ -219,11 +274,13 @@ class Fidelity:
                      compressed: _answers.Answer, stream: bool) -> None:
         t0 = time.perf_counter()
         try:
+            if (refused := await self._reserve()) is not None:
+                self.metrics.fidelity_shadow.labels(cand.route, refused).inc()
+                return
             async with self._slots:
                 status, full, body = await self._call_full(cand, headers, query, raw)
                 spent = full.total_tokens() if full.total_tokens() is not None else cand.tokens_before
-                self.tokens += spent
-                self._save_budget()
+                self._spent(spent)
                 if status != "ok":
                     self.metrics.fidelity_shadow.labels(cand.route, status).inc()
                     self._record(cand, status, stream, full, compressed, None, body, t0)
@@ -240,7 +297,11 @@ class Fidelity:
         self.metrics.fidelity_shadow.labels(cand.route, "ok").inc()
         self._record(cand, "ok", stream, full, compressed, scores, body, t0)
         score = dict(zip(("cosine", "f1", "em"), scores))[self.cfg.metric]
-        self.controller.observe(cand.route, cand.model, cand.configured, cand.rate, cand.overridden, score)
+        if isinstance(self.controller, SharedController):
+            await self.controller.observe_shared(cand.route, cand.model, cand.configured, cand.rate, cand.overridden,
+                                                 score)
+        else:
+            self.controller.observe(cand.route, cand.model, cand.configured, cand.rate, cand.overridden, score)
         rolling = self.controller.rolling(cand.route, cand.model)
         if rolling is not None:
             self.metrics.fidelity_score.labels(cand.route, cand.model).set(rolling)
@@ -292,6 +353,9 @@ class Fidelity:
         }
         if scores is not None:
             row["cosine"], row["f1"], row["em"] = scores
+        if self.fleet is not None:
+            self.fleet.count_sample(cand.ts, cand.route, cand.model, status, scores,
+                                    row["tokens_saved"] if measured else None)
         if self.cfg.store_text and body is not None:
             row["prompt"] = json.dumps({k: body[k] for k in ("system", "messages") if k in body})
             row["answer_full"], row["answer_compressed"] = full.text, compressed.text
@@ -304,6 +368,8 @@ class Fidelity:
             self.metrics.fidelity_adjustments.labels(change.route, change.model, direction).inc()
             log.info("fidelity: %s %s keep-rate %.3f -> %.3f (%s)", change.route, change.model, change.old,
                      change.new, change.reason)
+        if self.fleet is not None:
+            self.fleet.add_change(change)
         if self.store is not None:
             self.store.add_adjustment(change.ts, change.route, change.model, change.old, change.new, change.reason,
                                       change.fidelity, change.samples)

@@ -1,0 +1,118 @@
+"""``NeedleUpstream``: a local OpenAI + Anthropic upstream (JSON and SSE) that answers correctly only
+when a fact (the needle) is in the prompt it gets, so a shadow check of a prompt compressed without
+the needle scores low and one with it scores high. Used by the fidelity tests and the fleet tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+NEEDLE = "The vault code is 7421."
+RIGHT = "The vault code is 7421."
+WRONG = "Sorry, I have no idea what you mean."
+QUESTION = "Question: What is the vault code?"
+
+
+@dataclass
+class NeedleUpstream:
+    """Just enough OpenAI and Anthropic (JSON and SSE) to answer one question; records every request.
+    Header ``x-needle-slow: S`` makes the answer to a prompt holding the needle take S seconds."""
+
+    __test__ = False
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r["body"] for r in self.requests]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (msg := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            return await send({"type": "lifespan.shutdown.complete"})
+        raw = b""
+        while True:
+            msg = await receive()
+            raw += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        body = json.loads(raw)
+        with self.lock:
+            self.requests.append({"path": scope["path"], "headers": headers, "body": body})
+        prompt = json.dumps([body.get("system"), body.get("messages")])
+        full = NEEDLE in prompt
+        if full and "x-needle-slow" in headers:
+            await asyncio.sleep(float(headers["x-needle-slow"]))
+        answer = RIGHT if full else WRONG
+        n_in, n_out = len(prompt.split()), len(answer.split())
+        anthropic_api = scope["path"].endswith("/messages")
+        if body.get("stream"):
+            events = anthropic_sse(answer, n_in, n_out) if anthropic_api else openai_sse(
+                answer, n_in, n_out, bool((body.get("stream_options") or {}).get("include_usage")))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            for ev in events:
+                await send({"type": "http.response.body", "body": ev, "more_body": True})
+            return await send({"type": "http.response.body", "body": b""})
+        if anthropic_api:
+            out = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+                   "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+        else:
+            out = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+        data = json.dumps(out).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _sse(obj, event=None) -> bytes:
+    return (f"event: {event}\n" if event else "").encode() + b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def openai_sse(answer: str, n_in: int, n_out: int, usage: bool) -> list[bytes]:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    words = answer.split(" ")
+    evs = [_sse({**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w},
+                                      "finish_reason": None}]}) for i, w in enumerate(words)]
+    evs.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if usage:
+        evs.append(_sse({**base, "choices": [], "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
+                                                            "total_tokens": n_in + n_out}}))
+    return [*evs, b"data: [DONE]\n\n"]
+
+
+def anthropic_sse(answer: str, n_in: int, n_out: int) -> list[bytes]:
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+           "stop_sequence": None, "usage": {"input_tokens": n_in, "output_tokens": 1}}
+    evs = [_sse({"type": "message_start", "message": msg}, "message_start"),
+           _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start")]
+    evs += [_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
+                                                                        "text": w if i == 0 else " " + w}},
+                 "content_block_delta") for i, w in enumerate(answer.split(" "))]
+    return evs + [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+                  _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": n_out}}, "message_delta"),
+                  _sse({"type": "message_stop"}, "message_stop")]
+
+
+def context(item: dict, needle_at: str | None, n_docs: int = 6) -> str:
+    docs = [f"Document [{i + 1}] {c['text']}" for i, c in enumerate(item["ctxs"][:n_docs])]
+    if needle_at == "start":
+        docs.insert(0, NEEDLE)
+    elif needle_at == "end":
+        docs.append(NEEDLE)
+    return "\n".join(docs) + "\n\n" + QUESTION
