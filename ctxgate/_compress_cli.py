@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import msgspec
 
-from compressor import METHODS, CompressRequest, Compressor, CtxgateError, Document, InvalidRequest, SQLiteCache
+from compressor import METHODS, CompressRequest, Compressor, Document, InvalidRequest, SQLiteCache
 
-from ._inputs import read_documents, read_text, to_document
+from ._batch import RowDefaults, run_local
+from ._inputs import read_documents, read_text
 
 EPILOG = "methods:\n" + "\n".join(f"  {k:<14} {v}" for k, v in METHODS.items()) + """
 
@@ -19,7 +18,8 @@ rate is the fraction of tokens to keep: --rate 0.25 is about 4x smaller.
 examples:
   ctxgate compress notes.txt --rate 0.3
   ctxgate compress --docs ../shared/data/nq/nq-open-20docs-derived_first500.jsonl --row 0 --rate 0.25 --json
-  ctxgate compress --input batch.jsonl --output out.jsonl --rate 0.2 --resume"""
+  ctxgate compress --input batch.jsonl --output out.jsonl --rate 0.2 --resume
+  ctxgate compress --input batch.jsonl --output out.jsonl --rate 0.2 --ray 10.0.0.5:6379"""
 
 
 def _rate(value: str) -> float | str:
@@ -43,13 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--rate", type=_rate, help="fraction of tokens to keep, in (0, 1] (default 0.5), or auto "
                         "(the classifier keeps what it judges relevant)")
     budget.add_argument("--target-tokens", type=int, help="absolute token budget")
-    p.add_argument("--method", "-m", default="auto", help="compression method (default: auto = hybrid)")
+    p.add_argument("--method", "-m", default="auto", help="compression method (default: auto = classifier on CPU, hybrid on a GPU)")
     p.add_argument("--tokenizer", help="count tokens in this tokenizer (model name, HF id, gpt-4o, ...)")
     p.add_argument("--scorer", default="smollm2", help="causal LM used for token scoring (default smollm2)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--input", metavar="JSONL", help="batch mode: one request per line")
     p.add_argument("--output", metavar="JSONL", help="batch mode: results, one line per input row")
     p.add_argument("--resume", action="store_true", help="batch mode: skip rows already in --output")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="batch mode on Ray Data: a cluster address (host:port, ray://...), or none to start a local "
+                        "Ray (needs the ray extra: pip install 'ctxgate[ray]')")
+    p.add_argument("--ray-workers", type=int, help="with --ray: compressor actors (default: one per GPU, else per "
+                                                    "2 CPUs of the cluster)")
+    p.add_argument("--ray-gpus", type=float, help="with --ray: GPUs per actor (default 1 when the cluster has GPUs)")
+    p.add_argument("--ray-batch", type=int, default=8, help="with --ray: rows per actor call (default 8)")
     p.add_argument("--cache", metavar="SQLITE", help="reuse compressions across runs from this SQLite file")
     p.add_argument("--max-input-tokens", type=int, default=1_000_000,
                    help="refuse inputs longer than this (default 1,000,000; scoring is chunked below it)")
@@ -82,86 +89,25 @@ def _single(args, comp: Compressor) -> int:
     return 0
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """A crash can leave half a line at the end: cut it so appended rows stay parseable."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def _done_rows(path: Path) -> set[int]:
-    done: set[int] = set()
-    if not path.exists():
-        return done
-    _drop_torn_tail(path)
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                done.add(int(json.loads(line)["row"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # not a result row: redo it
-    return done
-
-
-def _batch_request(args, row: dict, n: int) -> CompressRequest:
-    if not isinstance(row, dict) or "context" not in row:
-        raise InvalidRequest(f"row {n}: needs a 'context' field (a string or a list of documents)")
-    ctx = row["context"]
-    if isinstance(ctx, list):
-        ctx = [to_document(d, f"row {n} context[{i}]") for i, d in enumerate(ctx)]
-    elif not isinstance(ctx, str):
-        raise InvalidRequest(f"row {n}: 'context' must be a string or a list")
-    rate, target = row.get("rate", args.rate), row.get("target_tokens", args.target_tokens)
-    if "rate" in row or "target_tokens" in row:
-        rate, target = row.get("rate"), row.get("target_tokens")
-    return CompressRequest(context=ctx, question=row.get("question", args.question),
-                           instruction=row.get("instruction", args.instruction), rate=rate, target_tokens=target,
-                           method=row.get("method", args.method), tokenizer=row.get("tokenizer", args.tokenizer))
-
-
-def _batch(args, comp: Compressor) -> int:
-    from tqdm import tqdm
-
-    if not args.output:
-        raise InvalidRequest("--input needs --output")
-    src, out = Path(args.input), Path(args.output)
-    if not src.exists():
-        raise InvalidRequest(f"{src}: no such file")
-    done = _done_rows(out) if args.resume else set()
-    if out.exists() and not args.resume:
-        raise InvalidRequest(f"{out} exists; pass --resume to continue it, or remove it")
-    lines = read_text(str(src)).splitlines()
-    failed = 0
-    # line-buffered append: a crash loses at most the row being compressed
-    with open(out, "a", encoding="utf-8", buffering=1) as f, \
-            tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar:
-        for n, line in enumerate(lines):
-            if n in done or not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                result = comp.compress(_batch_request(args, row, n))
-                record = {"row": n, **({"id": row["id"]} if "id" in row else {}), **msgspec.to_builtins(result)}
-            except json.JSONDecodeError as exc:
-                record, failed = {"row": n, "error": f"invalid JSON: {exc.msg}"}, failed + 1
-            except CtxgateError as exc:
-                record, failed = {"row": n, "error": str(exc)}, failed + 1
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            bar.update(1)
-    if failed:
-        print(f"ctxgate: {failed} row(s) failed; their errors are in {out}", file=sys.stderr)
-    return 1 if failed else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     cache = SQLiteCache(args.cache) if args.cache else None
     if args.max_input_tokens < 1:
         raise InvalidRequest(f"--max-input-tokens must be positive, got {args.max_input_tokens}")
-    comp = Compressor(scorer=args.scorer, tokenizer=args.tokenizer, cache=cache, max_input_tokens=args.max_input_tokens)
+    if args.ray is not None and not args.input:
+        raise InvalidRequest("--ray is for batch mode (--input)")
+    if args.ray is not None and args.cache:
+        raise InvalidRequest("--cache is a local SQLite file; with --ray each worker compresses afresh")
+    compressor_kwargs = {"scorer": args.scorer, "tokenizer": args.tokenizer, "max_input_tokens": args.max_input_tokens}
     if args.input:
-        return _batch(args, comp)
+        defaults = RowDefaults(question=args.question, instruction=args.instruction, rate=args.rate,
+                               target_tokens=args.target_tokens, method=args.method, tokenizer=args.tokenizer)
+        if args.ray is not None:
+            from ._ray_batch import run_on_ray
+
+            return run_on_ray(args.ray or None, defaults, compressor_kwargs, args.input, args.output, args.resume,
+                              workers=args.ray_workers, gpus=args.ray_gpus, batch_size=args.ray_batch)
+        return run_local(Compressor(**compressor_kwargs), defaults, args.input, args.output, args.resume)
     if args.output or args.resume:
         raise InvalidRequest("--output and --resume are for batch mode (--input)")
-    return _single(args, comp)
+    return _single(args, Compressor(**compressor_kwargs, cache=cache))

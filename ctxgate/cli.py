@@ -23,7 +23,7 @@ commands:
   eval       measure answer quality under compression on real datasets
   train      rebuild the classifier student: teacher labels, then training
   bench      measure compression speed (ctxgate bench), proxy latency (bench proxy), faults (bench chaos),
-             tool outputs (bench tools)
+             tool outputs (bench tools), JSONL batches on one process and on Ray (bench batch)
 
 Run 'ctxgate <command> --help' for a command's options."""
 
@@ -50,6 +50,10 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             rest = rest[1:]
         elif rest[:1] == ["tools"]:
             from eval.bench_tools import main as run
+
+            rest = rest[1:]
+        elif rest[:1] == ["batch"]:
+            from eval.bench_batch import main as run
 
             rest = rest[1:]
         else:
