@@ -236,12 +236,18 @@ def _pins() -> dict[str, set[int]]:
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    """User + system CPU time so far of a process and its live children (``--workers``), from Linux
+    /proc; None elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime, stime
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime, stime
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(_cpu_seconds(int(c)) or 0.0 for c in children)
 
 
 def _machine() -> dict[str, Any]:
@@ -305,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                         "generator to the rest (Linux), so that on a machine with cores to spare the sidecar's "
                         "own cost is measured")
     p.add_argument("--method", default="truncate", help="compression method for the cache-hit run")
+    p.add_argument("--workers", type=int, default=1,
+                   help="sidecar processes (ctxgate serve --workers; default 1); above 1 they share a SQLite cache")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     p.add_argument("--out", default="bench_proxy.json", help="JSON results (default bench_proxy.json)")
     p.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -321,8 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     pins = _pins() if args.pin else None
     if pins:
         os.sched_setaffinity(0, pins["sidecar"])
+    if args.workers > 1:       # a cache hit on any worker needs one cache for all of them
+        import tempfile
+
+        env.update(CTXGATE_CACHE__BACKEND="sqlite", CTXGATE_CACHE__PATH=str(
+            Path(tempfile.mkdtemp(prefix="ctxgate-bench-proxy-")) / "segments.sqlite"))
     sidecar = subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
-                                f"http://127.0.0.1:{up_port}/v1"], cwd=REPO_ROOT, env=env)
+                                f"http://127.0.0.1:{up_port}/v1", "--workers", str(args.workers)], cwd=REPO_ROOT,
+                               env=env)
     if pins:
         os.sched_setaffinity(0, pins["upstream"])
     upstream = subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port),
@@ -378,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"machine": {**_machine(), "loadavg_before": [round(x, 2) for x in load_before],
                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
            "settings": {"requests": args.requests, "seconds": args.seconds, "warmup": args.warmup, "pin": pins,
+                        "workers": args.workers,
                         "arrivals": args.arrivals,
                         "chunks": args.chunks, "chunk_ms": args.chunk_ms,
                         "method": args.method, "prompt_bytes": len(body),

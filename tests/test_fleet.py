@@ -30,6 +30,12 @@ pytestmark = pytest.mark.replicas
 DAY = "2026-12-02"
 
 
+@pytest.fixture()
+def redis_url(redis_url) -> str:
+    """The session's redis-server, database 1: the cache tests count the keys of database 0."""
+    return redis_url.rsplit("/", 1)[0] + "/1"
+
+
 def _state(**kw) -> StateSettings:
     return StateSettings(prefix=f"test-{uuid.uuid4().hex[:8]}:", **kw)
 
