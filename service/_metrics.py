@@ -47,7 +47,7 @@ class Metrics:
         self.ready = Gauge("ctxgate_ready", "1 once the models are loaded", registry=r, multiprocess_mode="max")
         # service.fidelity: shadow checks and the adaptive rate
         self.fidelity_shadow = Counter("ctxgate_fidelity_shadow", "Shadow calls by result (ok, upstream_error, "
-                                       "error, budget, busy, incomplete)", ["route", "result"], registry=r)
+                                       "error, budget, busy, incomplete, unavailable: the shared state could not be reached)", ["route", "result"], registry=r)
         self.fidelity_score = Gauge("ctxgate_fidelity_score", "Rolling fidelity the controller sees",
                                     ["route", "model"], registry=r, multiprocess_mode="mostrecent")
         self.fidelity_rate = Gauge("ctxgate_fidelity_rate", "Keep-rate the controller applies", ["route", "model"],

@@ -119,3 +119,27 @@ def test_without_the_ray_extra_the_error_says_how_to_install_it(batch, tmp_path)
     p = _cli("--input", batch[0], "--output", tmp_path / "o.jsonl", "--ray", check=False, env=env)
     assert p.returncode == 2 and "pip install 'ctxgate[ray]'" in p.stderr.decode()
     assert "Traceback" not in p.stderr.decode()
+
+
+class _Cluster:
+    """What ``_pool`` reads of a cluster: its resources (a stand-in for ``ray``, no fault injected)."""
+
+    def __init__(self, **resources: float) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+def test_the_actor_pool_follows_the_cluster():
+    from compressor import CtxgateError
+    from ctxgate._ray_batch import _pool
+
+    assert _pool(_Cluster(CPU=8), None, None) == (8, 0.0, 1.0)              # one single-threaded actor per CPU
+    assert _pool(_Cluster(CPU=16, GPU=2), None, None) == (2, 1.0, 0.5)      # one per GPU
+    assert _pool(_Cluster(CPU=16, GPU=2), None, 0.5) == (4, 0.5, 0.5)       # fractional GPUs
+    assert _pool(_Cluster(CPU=16, GPU=2), 3, 0) == (3, 0, 1.0)              # CPU actors on a GPU cluster
+    with pytest.raises(CtxgateError, match="has 0 GPU"):
+        _pool(_Cluster(CPU=4), None, 1)
+    with pytest.raises(CtxgateError, match="at least 1"):
+        _pool(_Cluster(CPU=4), 0, None)
