@@ -1,6 +1,6 @@
 """ctxgate's compression engine: a library that knows nothing about HTTP.
 
-    from compressor import Compressor
+    from ctxgate.compressor import Compressor
     result = Compressor().compress(context=docs, question="...", rate=0.25)
 
 ``Compressor.compress`` is the one entry point; everything else here is types and helpers.

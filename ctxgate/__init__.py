@@ -1,7 +1,7 @@
 """ctxgate: prompt compression for LLM apps. The engine is ``compressor``; the sidecar is
 ``service``; evals and benchmarks are ``eval``. This package holds the CLI and the RAG API."""
 
-from compressor import CompressRequest, CompressResult, Compressor, Document, compress
+from ctxgate.compressor import CompressRequest, CompressResult, Compressor, Document, compress
 
 from .rag import RAGCompressor, RAGDocument, RAGResult, SidecarError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from compressor import CompressRequest, Compressor, CtxgateError, InvalidRequest
+from ctxgate.compressor import CompressRequest, Compressor, CtxgateError, InvalidRequest
 
 from ._inputs import read_text, to_document
 

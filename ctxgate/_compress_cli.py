@@ -7,7 +7,7 @@ import sys
 
 import msgspec
 
-from compressor import METHODS, CompressRequest, Compressor, Document, InvalidRequest, SQLiteCache
+from ctxgate.compressor import METHODS, CompressRequest, Compressor, Document, InvalidRequest, SQLiteCache
 
 from ._batch import RowDefaults, run_local
 from ._inputs import read_documents, read_text

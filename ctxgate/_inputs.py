@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compressor import Document, InvalidRequest
+from ctxgate.compressor import Document, InvalidRequest
 
 TEXT_KEYS = ("text", "page_content", "content", "passage")
 DOC_LIST_KEYS = ("ctxs", "documents", "docs", "context", "passages")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compressor import models
-from compressor import CtxgateError, ModelError
+from ctxgate.compressor import models
+from ctxgate.compressor import CtxgateError, ModelError
 
 
 def _names(given: list[str]) -> list[models.ModelSpec]:

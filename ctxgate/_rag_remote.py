@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from compressor import CompressRequest, CompressResult, InvalidRequest
+from ctxgate.compressor import CompressRequest, CompressResult, InvalidRequest
 
 if TYPE_CHECKING:
     import httpx

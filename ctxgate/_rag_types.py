@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from compressor import CtxgateError, Document
+from ctxgate.compressor import CtxgateError, Document
 
 Mode = Literal["local", "remote"]
 Order = Literal["original", "relevance"]

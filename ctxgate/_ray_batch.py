@@ -19,7 +19,7 @@ import math
 import sys
 from typing import Any
 
-from compressor import CtxgateError
+from ctxgate.compressor import CtxgateError
 
 from ._batch import RowDefaults, Tally, open_batch, row_record, todo
 
@@ -32,7 +32,7 @@ class _Worker:
     def __init__(self, defaults: RowDefaults, compressor_kwargs: dict[str, Any], threads: int) -> None:
         import torch
 
-        from compressor import Compressor
+        from ctxgate.compressor import Compressor
 
         torch.set_num_threads(max(1, threads))
         self.defaults = defaults

@@ -12,7 +12,7 @@ import sys
 # threads of a 2-core box (measured ~9x slower scoring under load with the default policy).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from compressor import CtxgateError  # noqa: E402
+from ctxgate.compressor import CtxgateError  # noqa: E402
 
 USAGE = """ctxgate <command> [options]
 
@@ -34,30 +34,30 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
     elif cmd == "models":
         from ._models_cli import main as run
     elif cmd == "serve":
-        from service.serve import main as run
+        from ctxgate.service.serve import main as run
     elif cmd == "eval":
-        from eval.cli import main as run
+        from ctxgate.eval.cli import main as run
     elif cmd == "train":
-        from eval.train.cli import main as run
+        from ctxgate.eval.train.cli import main as run
     elif cmd == "bench":
         if rest[:1] == ["proxy"]:
-            from eval.bench_proxy import main as run
+            from ctxgate.eval.bench_proxy import main as run
 
             rest = rest[1:]
         elif rest[:1] == ["chaos"]:
-            from eval.bench_chaos import main as run
+            from ctxgate.eval.bench_chaos import main as run
 
             rest = rest[1:]
         elif rest[:1] == ["tools"]:
-            from eval.bench_tools import main as run
+            from ctxgate.eval.bench_tools import main as run
 
             rest = rest[1:]
         elif rest[:1] == ["batch"]:
-            from eval.bench_batch import main as run
+            from ctxgate.eval.bench_batch import main as run
 
             rest = rest[1:]
         else:
-            from eval.bench import main as run
+            from ctxgate.eval.bench import main as run
 
             if rest[:1] == ["engine"]:
                 rest = rest[1:]

@@ -19,14 +19,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from compressor import CompressRequest, CompressResult, Document, InvalidRequest
-from compressor import DEFAULT_RATE  # the engine's rate when neither rate nor target_tokens is given
+from ctxgate.compressor import CompressRequest, CompressResult, Document, InvalidRequest
+from ctxgate.compressor import DEFAULT_RATE  # the engine's rate when neither rate nor target_tokens is given
 
 from ._rag_remote import SidecarClient, Unavailable
 from ._rag_types import DocumentLike, Mode, Order, RAGDocument, RAGResult, SidecarError, to_documents
 
 if TYPE_CHECKING:
-    from compressor import Compressor
+    from ctxgate.compressor import Compressor
 
 log = logging.getLogger("ctxgate.rag")
 
@@ -160,7 +160,7 @@ class RAGCompressor:
 
     def _engine(self) -> Compressor:
         if self._compressor is None:
-            from compressor import Compressor
+            from ctxgate.compressor import Compressor
 
             self._compressor = Compressor(tokenizer=self.tokenizer)
         return self._compressor
@@ -208,7 +208,7 @@ class RAGCompressor:
                                "strict=False returns the documents uncompressed instead)") from exc
         log.warning("ctxgate sidecar at %s %s; returning %d documents uncompressed",
                     self.url, exc.reason, len(docs))
-        from compressor import get_counter
+        from ctxgate.compressor import get_counter
 
         counter = get_counter("estimate")  # no tokenizer load on the fallback path; labelled as an estimate
         counts = counter.count_many([d.text for d in docs])

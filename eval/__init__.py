@@ -1,6 +1,6 @@
 """Offline evals: datasets, readers (local model or OpenAI-compatible endpoint), metrics, reports.
 
-    from eval import EvalConfig, run_eval
+    from ctxgate.eval import EvalConfig, run_eval
     results = run_eval(EvalConfig(dataset="nq20", limit=25, reader="smollm2", out="eval-results/nq20"))
 
 ``run_eval`` is the one entry point; ``ctxgate eval`` builds its config from argv.

@@ -1,4 +1,4 @@
-"""``python -m eval ...`` is ``ctxgate eval ...``."""
+"""``python -m ctxgate.eval ...`` is ``ctxgate eval ...``."""
 
 from .cli import main
 

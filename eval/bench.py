@@ -32,7 +32,7 @@ WORKER_FLAG = "--worker"
 
 def data_dir(explicit: str | None = None) -> Path:
     """``--data-dir``, else ``$CTXGATE_DATA``, else ``../shared/data`` beside the repo root."""
-    from compressor import InvalidRequest
+    from ctxgate.compressor import InvalidRequest
 
     path = Path(explicit or os.environ.get("CTXGATE_DATA") or REPO_ROOT.parent / "shared" / "data").expanduser()
     path = path.resolve()
@@ -45,7 +45,7 @@ def data_dir(explicit: str | None = None) -> Path:
 
 def load_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The fixed inputs: the first ``items`` NQ 20-document rows, or one long text."""
-    from compressor import InvalidRequest
+    from ctxgate.compressor import InvalidRequest
 
     if args.text:
         path = Path(args.text)
@@ -84,7 +84,7 @@ def machine(device: str | None) -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    from compressor.models import pick_device, pick_dtype
+    from ctxgate.compressor.models import pick_device, pick_dtype
 
     cpu = cpu_name()
     dev = device or pick_device()
@@ -123,7 +123,7 @@ def _rss_mib() -> float:
 
 def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Measure one method in this process (the worker side)."""
-    from compressor import Compressor
+    from ctxgate.compressor import Compressor
 
     inputs = load_inputs(args)
     comp = Compressor(scorer=args.scorer, embedder=args.embedder, student=args.student, tokenizer=args.tokenizer,
@@ -155,7 +155,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _spawn(method: str, argv: list[str], timeout: float | None) -> dict[str, Any]:
     """Run ``method`` in a fresh interpreter and read its JSON line back."""
-    cmd = [sys.executable, "-m", "eval.bench", WORKER_FLAG, method, *argv]
+    cmd = [sys.executable, "-m", "ctxgate.eval.bench", WORKER_FLAG, method, *argv]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     # busy-waiting OpenMP threads slow torch ~7x when the cores are shared (15 s vs 1.6 s for one
     # 141-token SmolLM2 forward at load 6 on 2 cores); passive waiting costs little on an idle box
@@ -197,7 +197,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from compressor import METHOD_NAMES
+    from ctxgate.compressor import METHOD_NAMES
 
     p = argparse.ArgumentParser(prog="ctxgate bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=",".join(METHOD_NAMES),
@@ -227,7 +227,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = parser().parse_args(argv)
     args.items_given = args.items is not None
     args.items = args.items if args.items is not None else 5
-    from compressor import InvalidRequest
+    from ctxgate.compressor import InvalidRequest
 
     if args.items < 1:
         raise InvalidRequest(f"--items must be at least 1, got {args.items}")
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [WORKER_FLAG]:
         return _worker(argv[1], _parse(argv[2:]))
     args = _parse(argv)
-    from compressor import METHOD_NAMES, InvalidRequest
+    from ctxgate.compressor import METHOD_NAMES, InvalidRequest
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_NAMES]

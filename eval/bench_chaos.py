@@ -1,7 +1,7 @@
 """``ctxgate bench chaos``: the sidecar under faults, over loopback, bounded in time.
 
 Processes: a fault-injecting OpenAI-style upstream, a real ``redis-server`` (when installed) as the
-segment cache, the sidecar (``python -m service``) and this client, which keeps ``--streams``
+segment cache, the sidecar (``python -m ctxgate.service``) and this client, which keeps ``--streams``
 streaming requests in flight for ``--seconds``. Each request asks the upstream for one behaviour:
 
     ok       a normal stream, which echoes the request's nonce     (expect 200 + that nonce)
@@ -34,8 +34,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from eval._asgi import lifespan, read_body
-from eval.bench_proxy import REPO_ROOT, _free_port, _machine, _wait
+from ctxgate.eval._asgi import lifespan, read_body
+from ctxgate.eval.bench_proxy import REPO_ROOT, _free_port, _machine, _wait
 
 STALL_S = 4.0          # the upstream's silence on "stall"; the sidecar's upstream_timeout is below it
 UPSTREAM_TIMEOUT = 2.0
@@ -109,7 +109,7 @@ class _Procs:
         return f"http://127.0.0.1:{self.px_port}"
 
     def start_upstream(self) -> None:
-        self.upstream = subprocess.Popen([sys.executable, "-m", "eval.bench_chaos", "--serve-upstream",
+        self.upstream = subprocess.Popen([sys.executable, "-m", "ctxgate.eval.bench_chaos", "--serve-upstream",
                                           str(self.up_port)], cwd=REPO_ROOT)
         _wait(f"http://127.0.0.1:{self.up_port}/v1/models", 30)
 
@@ -127,7 +127,7 @@ class _Procs:
             env.update(CTXGATE_CACHE__BACKEND="redis", CTXGATE_CACHE__URL=f"redis://127.0.0.1:{self.redis_port}/0")
         else:
             env.update(CTXGATE_CACHE__BACKEND="sqlite", CTXGATE_CACHE__PATH=str(self.tmp / "segments.sqlite"))
-        self.sidecar = subprocess.Popen([sys.executable, "-m", "service", "--port", str(self.px_port), "--upstream",
+        self.sidecar = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--port", str(self.px_port), "--upstream",
                                          f"http://127.0.0.1:{self.up_port}/v1"], cwd=REPO_ROOT, env=env)
         _wait(self.url + "/readyz", 120)
 

@@ -2,7 +2,7 @@
 
 Three processes: a minimal SSE upstream (not an LLM, but paced like one: by default 50 events
 20 ms apart, a one-second answer at 50 tokens/s; ``--chunk-ms 0`` sends them all at once, a
-stress test of request overhead), the sidecar in front of it (``python -m service``, memory
+stress test of request overhead), the sidecar in front of it (``python -m ctxgate.service``, memory
 cache), and this client. For each concurrency (default 1 and 100 streams in flight) it runs:
 
     direct   client -> upstream                               (the baseline)
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval._asgi import lifespan, read_body
+from ctxgate.eval._asgi import lifespan, read_body
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,7 +251,7 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def _machine() -> dict[str, Any]:
-    from eval.bench import cpu_name
+    from ctxgate.eval.bench import cpu_name
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512": " avx512f" in flags,
@@ -260,8 +260,8 @@ def _machine() -> dict[str, Any]:
 
 def _rag_body(data_dir: str | None) -> bytes:
     """A real NQ 20-document prompt (falls back to a synthetic one when the data is absent)."""
-    from eval.bench import NQ20
-    from eval.bench import data_dir as find_data
+    from ctxgate.eval.bench import NQ20
+    from ctxgate.eval.bench import data_dir as find_data
 
     try:
         with (find_data(data_dir) / NQ20).open(encoding="utf-8") as f:
@@ -334,12 +334,12 @@ def main(argv: list[str] | None = None) -> int:
 
         env.update(CTXGATE_CACHE__BACKEND="sqlite", CTXGATE_CACHE__PATH=str(
             Path(tempfile.mkdtemp(prefix="ctxgate-bench-proxy-")) / "segments.sqlite"))
-    sidecar = subprocess.Popen([sys.executable, "-m", "service", "--port", str(px_port), "--upstream",
+    sidecar = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--port", str(px_port), "--upstream",
                                 f"http://127.0.0.1:{up_port}/v1", "--workers", str(args.workers)], cwd=REPO_ROOT,
                                env=env)
     if pins:
         os.sched_setaffinity(0, pins["upstream"])
-    upstream = subprocess.Popen([sys.executable, "-m", "eval.bench_proxy", "--serve-upstream", str(up_port),
+    upstream = subprocess.Popen([sys.executable, "-m", "ctxgate.eval.bench_proxy", "--serve-upstream", str(up_port),
                                  "--chunks", str(args.chunks), "--chunk-ms", str(args.chunk_ms)], cwd=REPO_ROOT,
                                 env=env)
     procs = [upstream, sidecar]

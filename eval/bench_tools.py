@@ -50,7 +50,7 @@ def valid_json(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from compressor import Compressor
+    from ctxgate.compressor import Compressor
 
     comp = Compressor(default_method=args.method, device=args.device)
     comp.warm_up()

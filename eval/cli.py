@@ -7,8 +7,8 @@ import os
 import shlex
 import sys
 
-from compressor import CtxgateError
-from compressor.methods import METHOD_NAMES
+from ctxgate.compressor import CtxgateError
+from ctxgate.compressor.methods import METHOD_NAMES
 
 from ._types import AUTO_RATE, EvalConfig
 from .datasets import DATASETS

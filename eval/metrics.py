@@ -15,7 +15,7 @@ import re
 import unicodedata
 
 # one definition of answer agreement, shared with the sidecar's shadow checks
-from compressor import agreement, embedding_cosine, final_number, first_line, normalize_answer, token_f1
+from ctxgate.compressor import agreement, embedding_cosine, final_number, first_line, normalize_answer, token_f1
 
 
 def normalize_context(s: str) -> str:

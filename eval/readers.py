@@ -69,7 +69,7 @@ class LocalReader:
     KEEP = 8
 
     def __init__(self, model: str = "qwen-1.5b", device: str | None = None, prefix_cache: bool = True) -> None:
-        from compressor.models import load_causal_lm
+        from ctxgate.compressor.models import load_causal_lm
 
         self.model, self.tokenizer, self.resolved = load_causal_lm(model, device=device)
         self.name = self.resolved.name

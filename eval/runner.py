@@ -19,8 +19,8 @@ from pathlib import Path
 
 import msgspec
 
-from compressor import CtxgateError
-from compressor.methods import AUTO_RATE_METHODS
+from ctxgate.compressor import CtxgateError
+from ctxgate.compressor.methods import AUTO_RATE_METHODS
 
 from . import metrics
 from ._types import AUTO_RATE, EvalConfig, Item, Row
@@ -116,7 +116,7 @@ def session_dtype(session: dict) -> str | None:
 
 def compute_dtype() -> str:
     """The dtype the scorer and a local reader load in here (``CTXGATE_DTYPE`` or the CPU's)."""
-    from compressor.models import pick_device, pick_dtype
+    from ctxgate.compressor.models import pick_device, pick_dtype
 
     return str(pick_dtype(pick_device())).removeprefix("torch.")
 
@@ -169,7 +169,7 @@ class _Fidelity:
         if not a.strip() or not b.strip():  # before the model loads: it is not needed for these
             return float(a.strip() == b.strip())
         if self._model is None:
-            from compressor.models import load_embedder
+            from ctxgate.compressor.models import load_embedder
 
             self._model = load_embedder(self.embedder)[0]
         return metrics.embedding_cosine(self._model, a, b)
@@ -253,7 +253,7 @@ def _chunks(todo: list, size: int) -> list[list]:
 
 def run_eval(config: EvalConfig) -> EvalResults:
     """Run (or resume) the matrix, then write report.md and the plots."""
-    from compressor import Compressor, MemoryCache
+    from ctxgate.compressor import Compressor, MemoryCache
 
     out = Path(config.out)
     if config.report_only:

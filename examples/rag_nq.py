@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.models import home, load_causal_lm, load_embedder
+from ctxgate.compressor.models import home, load_causal_lm, load_embedder
 from ctxgate.rag import RAGCompressor, RAGResult
 
 NQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "nq" / "nq-open-oracle-dev.jsonl.gz"

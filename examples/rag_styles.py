@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compressor.models import load_embedder
+from ctxgate.compressor.models import load_embedder
 
 NQ20 = Path(__file__).resolve().parents[2] / "shared" / "data" / "nq" / "nq-open-20docs-derived_first500.jsonl"
 

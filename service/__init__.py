@@ -1,7 +1,7 @@
 """ctxgate's HTTP sidecar (Litestar): OpenAI/Anthropic-compatible proxy routes that compress what the
 policy says, ``/v1/compress``, health, readiness and metrics. No scoring logic lives here.
 
-    from service import create_app, load_settings
+    from ctxgate.service import create_app, load_settings
     app = create_app(load_settings("ctxgate.yaml"))
 """
 

@@ -1,4 +1,4 @@
-"""``python -m service`` is ``ctxgate serve``."""
+"""``python -m ctxgate.service`` is ``ctxgate serve``."""
 
 from .serve import main
 

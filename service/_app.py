@@ -21,7 +21,7 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
-from compressor import Compressor, CtxgateError
+from ctxgate.compressor import Compressor, CtxgateError
 
 from ._cache import build_cache
 from ._context import Context

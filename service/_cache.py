@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from compressor import CompressionCache, MemoryCache, SQLiteCache
+from ctxgate.compressor import CompressionCache, MemoryCache, SQLiteCache
 
 from ._config import Settings
 
@@ -124,7 +124,7 @@ def build_cache(settings: Settings, on_error: Callable[[str], None] | None = Non
     l1 = MemoryCache(max_entries=c.memory_entries, ttl=c.ttl) if c.memory_entries > 0 else None
     if c.backend == "sqlite":
         return TieredCache(l1, SQLiteCache(settings.cache_path(), max_entries=c.max_entries, ttl=c.ttl), on_error)
-    from compressor import RedisCache
+    from ctxgate.compressor import RedisCache
 
     return TieredCache(l1, RedisCache(c.url or "", ttl=c.ttl, timeout=c.timeout), on_error,
                        Breaker(c.breaker_failures, c.breaker_cooldown))

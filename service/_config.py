@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from compressor import ConfigError
+from ctxgate.compressor import ConfigError
 
 CacheBackend = Literal["memory", "sqlite", "redis", "off"]
 Route = Literal["chat", "messages", "compress"]
@@ -251,14 +251,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def fidelity_path(self) -> Path:
         if self.fidelity.path:
             return Path(self.fidelity.path).expanduser()
-        from compressor.models import home
+        from ctxgate.compressor.models import home
 
         return home() / "cache" / "fidelity.sqlite"
 
     def cache_path(self) -> Path:
         if self.cache.path:
             return Path(self.cache.path).expanduser()
-        from compressor.models import home
+        from ctxgate.compressor.models import home
 
         return home() / "cache" / "segments.sqlite"
 

@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from compressor import Compressor
+from ctxgate.compressor import Compressor
 
 from ._cache import TieredCache
 from ._config import Settings

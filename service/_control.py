@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from compressor import METHOD_NAMES
+from ctxgate.compressor import METHOD_NAMES
 
 from ._config import Policy
 from ._errors import ProxyError

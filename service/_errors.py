@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from compressor import ConfigError, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
+from ctxgate.compressor import ConfigError, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
 
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",

@@ -47,7 +47,7 @@ class LocalModel:
         self._context = 2048
 
     def load(self) -> None:
-        from compressor.models import load_causal_lm
+        from ctxgate.compressor.models import load_causal_lm
 
         self._model, self._tok, _ = load_causal_lm(self.name, self.device)
         self._context = int(getattr(self._model.config, "max_position_embeddings", 2048) or 2048)

@@ -47,7 +47,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from compressor import InvalidRequest, has_markup, parse_markup, strip_markup
+from ctxgate.compressor import InvalidRequest, has_markup, parse_markup, strip_markup
 
 SlotKind = Literal["tool", "user", "system", "text"]
 QUESTION_MAX_CHARS = 2000

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from compressor import (
+from ctxgate.compressor import (
     Compressor,
     CompressRequest,
     InputTooLarge,
@@ -44,7 +44,7 @@ from compressor import (
     parse_markup,
     strip_markup,
 )
-from compressor.models import lookup
+from ctxgate.compressor.models import lookup
 
 from ._cache import TieredCache
 from ._config import Policy

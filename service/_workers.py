@@ -48,7 +48,7 @@ def run_workers(settings: Settings) -> int:
     os.environ[ENV] = msgspec.json.encode(settings).decode()
     # counters from every worker, summed at /metrics; the folder must start empty
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ctxgate-metrics-")
-    config = server_config("service._workers:worker_app", settings, factory=True, workers=settings.workers,
+    config = server_config("ctxgate.service._workers:worker_app", settings, factory=True, workers=settings.workers,
                            log_level=settings.log_level, timeout_graceful_shutdown=5, http=WorkerProtocol)
     sock = config.bind_socket()
     try:

@@ -20,7 +20,7 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from compressor import CompressRequest
+from ctxgate.compressor import CompressRequest
 
 from . import _expand, _local
 from ._context import Context

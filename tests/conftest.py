@@ -30,7 +30,7 @@ _KEEP_ENV = {"CTXGATE_DATA", "CTXGATE_MODELS", "CTXGATE_LAYOUT_ROWS", "CTXGATE_L
 
 
 def _models_dir() -> str:
-    from compressor.models import models_dir
+    from ctxgate.compressor.models import models_dir
 
     return str(models_dir())
 
@@ -64,7 +64,7 @@ def serve(app, port: int | None = None, timeout: float = 60.0) -> Iterator[str]:
     opts = dict(host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     settings = getattr(getattr(app, "state", None), "settings", None)
     if settings is not None:          # the sidecar: with its own connection limits, as `ctxgate serve` runs it
-        from service._server import server_config
+        from ctxgate.service._server import server_config
 
         config = server_config(app, settings, **opts)
     else:
@@ -139,7 +139,7 @@ def run_sidecar(settings, ready_timeout: float = 120.0) -> Iterator[str]:
     """A ctxgate sidecar (service.create_app) on ``settings.port``; waits for /readyz unless it reports failure."""
     import httpx
 
-    from service import create_app
+    from ctxgate.service import create_app
 
     with serve(create_app(settings), port=settings.port) as url:
         deadline = time.monotonic() + ready_timeout
@@ -155,7 +155,7 @@ def run_sidecar(settings, ready_timeout: float = 120.0) -> Iterator[str]:
 def sidecar(upstream, tmp_path):
     """Factory: ``with sidecar(**settings) as url`` runs a sidecar in front of the test upstream.
     Defaults: the deterministic model-free ``truncate`` method, an in-memory cache, min_tokens=50."""
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
 
     def make(*, policy: dict | None = None, cache: dict | None = None, **kw):
         kw.setdefault("upstream", upstream.url + "/v1")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from compressor import InvalidRequest
-from eval.bench import main
+from ctxgate.compressor import InvalidRequest
+from ctxgate.eval.bench import main
 
 FIELDS = {"method", "status", "n", "input_tokens", "output_tokens", "seconds", "mean_seconds", "tokens_per_s",
           "ratio", "warmup_seconds", "peak_rss_mib", "model", "warnings"}

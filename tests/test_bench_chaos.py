@@ -7,7 +7,7 @@ import json
 
 
 def test_a_short_chaos_run_loses_and_mixes_up_nothing(tmp_path):
-    from eval import bench_chaos
+    from ctxgate.eval import bench_chaos
 
     out = tmp_path / "chaos.json"
     rc = bench_chaos.main(["--seconds", "12", "--streams", "6", "--out", str(out)])

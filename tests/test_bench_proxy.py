@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from eval import bench_proxy
+from ctxgate.eval import bench_proxy
 from tests.conftest import serve
 
 CHUNKS, CHUNK_MS = 10, 20          # a 0.2 s stream

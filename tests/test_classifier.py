@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from compressor import Compressor, InvalidRequest
-from compressor.models import STUDENTS, clear_loaded, verify_student
-from compressor.models import _load as load_mod
-from compressor.models._prepare import sha256_file
+from ctxgate.compressor import Compressor, InvalidRequest
+from ctxgate.compressor.models import STUDENTS, clear_loaded, verify_student
+from ctxgate.compressor.models import _load as load_mod
+from ctxgate.compressor.models._prepare import sha256_file
 from tests._nqdata import DATA, PROTECTED, answer_kept, check_protected, nq_docs, nq_items
 
 HELD_OUT = slice(100, 112)
@@ -66,8 +66,8 @@ def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(monkeypatch)
     monkeypatch.setenv("CTXGATE_STUDENT_PRECISION", "fp32")
     clear_loaded()
     try:
-        from compressor._units import segment
-        from compressor.methods.classifier import Classifier
+        from ctxgate.compressor._units import segment
+        from ctxgate.compressor.methods.classifier import Classifier
 
         method = Classifier()
         item = _held_out()[1]

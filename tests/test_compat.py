@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compressor import InvalidRequest
-from compressor import _compat as compat
+from ctxgate.compressor import InvalidRequest
+from ctxgate.compressor import _compat as compat
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -48,7 +48,7 @@ def test_constructor_never_calls_tiktoken(monkeypatch, pc):
 
 def test_constructor_leaves_the_shared_tokenizer_alone(pc):
     # upstream load_model switches padding to the left; the tokenizer is shared with our counters
-    from compressor.models import load_tokenizer
+    from ctxgate.compressor.models import load_tokenizer
 
     assert pc.tokenizer is load_tokenizer("smollm2")
     assert pc.tokenizer.padding_side == "right"
@@ -104,7 +104,7 @@ def test_device_map_accepts_what_llmlingua_honours(device, expected):
 
 
 def test_device_map_auto_means_our_pick_not_cuda():
-    from compressor.models import pick_device
+    from ctxgate.compressor.models import pick_device
 
     assert compat.check_device_map("auto") == pick_device() == compat.check_device_map(None)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor import (CompressRequest, Compressor, Document, InputTooLarge, InvalidRequest, MemoryCache,
+from ctxgate.compressor import (CompressRequest, Compressor, Document, InputTooLarge, InvalidRequest, MemoryCache,
                         SQLiteCache, get_counter)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -33,8 +33,8 @@ def browser():
 def dashboard_url(tmp_path, nq_items):
     """A sidecar after a short real run: 4 compressed requests about 1 s apart, all shadowed; the
     controller stepped the rate up twice, 0.3 -> 0.5 -> 0.7 (the needle is cut, answers disagree)."""
-    from service import CacheSettings, Policy, Settings
-    from service._config import FidelitySettings
+    from ctxgate.service import CacheSettings, Policy, Settings
+    from ctxgate.service._config import FidelitySettings
 
     up = NeedleUpstream()
     with serve(up) as up_url:

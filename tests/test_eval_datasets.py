@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from eval.datasets import DATASETS, DataError, build_multidoc, data_dir, load_dataset
-from eval.datasets._common import read_jsonl
+from ctxgate.eval.datasets import DATASETS, DataError, build_multidoc, data_dir, load_dataset
+from ctxgate.eval.datasets._common import read_jsonl
 from tests._nqdata import DATA
 
 

@@ -3,7 +3,7 @@ worked out by hand from the official definitions."""
 
 import pytest
 
-from eval import metrics as m
+from ctxgate.eval import metrics as m
 
 NQ_REFS = ["Wilhelm Conrad Röntgen"]  # nq-open row 0
 SQUAD_REFS = ["Battle of Hastings", "the Battle of Hastings"]  # SQuAD v2 dev 56de16ca4396321400ee25c5
@@ -69,8 +69,8 @@ def test_agreement_with_the_full_prompt_answer():
 
 
 def test_report_times_are_medians_so_a_paused_item_does_not_skew_them():
-    from eval._types import Row
-    from eval.report import aggregate
+    from ctxgate.eval._types import Row
+    from ctxgate.eval.report import aggregate
 
     def row(item: str, seconds: float) -> Row:
         return Row(dataset="nq20", item=item, method="hybrid", rate=0.25, task="qa", reader="r", prediction="a",
@@ -82,7 +82,7 @@ def test_report_times_are_medians_so_a_paused_item_does_not_skew_them():
 
 
 def test_supports_kept_needs_every_hop():
-    from eval.metrics import supports_kept
+    from ctxgate.eval.metrics import supports_kept
 
     supports = [[0, "Poison is an American rock band."], [2, "Shut Up, Make Love was released in 2000."]]
     docs = ["Poison is an American rock band formed in 1983.", "noise", "Shut Up Make Love released 2000."]

@@ -7,11 +7,11 @@ import httpx
 import msgspec
 import pytest
 
-from eval.cli import main
-from eval._batching import _prefill_groups
-from eval.readers import Ask, HTTPReader, LocalReader, cut_at_stop
-from eval.report import _machine_lines
-from eval.runner import CHUNK_BATCHES, _chunks, compute_dtype, load_rows, load_sessions
+from ctxgate.eval.cli import main
+from ctxgate.eval._batching import _prefill_groups
+from ctxgate.eval.readers import Ask, HTTPReader, LocalReader, cut_at_stop
+from ctxgate.eval.report import _machine_lines
+from ctxgate.eval.runner import CHUNK_BATCHES, _chunks, compute_dtype, load_rows, load_sessions
 
 ARGS = ["--dataset", "nq", "--option", "docs=5", "--limit", "2", "--reader", "smollm2", "--rates", "0.25",
         "--max-new-tokens", "8", "--quiet"]
@@ -105,8 +105,8 @@ def test_http_reader_speaks_openai_chat_and_reports_cap_hits():
 
 @pytest.mark.slow
 def test_prefix_cache_reuses_the_shared_demonstrations_and_answers_the_same():
-    from eval.datasets import load_dataset
-    from eval.readers import LocalReader
+    from ctxgate.eval.datasets import load_dataset
+    from ctxgate.eval.readers import LocalReader
 
     item = load_dataset("gsm8k", limit=1)[0]
     demos = item.separator.join(item.context)[:1500]
@@ -136,7 +136,7 @@ def test_prefix_cache_keeps_a_reused_prompt_through_an_items_other_conditions():
     """The eval's order per item is full prompt, then the other conditions; the full prompt's cache
     must still be there when a prompt sharing its prefix comes (truncate in NQ, the next item's
     full prompt in GSM8K), however many conditions came in between."""
-    from eval.readers import LocalReader
+    from ctxgate.eval.readers import LocalReader
 
     reader = object.__new__(LocalReader)          # the retention policy only; no model loaded
     reader.prefix_cache, reader._caches, reader.reused_tokens = True, [], 0
@@ -212,7 +212,7 @@ def test_prefill_groups_and_chunks_keep_items_whole():
 
 
 def test_rescore_recomputes_metrics_from_the_stored_answers(tmp_path, capsys):
-    from eval._types import Row
+    from ctxgate.eval._types import Row
 
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "gsm8k", "limit": 2, "seed": 0,
                                                       "methods": ["truncate"], "reader": "qwen-1.5b"}))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from compressor import Compressor, get_counter
-from compressor._embed import Embedder, centrality, near_duplicates, rank, similarities
+from ctxgate.compressor import Compressor, get_counter
+from ctxgate.compressor._embed import Embedder, centrality, near_duplicates, rank, similarities
 from tests._nqdata import DATA, PROTECTED, check_protected, nq_docs, nq_items, squad_article
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from service._config import FidelitySettings
-from service.fidelity import Controller
+from ctxgate.service._config import FidelitySettings
+from ctxgate.service.fidelity import Controller
 
 
 def make(**kw) -> tuple[Controller, list]:
@@ -55,11 +55,11 @@ def test_an_adapted_rate_is_not_restored_with_adapting_off(tmp_path):
     import asyncio
     import time
 
-    from service import Policy, Settings
-    from service._config import FidelitySettings
-    from service._metrics import Metrics
-    from service.fidelity import Fidelity
-    from service.fidelity._store import Store
+    from ctxgate.service import Policy, Settings
+    from ctxgate.service._config import FidelitySettings
+    from ctxgate.service._metrics import Metrics
+    from ctxgate.service.fidelity import Fidelity
+    from ctxgate.service.fidelity._store import Store
 
     path = tmp_path / "f.sqlite"
     store = Store(path)

@@ -43,8 +43,8 @@ def needle(needle_upstream):
 @pytest.fixture()
 def fid_sidecar(needle, tmp_path):
     """Factory: a sidecar in front of NeedleUpstream with ``fidelity`` settings; truncate method, rate 0.3."""
-    from service import CacheSettings, Policy, Settings
-    from service._config import FidelitySettings
+    from ctxgate.service import CacheSettings, Policy, Settings
+    from ctxgate.service._config import FidelitySettings
 
     def make(*, port: int | None = None, **fid):
         fid.setdefault("path", str(tmp_path / "fidelity.sqlite"))

@@ -4,8 +4,8 @@ every row queued before it (it flushes at once instead of waiting out the batch 
 import sqlite3
 import time
 
-from service.fidelity import _store
-from service.fidelity._store import Store
+from ctxgate.service.fidelity import _store
+from ctxgate.service.fidelity._store import Store
 
 
 class _CountingStore(Store):

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from compressor import ConfigError
+from ctxgate.compressor import ConfigError
 from tests.test_fidelity_shadow import metric
 
 
@@ -19,7 +19,7 @@ def long_prompt(item: dict) -> str:
 
 @pytest.fixture()
 def shadowing(sidecar, tmp_path):
-    from service._config import FidelitySettings
+    from ctxgate.service._config import FidelitySettings
 
     return sidecar(fidelity=FidelitySettings(sample_rate=1.0, path=str(tmp_path / "fid.sqlite")))
 
@@ -59,7 +59,7 @@ def test_a_client_that_hangs_up_still_cancels_upstream_and_is_not_compared(shado
 
 
 def test_fidelity_settings_from_file_and_env(tmp_path):
-    from service import load_settings
+    from ctxgate.service import load_settings
 
     cfg = tmp_path / "ctxgate.yaml"
     cfg.write_text("fidelity:\n  sample_rate: 0.05\n  threshold: 0.7\n  daily_max_tokens: 200000\n")

@@ -1,7 +1,7 @@
 """Replicas that share their fidelity state through one real redis-server: an atomic shadow budget,
 one adaptive rate for the fleet, fleet-wide reports, and failing open when Redis is gone.
 
-The last test runs two real sidecar processes (``python -m service``) in front of ``NeedleUpstream``
+The last test runs two real sidecar processes (``python -m ctxgate.service``) in front of ``NeedleUpstream``
 and drives them with the official openai SDK.
 """
 
@@ -20,9 +20,9 @@ import openai
 import pytest
 import yaml
 
-from service._config import FidelitySettings, StateSettings
-from service.fidelity._controller import SharedController
-from service.fidelity._fleet import FleetState
+from ctxgate.service._config import FidelitySettings, StateSettings
+from ctxgate.service.fidelity._controller import SharedController
+from ctxgate.service.fidelity._fleet import FleetState
 from tests.conftest import free_port, serve
 from tests.needle import NEEDLE, NeedleUpstream, context
 
@@ -121,7 +121,7 @@ def _start(cfg: dict, tmp_path, name: str) -> tuple[subprocess.Popen, str]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--config", str(path), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--config", str(path), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.log", "wb"), env=os.environ)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -239,7 +239,7 @@ def test_serve_workers_share_one_port_and_one_metrics_view_and_replace_a_dead_wo
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--config", str(path), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--config", str(path), "--port", str(port),
                              "--workers", "2"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "w.log", "wb"))
     url = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=url + "/v1", api_key="sk-w", max_retries=0, timeout=30)

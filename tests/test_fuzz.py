@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compressor import InvalidRequest, find_protected, parse_markup
+from ctxgate.compressor import InvalidRequest, find_protected, parse_markup
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
                 derandomize=True)
@@ -76,7 +76,7 @@ control_headers = st.dictionaries(st.sampled_from(["x-ctxgate-rate", "x-ctxgate-
 
 @pytest.fixture(scope="module")
 def fuzz_proxy(test_upstream):
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),

@@ -24,8 +24,8 @@ def _chat(content: str, **extra) -> dict:
 @pytest.fixture(scope="module")
 def hard(test_upstream, tmp_path_factory):
     """One sidecar with short connection limits, an admin token and its state in a temp folder."""
-    from service import CacheSettings, Policy, Settings
-    from service._config import FidelitySettings, Limits
+    from ctxgate.service import CacheSettings, Policy, Settings
+    from ctxgate.service._config import FidelitySettings, Limits
     from tests.conftest import free_port, run_sidecar
 
     state = tmp_path_factory.mktemp("state")
@@ -50,7 +50,7 @@ def proxy(hard, upstream):
 
 
 def test_markup_parsing_is_linear_even_for_an_unclosed_tag_with_many_attributes():
-    from compressor import InvalidRequest, parse_markup
+    from ctxgate.compressor import InvalidRequest, parse_markup
 
     for k in (24, 40, 4000):
         tag = "<ctxgate:compress" + ' a="x"' * k
@@ -103,7 +103,7 @@ def test_markup_on_v1_compress_is_linear_too(proxy):
 
 
 def test_too_many_markup_regions_is_a_clear_400(proxy, upstream):
-    from compressor._markup import MAX_REGIONS
+    from ctxgate.compressor._markup import MAX_REGIONS
 
     body = "".join(f"word{i} <ctxgate:keep>k{i}</ctxgate:keep> " for i in range(10_000))
     r = httpx.post(proxy + "/v1/chat/completions", json=_chat(body + "\n\nWhich?"), timeout=30)
@@ -113,7 +113,7 @@ def test_too_many_markup_regions_is_a_clear_400(proxy, upstream):
 
 def test_many_protected_spans_and_many_tiny_documents_stay_cheap():
     """find_protected on 20k numbers, and 5,000 one-word documents, in bounded time (was quadratic)."""
-    from compressor import Compressor, find_protected
+    from ctxgate.compressor import Compressor, find_protected
 
     text = " ".join(str(i) for i in range(20_000))
     t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def test_many_protected_spans_and_many_tiny_documents_stay_cheap():
 
 
 def test_deeply_nested_brackets_in_text_are_no_recursion_error():
-    from compressor import find_protected
+    from ctxgate.compressor import find_protected
 
     for text in ("[" * 5000 + "]" * 5000, "{" * 100_000, '{"a":' * 3000):
         assert isinstance(find_protected(text), list)
@@ -134,7 +134,7 @@ def test_deeply_nested_brackets_in_text_are_no_recursion_error():
 
 
 def test_the_token_count_memo_is_bounded_by_bytes():
-    from service._rewrite import _CountMemo
+    from ctxgate.service._rewrite import _CountMemo
 
     memo = _CountMemo(max_bytes=1024 * 1024)
     for i in range(200):
@@ -158,7 +158,7 @@ def test_client_model_strings_are_normalised_before_they_are_kept_or_echoed(prox
 
 
 def test_model_labels_are_short_distinct_and_safe():
-    from service._labels import MAX_LABEL_CHARS, model_label
+    from ctxgate.service._labels import MAX_LABEL_CHARS, model_label
 
     a, b = model_label("m" * 100_000 + "a"), model_label("m" * 100_000 + "b")
     assert a != b and len(a) <= MAX_LABEL_CHARS and len(b) <= MAX_LABEL_CHARS
@@ -167,7 +167,7 @@ def test_model_labels_are_short_distinct_and_safe():
 
 
 def test_the_fidelity_store_has_a_retention_period(tmp_path):
-    from service.fidelity._store import Store
+    from ctxgate.service.fidelity._store import Store
 
     store = Store(tmp_path / "f.sqlite")
     now = time.time()
@@ -238,8 +238,8 @@ def test_a_huge_header_is_refused_before_it_is_buffered(proxy, upstream, size):
 @pytest.fixture()
 def slow_engine(test_upstream, monkeypatch):
     """A sidecar whose compressor takes 3 s per call (the injected fault), with a 0.5 s budget."""
-    from compressor import Compressor
-    from service import CacheSettings, Settings
+    from ctxgate.compressor import Compressor
+    from ctxgate.service import CacheSettings, Settings
     from tests.conftest import free_port, run_sidecar
 
     calls: list[float] = []
@@ -359,8 +359,8 @@ def test_an_unknown_host_is_refused_on_loopback(proxy, upstream):
 
 
 def test_allowed_hosts_setting():
-    from service import Settings
-    from service._access import Hosts
+    from ctxgate.service import Settings
+    from ctxgate.service._access import Hosts
 
     assert Settings(host="0.0.0.0").allowed_hosts_for() == ["*"]
     h = Hosts(Settings(allowed_hosts=["api.internal", "*.example.com"]).allowed_hosts_for())
@@ -400,7 +400,7 @@ class _Frozen:
 
 
 def test_the_circuit_breaker_skips_a_failing_backend_then_retries_it():
-    from service._cache import Breaker, TieredCache
+    from ctxgate.service._cache import Breaker, TieredCache
 
     backend = _Frozen()
     cache = TieredCache(None, backend, breaker=Breaker(failures=3, cooldown=0.5))
@@ -421,7 +421,7 @@ def test_a_frozen_redis_costs_milliseconds_not_seconds(tmp_path, test_upstream):
     import signal
     import subprocess
 
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     exe = shutil.which("redis-server")
@@ -455,7 +455,7 @@ def test_a_frozen_redis_costs_milliseconds_not_seconds(tmp_path, test_upstream):
 
 
 def test_a_text_far_over_max_input_tokens_is_refused_before_it_is_tokenized():
-    from compressor import Compressor, InputTooLarge
+    from ctxgate.compressor import Compressor, InputTooLarge
 
     c = Compressor(default_method="truncate", cache=None, max_input_tokens=100)
     with pytest.raises(InputTooLarge, match="3300 characters, over the limit of 100 tokens"):
@@ -468,9 +468,9 @@ def test_distinct_model_names_do_not_accumulate(proxy, upstream):
     """Distinct long model names through the proxy, then the rewriter's per-name state directly."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from compressor import Compressor
-    from service._metrics import Metrics
-    from service._rewrite import MAX_TOKENIZER_NAMES, Rewriter, resolve_tokenizer
+    from ctxgate.compressor import Compressor
+    from ctxgate.service._metrics import Metrics
+    from ctxgate.service._rewrite import MAX_TOKENIZER_NAMES, Rewriter, resolve_tokenizer
 
     with httpx.Client(base_url=proxy, timeout=30) as client:
         for i in range(50):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from compressor import Compressor, get_counter
-from compressor._scorer import LMScorer
+from ctxgate.compressor import Compressor, get_counter
+from ctxgate.compressor._scorer import LMScorer
 from tests._nqdata import DATA, PROTECTED, check_protected, nq_docs, nq_items, squad_article
 
 

@@ -18,7 +18,7 @@ ALLOWED = {
 }
 
 
-def _imports(path: Path) -> list[str]:
+def _raw_imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     out = []
     for node in ast.walk(tree):
@@ -27,6 +27,25 @@ def _imports(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append(node.module)
     return out
+
+
+def _imports(path: Path) -> list[str]:
+    """Imported modules, named by their folder: ``ctxgate.compressor.x`` is ``compressor.x``."""
+    out = []
+    for name in _raw_imports(path):
+        parts = name.split(".")
+        out.append(".".join(parts[1:]) if len(parts) > 1 and parts[0] == "ctxgate" and parts[1] in PACKAGES
+                   else name)
+    return out
+
+
+def test_every_import_uses_the_installed_namespace():
+    """``compressor``, ``service`` and ``eval`` are installed as ``ctxgate.*`` only (pyproject's package-dir):
+    a bare ``import service`` would work in the checkout and break in a wheel."""
+    bad = [f"{path.relative_to(ROOT)} imports {name}"
+           for folder in (*PACKAGES, "tests", "examples") for path in sorted((ROOT / folder).rglob("*.py"))
+           for name in _raw_imports(path) if name.split(".")[0] in ("compressor", "service", "eval")]
+    assert bad == []
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -50,7 +69,8 @@ def test_service_does_not_depend_on_eval_even_lazily():
         assert not any(n.split(".")[0] == "eval" for n in _imports(path)), path
 
 
-@pytest.mark.parametrize("module", ["compressor", "compressor.models", "compressor.training", "service"])
+@pytest.mark.parametrize("module", ["ctxgate.compressor", "ctxgate.compressor.models", "ctxgate.compressor.training",
+                                    "ctxgate.service"])
 def test_exported_names_exist_and_are_listed(module):
     import importlib
 
@@ -59,6 +79,6 @@ def test_exported_names_exist_and_are_listed(module):
     for name in mod.__all__:
         assert hasattr(mod, name), f"{module}.__all__ names {name}, which does not exist"
     public = {n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, type(ast))
-              and getattr(v, "__module__", module).startswith(module.split(".")[0])
+              and getattr(v, "__module__", module).startswith(".".join(module.split(".")[:2]))
               and n not in ("annotations",)}
     assert public <= set(mod.__all__) | {n for n in public if isinstance(vars(mod)[n], type(importlib))}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from compressor import Compressor, InvalidRequest
-from compressor.models import resolve
+from ctxgate.compressor import Compressor, InvalidRequest
+from ctxgate.compressor.models import resolve
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DOCS = 3

@@ -2,8 +2,8 @@
 
 import pytest
 
-from compressor import InvalidRequest, find_protected, has_markup, parse_markup
-from compressor._units import render, segment
+from ctxgate.compressor import InvalidRequest, find_protected, has_markup, parse_markup
+from ctxgate.compressor._units import render, segment
 
 
 def test_markup_is_stripped_and_regions_point_into_stripped_text():

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from compressor import models
-from compressor._errors import ChecksumMismatch, ModelError, ModelNotPrepared
-from compressor.models import ModelSpec
+from ctxgate.compressor import models
+from ctxgate.compressor._errors import ChecksumMismatch, ModelError, ModelNotPrepared
+from ctxgate.compressor.models import ModelSpec
 
 
 def _fake_package(tmp_path, monkeypatch, payload: bytes) -> ModelSpec:

@@ -6,7 +6,7 @@ of items. Budgets are checked on the same runs, so this costs one compression pe
 
 import pytest
 
-from compressor import Compressor
+from ctxgate.compressor import Compressor
 from tests._nqdata import answer_kept, nq_docs, nq_items
 
 N_ITEMS = 25

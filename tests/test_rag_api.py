@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from compressor import Compressor, Document, InvalidRequest, find_protected
+from ctxgate.compressor import Compressor, Document, InvalidRequest, find_protected
 from ctxgate.rag import RAGCompressor
 from tests.test_rag_support import METHOD, nq_passages, question
 

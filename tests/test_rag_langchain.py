@@ -16,7 +16,7 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableLambda
 from langchain_core.vectorstores import InMemoryVectorStore
 
-from compressor import Compressor
+from ctxgate.compressor import Compressor
 from ctxgate.langchain import CtxgateDocumentCompressor
 from ctxgate.rag import RAGCompressor
 from tests.test_rag_support import METHOD, langchain_embeddings, nq_passages, question

@@ -15,7 +15,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from compressor import Compressor
+from ctxgate.compressor import Compressor
 from ctxgate.llamaindex import CtxgateNodePostprocessor
 from ctxgate.rag import RAGCompressor
 from tests.test_rag_support import METHOD, llamaindex_embedding, nq_passages, question, smollm2_llm

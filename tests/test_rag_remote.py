@@ -1,4 +1,4 @@
-"""Remote mode: the same API against a real sidecar process (``python -m service``), and fail-open
+"""Remote mode: the same API against a real sidecar process (``python -m ctxgate.service``), and fail-open
 when the sidecar is down, silent, or answers badly (faults injected with real sockets)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from compressor import Compressor, InvalidRequest
+from ctxgate.compressor import Compressor, InvalidRequest
 from ctxgate.rag import RAGCompressor, SidecarError
 from tests.test_rag_support import METHOD, nq_passages, question
 
@@ -38,7 +38,7 @@ def sidecar(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("sidecar") / "sidecar.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,7 +57,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the sidecar (python -m service) exited with {proc.returncode}:\n"
+            pytest.fail(f"the sidecar (python -m ctxgate.service) exited with {proc.returncode}:\n"
                         f"{log_path.read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:

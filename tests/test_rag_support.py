@@ -48,7 +48,7 @@ def question() -> tuple[str, list[str]]:
 
 @functools.cache
 def _encoder():
-    from compressor.models import load_embedder
+    from ctxgate.compressor.models import load_embedder
 
     return load_embedder("minilm")[0]
 
@@ -113,7 +113,7 @@ def smollm2_llm(max_new_tokens: int = 12):
         def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
             import torch
 
-            from compressor.models import load_causal_lm
+            from ctxgate.compressor.models import load_causal_lm
 
             model, tok, _ = load_causal_lm("smollm2")
             ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,

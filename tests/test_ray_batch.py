@@ -132,7 +132,7 @@ class _Cluster:
 
 
 def test_the_actor_pool_follows_the_cluster():
-    from compressor import CtxgateError
+    from ctxgate.compressor import CtxgateError
     from ctxgate._ray_batch import _pool
 
     assert _pool(_Cluster(CPU=8), None, None) == (8, 0.0, 1.0)              # one single-threaded actor per CPU

@@ -60,7 +60,7 @@ def test_cache_off_compresses_every_time(sidecar, upstream, nq_item):
 
 
 def test_redis_cache_unit(redis_url):
-    from compressor._cache_redis import RedisCache
+    from ctxgate.compressor._cache_redis import RedisCache
 
     c = RedisCache(redis_url, ttl=60, prefix="ctxgate:unit:")
     assert c.get("nope") is None

@@ -16,7 +16,7 @@ from tests.test_service_proxy import _metric, ant, oai, rag_prompt
 
 @pytest.fixture(scope="module")
 def shared(test_upstream):
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),
@@ -177,7 +177,7 @@ def test_fail_open_when_the_time_budget_runs_out(sidecar, upstream, nq_item):
 @pytest.fixture()
 def slow_truncate(monkeypatch):
     """Fault injection: the model-free truncate method takes 1 s, well past a 0.3 s budget."""
-    from compressor.methods.baselines import Truncate
+    from ctxgate.compressor.methods.baselines import Truncate
 
     real = Truncate.run
 

@@ -19,7 +19,7 @@ CLIENT_TOOL = {"type": "function", "function": {"name": "search", "description":
 
 
 def _sidecar(test_upstream, **policy):
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),

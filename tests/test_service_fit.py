@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from service._windows import builtin_window, reported_windows, request_reserve
+from ctxgate.service._windows import builtin_window, reported_windows, request_reserve
 from tests._nqdata import nq_docs, nq_items
 from tests.test_service_proxy import ant, oai
 from tests.upstreams import SMALL_MODEL, SMALL_WINDOW, prompt_tokens

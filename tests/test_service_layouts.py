@@ -76,7 +76,7 @@ def _anthropic_layouts(item: dict) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def layout_proxy(test_upstream):
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),
@@ -171,7 +171,7 @@ def test_v1_compress_never_takes_a_document_line_for_the_question(layout_proxy):
 
 
 def test_question_rules_on_the_layouts_the_issue_found():
-    from service._policy import openai_plan
+    from ctxgate.service._policy import openai_plan
 
     q = "Why did order ORD-55122 fail? Quote every ERROR line that is relevant."
     log = "\n".join(f"2026-01-01 INFO order ORD-{i} ok" for i in range(300))
@@ -197,7 +197,7 @@ def test_question_rules_on_the_layouts_the_issue_found():
 
 
 def test_a_documents_only_message_compresses_its_last_paragraph_too():
-    from service._policy import openai_plan, parts
+    from ctxgate.service._policy import openai_plan, parts
 
     docs = "Document [1] The East Wing was built in 1942.\n\nDocument [2] The West Wing was expanded in 1909."
     bare = "Who expanded the West Wing in 1909?"

@@ -11,7 +11,7 @@ from tests.test_service_proxy import ant, oai, rag_prompt
 
 @pytest.fixture(scope="module")
 def embedded(test_upstream):
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     s = Settings(port=free_port(), cache=CacheSettings(backend="memory"), local_max_tokens=24,

@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import pytest
 
-from compressor import CompressResult, ConfigError
+from ctxgate.compressor import CompressResult, ConfigError
 from tests.test_service_proxy import _metric, oai, rag_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_readyz_reports_a_model_that_failed_to_load(sidecar, upstream):
 
 
 def test_settings_from_yaml_toml_env_and_rules(tmp_path):
-    from service import load_settings
+    from ctxgate.service import load_settings
 
     yaml_file = tmp_path / "ctxgate.yaml"
     yaml_file.write_text(
@@ -141,7 +141,7 @@ def test_serve_entry_point_starts_and_answers(tmp_path, upstream):
 
     port = free_port()
     env = {**os.environ, "CTXGATE_HOME": str(tmp_path), "CTXGATE_WARM_UP": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--upstream", upstream.url + "/v1",
+    proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--port", str(port), "--upstream", upstream.url + "/v1",
                              "--cache", "memory", "--log-level", "warning"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -194,7 +194,7 @@ def _logical_lines(text: str) -> list[str]:
 
 
 def test_the_example_config_loads():
-    from service import load_settings
+    from ctxgate.service import load_settings
 
     s = load_settings(ROOT / "service" / "ctxgate.example.yaml", env={})
     assert s.upstream == "https://api.openai.com/v1" and s.policy_for("messages", "claude-3-5-haiku").rate == 0.4

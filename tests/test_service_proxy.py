@@ -39,7 +39,7 @@ def ant(url: str, **kw) -> anthropic.Anthropic:
 @pytest.fixture(scope="module")
 def shared_proxy(test_upstream):
     """One sidecar for the tests below that need no special settings."""
-    from service import CacheSettings, Policy, Settings
+    from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
     s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),
@@ -293,7 +293,7 @@ def _metric(text: str, name: str, labels: str = "") -> float:
 
 
 def test_upstream_proxy_comes_from_the_environment_once_and_honours_no_proxy(monkeypatch):
-    from service._upstream import _env_proxy
+    from ctxgate.service._upstream import _env_proxy
 
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1,.corp.example")

@@ -9,8 +9,8 @@ import random
 
 import pytest
 
-from compressor import Compressor, InputTooLarge, MemoryCache
-from compressor.structured import kind_of, split
+from ctxgate.compressor import Compressor, InputTooLarge, MemoryCache
+from ctxgate.compressor.structured import kind_of, split
 
 from ._nqdata import nq_docs
 
@@ -296,8 +296,8 @@ def test_expand_returns_the_stored_original():
 
 @pytest.mark.parametrize("name", ["tools-nq", "tools-squad", "tools-kv", "tools-logs", "tools-hotpot"])
 def test_tool_output_datasets_hold_what_they_claim(name):
-    from eval.bench_tools import needed_kept, valid_json
-    from eval.datasets import load_dataset
+    from ctxgate.eval.bench_tools import needed_kept, valid_json
+    from ctxgate.eval.datasets import load_dataset
 
     items = load_dataset(name, limit=2, seed=0)
     assert len(items) == 2 and items[0].id != items[1].id
@@ -312,7 +312,7 @@ def test_tool_output_datasets_hold_what_they_claim(name):
 
 
 def test_bench_tools_reports_per_dataset(comp):
-    from eval.bench_tools import main
+    from ctxgate.eval.bench_tools import main
 
     import contextlib
     import io

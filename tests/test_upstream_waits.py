@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp.base_protocol import BaseProtocol
 
-from service._upstream import _Waits
+from ctxgate.service._upstream import _Waits
 
 TIMEOUT = 0.4
 

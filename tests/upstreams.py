@@ -166,7 +166,7 @@ SMALL_WINDOW = 1024
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
-    from compressor.models import load_tokenizer
+    from ctxgate.compressor.models import load_tokenizer
 
     tok = load_tokenizer("smollm2")
     texts = [body["system"]] if isinstance(body.get("system"), str) else []

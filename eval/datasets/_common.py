@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from compressor import CtxgateError
+from ctxgate.compressor import CtxgateError
 
 T = TypeVar("T")
 

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"wrote {len(rows)} labelled examples to {args.out}")
         return 0
 
-    from compressor.models import pick_device, resolve
-    from compressor.training import sha256_file
+    from ctxgate.compressor.models import pick_device, resolve
+    from ctxgate.compressor.training import sha256_file
 
     meta, rows = teach.load(args.labels)
     device = args.device or pick_device()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compressor.training import build_net, encode, trained_state, unit_means
+from ctxgate.compressor.training import build_net, encode, trained_state, unit_means
 
 from . import teach
 from .examples import Example
@@ -79,7 +79,7 @@ def add_relevance_targets(rows: list[Row], examples: list[Example], embedder: st
     """Groups per question and the listwise target: half the data's label (the documents holding
     the answer), half the hybrid teacher's coarse ranking (softmax of MiniLM question-document
     similarity), which is what ``hybrid`` keeps documents by."""
-    from compressor.training import Embedder
+    from ctxgate.compressor.training import Embedder
 
     first: dict[int, int] = {}
     for i, r in enumerate(rows):

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from compressor.training import Segmented, segment
+from ctxgate.compressor.training import Segmented, segment
 
 from .examples import Example
 
@@ -98,7 +98,7 @@ def _groups(examples: Sequence[Example], size: int = 24) -> list[list[int]]:
 
 def label(examples: Sequence[Example], *, scorer: str = "smollm2", embedder: str = "minilm",
           log: Log = print) -> list[Labelled]:
-    from compressor.training import Hybrid, get_counter
+    from ctxgate.compressor.training import Hybrid, get_counter
 
     teacher = Hybrid(scorer=scorer, embedder=embedder)
     counter = get_counter(None)

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressor import agreement
+from ctxgate.compressor import agreement
 
 
 @dataclass

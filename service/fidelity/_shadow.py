@@ -32,7 +32,7 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
-from compressor import embedding_cosine
+from ctxgate.compressor import embedding_cosine
 
 from .._config import Policy, Settings
 from .._metrics import Metrics
@@ -328,7 +328,7 @@ class Fidelity:
         """(cosine, token F1, exact agreement); blocking, in a worker thread."""
         f1, em = _answers.agreement_scores(compressed, full)
         if self._embedder is None:
-            from compressor.models import load_embedder
+            from ctxgate.compressor.models import load_embedder
 
             self._embedder, _ = load_embedder(self._embedder_name, self.settings.device)
         return embedding_cosine(self._embedder, compressed, full), f1, em

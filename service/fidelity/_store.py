@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from compressor import private, private_dir
+from ctxgate.compressor import private, private_dir
 
 log = logging.getLogger("ctxgate.service")
 LINGER = 0.25       # seconds a batch gathers rows before its commit; a read or close flushes at once
