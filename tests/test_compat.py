@@ -82,7 +82,7 @@ def test_upstream_get_ppl_breaks_on_this_transformers(pc, text):
         pytest.skip("transformers 4.x still accepts legacy tuples")
     enc = pc.tokenizer(text, return_tensors="pt")
     _, kv = pc.get_ppl("", "token", enc["input_ids"], enc["attention_mask"], return_kv=True, end=8)
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError, match="get_seq_length"):      # a legacy list is not a Cache
         PromptCompressor.get_ppl(pc, "", "token", enc["input_ids"], enc["attention_mask"],
                                  past_key_values=[list(p) for p in kv], return_kv=True)
 

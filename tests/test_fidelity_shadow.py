@@ -10,7 +10,6 @@ both are right.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 
@@ -20,6 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port, run_sidecar, serve
+from tests.metrics import metric
 from tests.needle import NEEDLE, RIGHT, WRONG, NeedleUpstream, anthropic_sse, context
 
 
@@ -94,15 +94,6 @@ def rows(path, sql: str) -> list[sqlite3.Row]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
-
-
-def metric(url: str, name: str, **labels) -> float:
-    """One sample's value from /metrics (labels in any order); 0 when absent."""
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        m = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
-        if m and m[1] == name and dict(re.findall(r'(\w+)="([^"]*)"', m[2] or "")) == labels:
-            return float(m[3])
-    return 0.0
 
 
 def shadows(up: NeedleUpstream) -> list[dict]:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from ctxgate.compressor import ConfigError
-from tests.test_fidelity_shadow import metric
+from tests.metrics import metric
 
 
 def long_prompt(item: dict) -> str:

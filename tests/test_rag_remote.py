@@ -162,14 +162,17 @@ def check_fallback(r, docs, reason: str, caplog):
     logged = " ".join(rec.getMessage() for rec in records)
     assert reason in logged and "uncompressed" in logged
     assert "Zebra" not in logged and "launch code" not in logged   # no document text in logs
+    assert KEY not in logged and "Bearer" not in logged              # nor the credentials sent
 
 
+KEY = "sk-remote-must-never-be-logged"
+AUTH = {"authorization": f"Bearer {KEY}"}
 FALLBACK_DOCS = [{"text": SECRET * 5, "metadata": {"source": "vault"}}, {"text": "second doc " * 30, "metadata": {}}]
 
 
 def test_sidecar_down_fails_open_sync_and_async(caplog):
     caplog.set_level(logging.WARNING, logger="ctxgate.rag")
-    rag = RAGCompressor(mode="remote", url=closed_port_url(), method=METHOD, rate=0.3, timeout=2)
+    rag = RAGCompressor(mode="remote", url=closed_port_url(), method=METHOD, rate=0.3, timeout=2, headers=AUTH)
     check_fallback(rag.compress(FALLBACK_DOCS, "what is the code?"), FALLBACK_DOCS, "unreachable", caplog)
     caplog.clear()
     check_fallback(asyncio.run(rag.acompress(FALLBACK_DOCS, "q")), FALLBACK_DOCS, "unreachable", caplog)
@@ -190,7 +193,7 @@ def test_silent_sidecar_times_out_and_fails_open(caplog):
         s.listen(8)
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
         t0 = time.monotonic()
-        r = RAGCompressor(mode="remote", url=url, rate=0.3, timeout=0.5).compress(FALLBACK_DOCS)
+        r = RAGCompressor(mode="remote", url=url, rate=0.3, timeout=0.5, headers=AUTH).compress(FALLBACK_DOCS)
         assert time.monotonic() - t0 < 5
         check_fallback(r, FALLBACK_DOCS, "timed out", caplog)
         with pytest.raises(SidecarError, match="timed out"):
@@ -237,7 +240,7 @@ def faulty():
                                           ("short", "answered 0 documents for 2")])
 def test_bad_answers_fail_open(faulty, caplog, path, reason):
     caplog.set_level(logging.WARNING, logger="ctxgate.rag")
-    r = RAGCompressor(mode="remote", url=f"{faulty}/{path}", rate=0.3).compress(FALLBACK_DOCS)
+    r = RAGCompressor(mode="remote", url=f"{faulty}/{path}", rate=0.3, headers=AUTH).compress(FALLBACK_DOCS)
     check_fallback(r, FALLBACK_DOCS, reason, caplog)
 
 

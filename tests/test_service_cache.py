@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.test_service_proxy import _metric, oai, rag_prompt
+from tests.metrics import value
+from tests.test_service_proxy import oai, rag_prompt
 
 
 def _send(url: str, prompt: str):
@@ -24,7 +25,7 @@ def test_sqlite_cache_survives_a_restart(sidecar, upstream, nq_item, tmp_path):
         r = _send(url, prompt)
         assert r.headers["x-ctxgate-cache"] == "hit" and upstream.last().raw == first
         m = httpx.get(url + "/metrics").text
-        assert _metric(m, "ctxgate_cache_hits_total") == 1 and _metric(m, "ctxgate_cache_misses_total") == 0
+        assert value(m, "ctxgate_cache_hits_total") == 1 and value(m, "ctxgate_cache_misses_total") == 0
 
 
 def test_redis_cache_is_shared_by_two_instances(sidecar, upstream, nq_item, redis_url):
@@ -37,7 +38,7 @@ def test_redis_cache_is_shared_by_two_instances(sidecar, upstream, nq_item, redi
         from_a = upstream.last().raw
         assert _send(b, prompt).headers["x-ctxgate-cache"] == "hit"
         assert upstream.last().raw == from_a
-        assert _metric(httpx.get(b + "/metrics").text, "ctxgate_cache_misses_total") == 0
+        assert value(httpx.get(b + "/metrics").text, "ctxgate_cache_misses_total") == 0
     client = redis.Redis.from_url(redis_url)
     keys = client.keys("ctxgate:c:*")
     assert keys and all(0 < client.ttl(k) <= 3600 for k in keys)           # bounded by TTL
@@ -50,7 +51,7 @@ def test_redis_down_degrades_to_misses_not_errors(sidecar, upstream, nq_item):
     with sidecar(cache=cache) as url:
         r = _send(url, rag_prompt(nq_item, 6))
         assert r.status_code == 200 and r.headers["x-ctxgate-cache"] == "miss"
-        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_cache_errors_total", '{op="get"}') >= 1
+        assert value(httpx.get(url + "/metrics").text, "ctxgate_cache_errors_total", op="get") >= 1
 
 
 def test_cache_off_compresses_every_time(sidecar, upstream, nq_item):

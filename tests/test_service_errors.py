@@ -3,6 +3,7 @@ the proxy fails open when compression cannot finish, and the server stays health
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -11,7 +12,9 @@ import httpx
 import openai
 import pytest
 
-from tests.test_service_proxy import _metric, ant, oai, rag_prompt
+from tests.conftest import free_port
+from tests.metrics import value
+from tests.test_service_proxy import ant, oai, rag_prompt
 
 
 @pytest.fixture(scope="module")
@@ -129,19 +132,16 @@ def test_upstream_reset_mid_stream_and_mid_body(proxy, upstream):
         oai(proxy).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
                                            extra_headers={"x-test-behavior": "reset"})
     assert exc.value.status_code == 502
-    assert _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
-                   '{kind="reset",route="chat"}') >= 2
+    assert value(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total", kind="reset", route="chat") >= 2
 
 
 def test_an_upstream_that_stalls_mid_stream_ends_it_with_a_timeout_event(proxy, upstream):
-    before = _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
-                     '{kind="timeout",route="chat"}')
+    before = value(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total", kind="timeout", route="chat")
     t0 = time.monotonic()
     got = _chunks_until_error(proxy, "stall:4", "broke off.*TimeoutError")
     assert len(got) == 2                                              # what arrived before the silence
     assert time.monotonic() - t0 < 3.5                                # upstream_timeout=1, not the stall's 4 s
-    after = _metric(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total",
-                    '{kind="timeout",route="chat"}')
+    after = value(httpx.get(proxy + "/metrics").text, "ctxgate_upstream_errors_total", kind="timeout", route="chat")
     assert after == before + 1
 
 
@@ -171,7 +171,7 @@ def test_fail_open_when_the_time_budget_runs_out(sidecar, upstream, nq_item):
             model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
         assert r.headers["x-ctxgate-fail-open"] == "timeout"
         assert upstream.last().json["messages"][0]["content"] == prompt           # forwarded uncompressed
-        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="timeout"}') == 1
+        assert value(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", reason="timeout") == 1
 
 
 @pytest.fixture()
@@ -190,7 +190,7 @@ def slow_truncate(monkeypatch):
 
 def _wait_background(url: str, n: int = 1) -> None:
     deadline = time.monotonic() + 60
-    while _metric(httpx.get(url + "/metrics").text, "ctxgate_background_compressions_total") < n:
+    while value(httpx.get(url + "/metrics").text, "ctxgate_background_compressions_total") < n:
         assert time.monotonic() < deadline, "the background compression never finished"
         time.sleep(0.05)
 
@@ -204,7 +204,7 @@ def test_a_compression_that_outlives_its_request_is_cached_but_its_conversation_
         assert r.headers["x-ctxgate-fail-open"] == "timeout" and r.headers["x-ctxgate-segments"] == "failed-open=1"
         assert upstream.last("/chat/completions").json["messages"] == turn1       # untouched
         _wait_background(url)
-        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_cache_misses_total") == 0  # no request carried it
+        assert value(httpx.get(url + "/metrics").text, "ctxgate_cache_misses_total") == 0  # no request carried it
         # the next turn of that conversation: the provider cached the documents uncompressed, so
         # they go again byte for byte, although a compression is now in the cache
         turn2 = turn1 + [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "And who else?"}]
@@ -256,7 +256,7 @@ def test_fail_open_when_the_method_errors(sidecar, upstream, nq_item):
             model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
         assert r.headers["x-ctxgate-fail-open"] == "error" and r.parse().choices[0].message.content.startswith("ok")
         assert upstream.last().json["messages"][0]["content"] == prompt
-        assert _metric(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", '{reason="error"}') == 1
+        assert value(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", reason="error") == 1
 
 
 def test_models_that_fail_to_load_leave_the_proxy_failing_open_and_not_ready(sidecar, upstream, nq_item):
@@ -272,8 +272,8 @@ def test_models_that_fail_to_load_leave_the_proxy_failing_open_and_not_ready(sid
         assert r.headers["x-ctxgate-fail-open"] == "not_ready"
         assert upstream.last().json["messages"][0]["content"] == prompt
         metrics = httpx.get(url + "/metrics").text
-        assert _metric(metrics, "ctxgate_fail_open_total", '{reason="not_ready"}') == 1
-        assert _metric(metrics, "ctxgate_ready") == 0
+        assert value(metrics, "ctxgate_fail_open_total", reason="not_ready") == 1
+        assert value(metrics, "ctxgate_ready") == 0
         rag = httpx.post(url + "/v1/compress", json={"context": ["a document"], "question": "q?", "rate": 0.5})
         assert rag.status_code == 503 and "loading" in rag.json()["error"]["message"]
 
@@ -287,3 +287,41 @@ def test_a_huge_single_message_is_bounded_by_the_budget(sidecar, upstream, nq_it
         assert len(upstream.last().json["messages"][0]["content"]) == len(text) + len("\n\nWhy?")
         assert httpx.get(url + "/healthz").status_code == 200
         assert json.loads(httpx.get(url + "/readyz").content)["status"] == "ready"
+
+
+def test_keys_and_prompts_never_reach_the_logs(sidecar, upstream, nq_item, caplog):
+    """Every path that logs (upstream 5xx, reset streams, an unreachable upstream, a failing shadow
+    check, compression failing open) is driven with a real key and a marked prompt; no log record of
+    any logger holds either."""
+    import logging
+
+    from ctxgate.service._config import FidelitySettings
+
+    caplog.set_level(logging.DEBUG)
+    key, marker = "sk-live-0123456789abcdef", "ZEBRA-CANARY-7731"
+    prompt = rag_prompt(nq_item, 8) + f" {marker}"
+    with sidecar(fidelity=FidelitySettings(sample_rate=1.0)) as url:
+        oai_client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30)
+        ant_client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=30)
+        for behavior in ("error500", "reset", "garbage", "ok"):
+            with contextlib.suppress(openai.APIError, anthropic.APIError):
+                oai_client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}],
+                                                   extra_headers={"x-test-behavior": behavior})
+            with contextlib.suppress(openai.APIError, anthropic.APIError):
+                ant_client.messages.create(model="m", max_tokens=8, messages=[{"role": "user", "content": prompt}],
+                                           extra_headers={"x-test-behavior": behavior})
+        deadline = time.monotonic() + 60                   # the shadow checks of the "ok" requests
+        while httpx.get(url + "/v1/fidelity", timeout=30).json()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    closed = f"http://127.0.0.1:{free_port()}"                # bound, then released: connection refused
+    with sidecar(upstream=closed + "/v1", anthropic_upstream=closed, compress_timeout=0.001) as url:
+        oai_client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30)
+        with contextlib.suppress(openai.APIError):
+            oai_client.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
+    fmt = logging.Formatter()
+    # every logger but the test's own SDK clients, which log their request bodies at DEBUG
+    records = [r for r in caplog.records if not r.name.startswith(("openai", "anthropic"))]
+    logged = "\n".join(f"{r.name} {r.getMessage()} {fmt.formatException(r.exc_info) if r.exc_info else ''}"
+                       for r in records)
+    assert any(r.name.startswith("ctxgate") for r in records), "the sidecar logged nothing: the paths did not run"
+    assert key not in logged and marker not in logged

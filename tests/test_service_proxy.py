@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from tests.metrics import value
 from tests.upstreams import stream_events
 
 SYSTEM = "You answer questions about Wikipedia passages. Be brief."
@@ -88,7 +89,7 @@ def test_repeat_is_a_cache_hit_with_identical_bytes(proxy, upstream, nq_item):
     assert upstream.last().raw == body1
     assert second.headers["x-ctxgate-tokens-after"] == first.headers["x-ctxgate-tokens-after"]
     metrics = httpx.get(proxy + "/metrics").text
-    assert _metric(metrics, "ctxgate_cache_hits_total") >= 1
+    assert value(metrics, "ctxgate_cache_hits_total") >= 1
 
 
 def test_anthropic_tool_results_are_compressed_and_blocks_kept(proxy, upstream, nq_item):
@@ -283,13 +284,6 @@ def test_concurrent_streams_are_not_mixed_up(proxy, upstream):
     for t in threads:
         t.join(60)
     assert errors == [] and len(upstream.calls) == 20
-
-
-def _metric(text: str, name: str, labels: str = "") -> float:
-    for line in text.splitlines():
-        if line.startswith(name + (labels or "")) and (labels or line[len(name)] in " {"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_upstream_proxy_comes_from_the_environment_once_and_honours_no_proxy(monkeypatch):
