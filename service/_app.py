@@ -66,7 +66,8 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     cache = build_cache(s, on_error=lambda op: metrics.cache_errors.labels(op).inc())
     compressor = Compressor(scorer=s.scorer, embedder=s.embedder, default_method=s.default_method, cache=cache,
                             max_input_tokens=s.max_input_tokens, device=s.device)
-    executor = ThreadPoolExecutor(max(1, s.compress_workers), thread_name_prefix="ctxgate-compress")
+    # one thread: the models take one call at a time (compressor's lock); parallelism is serve --workers
+    executor = ThreadPoolExecutor(1, thread_name_prefix="ctxgate-compress")
     rewriter = Rewriter(compressor, cache, executor, metrics, timeout=s.compress_timeout)
     openai_base, anthropic_base = s.upstream_urls()
     upstream = Upstream.open(timeout=s.upstream_timeout, connect_timeout=s.connect_timeout,

@@ -149,7 +149,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rules: list[Rule] = msgspec.field(default_factory=list)
     compress_timeout: float = 10.0     # seconds: the compression time budget per request (then fail open)
     workers: int = 1                   # processes serving the port (ctxgate serve --workers)
-    compress_workers: int = 1          # threads running compressions (the models are serialised anyway)
     max_input_tokens: int = 200_000    # per text; bigger texts go upstream uncompressed
     upstream_timeout: float = 600.0    # seconds between bytes from upstream (read/write/pool)
     connect_timeout: float = 10.0
@@ -310,6 +309,12 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_REMOVED = {
+    "compress_workers": "compress_workers was removed: every compression takes the models' one lock, so more "
+                        "threads never compressed in parallel; run more processes with ctxgate serve --workers N",
+}
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
@@ -324,6 +329,8 @@ def load_settings(
         data = _read_file(path)
     data = _merge(data, _env_overrides(env))
     data = _merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    if "compress_workers" in data:
+        raise ConfigError(_REMOVED["compress_workers"])
     try:
         # strict=False: env values are strings ("8340", "true") and convert to the field types
         return msgspec.convert(data, Settings, strict=False)

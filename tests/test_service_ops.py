@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from ctxgate.compressor import CompressResult, ConfigError
-from tests.test_service_proxy import _metric, oai, rag_prompt
+from tests.metrics import value
+from tests.test_service_proxy import oai, rag_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,18 +32,17 @@ def test_health_ready_and_metrics(sidecar, upstream, nq_item):
         r = httpx.get(url + "/metrics")
         assert r.headers["content-type"].startswith("text/plain")
         m = r.text
-        assert _metric(m, "ctxgate_requests_total", '{route="chat",status="200"}') == 2
-        before = _metric(m, "ctxgate_tokens_before_total", '{route="chat"}')
-        after = _metric(m, "ctxgate_tokens_after_total", '{route="chat"}')
+        assert value(m, "ctxgate_requests_total", route="chat", status="200") == 2
+        before = value(m, "ctxgate_tokens_before_total", route="chat")
+        after = value(m, "ctxgate_tokens_after_total", route="chat")
         assert before > 0 and after < 0.35 * before
-        assert _metric(m, "ctxgate_tokens_saved_total", '{route="chat"}') == before - after
-        assert (_metric(m, "ctxgate_cache_hits_total"), _metric(m, "ctxgate_cache_misses_total")) == (1, 1)
-        assert _metric(m, "ctxgate_compression_seconds_count", '{route="chat"}') == 2
-        assert _metric(m, "ctxgate_upstream_seconds_count", '{route="chat"}') == 2
-        assert _metric(m, "ctxgate_ready") == 1
+        assert value(m, "ctxgate_tokens_saved_total", route="chat") == before - after
+        assert (value(m, "ctxgate_cache_hits_total"), value(m, "ctxgate_cache_misses_total")) == (1, 1)
+        assert value(m, "ctxgate_compression_seconds_count", route="chat") == 2
+        assert value(m, "ctxgate_upstream_seconds_count", route="chat") == 2
+        assert value(m, "ctxgate_ready") == 1
         # one registry per app: the other instance counted nothing
-        assert _metric(httpx.get(other + "/metrics").text, "ctxgate_requests_total",
-                       '{route="chat",status="200"}') == 0
+        assert value(httpx.get(other + "/metrics").text, "ctxgate_requests_total", route="chat", status="200") == 0
 
 
 def test_readyz_reports_a_model_that_failed_to_load(sidecar, upstream):
@@ -199,3 +199,15 @@ def test_the_example_config_loads():
     s = load_settings(ROOT / "service" / "ctxgate.example.yaml", env={})
     assert s.upstream == "https://api.openai.com/v1" and s.policy_for("messages", "claude-3-5-haiku").rate == 0.4
     assert s.policy_for("chat", "gpt-4o-mini").method == "extractive" and s.cache.backend == "sqlite"
+
+
+def test_a_removed_setting_is_refused_with_what_to_do_instead(tmp_path):
+    from ctxgate.compressor import ConfigError
+    from ctxgate.service import load_settings
+
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("compress_workers: 4\n")
+    with pytest.raises(ConfigError, match="serve --workers"):
+        load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match="compress_workers was removed"):
+        load_settings(None, env={}, overrides={"compress_workers": 2})
