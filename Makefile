@@ -13,11 +13,12 @@ TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test setup models system-deps bench chaos eval litellm clean help
+.PHONY: run test lint setup models system-deps bench chaos eval litellm clean help
 
 help:
 	@echo "make run    set everything up and start the sidecar on 127.0.0.1:8340 (embedded upstream)"
-	@echo "make test   set everything up and run the test suite"
+	@echo "make test   set everything up, run the static checks (make lint) and the test suite"
+	@echo "make lint   ruff (lint + format check) and mypy on compressor/ and service/"
 	@echo "make bench  compression speed table (ctxgate bench)"
 	@echo "make chaos  the sidecar under faults (ctxgate bench chaos)"
 
@@ -56,7 +57,12 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: setup models system-deps
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup models system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 run: setup models

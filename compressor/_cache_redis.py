@@ -29,7 +29,8 @@ class RedisCache:
 
     def get(self, key: str) -> bytes | None:
         # GETEX refreshes the TTL in the same round trip: entries in use never expire
-        return self._client.getex(self.prefix + key, ex=self.ttl)
+        value = self._client.getex(self.prefix + key, ex=self.ttl)
+        return value if value is None or isinstance(value, bytes) else value.encode()
 
     def set(self, key: str, value: bytes) -> None:
         self._client.set(self.prefix + key, value, ex=self.ttl)

@@ -147,7 +147,7 @@ def _compressor_class():
             self.use_llmlingua2 = False
             self.retrieval_model = None
             self.retrieval_model_name = None
-            self.open_api_config = {}
+            self.open_api_config: dict[str, Any] = {}
             self.cache_bos_num = 10
             self.prefix_bos_num = 100
             self.oai_tokenizer = offline_cl100k()
@@ -156,7 +156,7 @@ def _compressor_class():
             self.tokenizer = tokenizer
             self.model = model
             self.device = check_device_map(device)
-            self.context_idxs = []
+            self.context_idxs: list[Any] = []
             self.max_position_embeddings = model.config.max_position_embeddings
             self._cache_kwarg = cache_kwarg(model)
             self._rank_memo: tuple[tuple, list[tuple[int, float]]] | None = None
@@ -164,9 +164,18 @@ def _compressor_class():
             self.last_ranking: list[tuple[int, float]] = []
             self.last_tokens: tuple[list[str], int, list[int]] | None = None
 
-        def get_ppl(self, text, granularity="sentence", input_ids=None, attention_mask=None,
-                    past_key_values=None, return_kv=False, end=None, condition_mode="none",
-                    condition_pos_id=0):
+        def get_ppl(
+            self,
+            text,
+            granularity="sentence",
+            input_ids=None,
+            attention_mask=None,
+            past_key_values=None,
+            return_kv=False,
+            end=None,
+            condition_mode="none",
+            condition_pos_id=0,
+        ):
             # Upstream 0.2.2 get_ppl, with the KV cache converted to a DynamicCache on the way into
             # the model and back to legacy pairs on the way out (issues #210, #215).
             if input_ids is None:
@@ -203,8 +212,9 @@ def _compressor_class():
             # reuses it instead of scoring every document again.
             key = (tuple(context), question, rank_method, condition_in_question)
             if self._rank_memo is None or self._rank_memo[0] != key:
-                ranking = super().get_rank_results(context, question, rank_method, condition_in_question,
-                                                   context_tokens_length)
+                ranking = super().get_rank_results(
+                    context, question, rank_method, condition_in_question, context_tokens_length
+                )
                 self._rank_memo = (key, [(int(i), float(s)) for i, s in ranking])
             self.last_ranking = list(self._rank_memo[1])
             return list(self._rank_memo[1])

@@ -17,15 +17,15 @@ import msgspec
 from ._cache import CompressionCache, cache_key
 from ._errors import InputTooLarge, InvalidRequest
 from ._markup import Markup, parse_markup
+from ._route import Routed, route
 from ._tokens import TokenCounter, get_counter
 from ._types import CompressRequest, CompressResult, Document, DocumentResult
-from ._route import Routed, route
 from ._units import segment
-from .structured import Relevance, Tools
 from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
+from .structured import Relevance, Tools
 
-CACHE_VERSION = 3      # 3: structured parts (JSON, logs, tables, code) are routed to their compressors
+CACHE_VERSION = 3  # 3: structured parts (JSON, logs, tables, code) are routed to their compressors
 EXPAND_PREFIX = "expand:"
 DEFAULT_RATE = 0.5
 MAX_SEPARATOR_CHARS = 64
@@ -77,9 +77,9 @@ class Compressor:
         self.max_input_tokens = max_input_tokens
         self.device = device
         self._methods: dict[str, Method] = {}
-        self._lock = threading.Lock()       # one model call at a time: 2 cores, no oversubscription
+        self._lock = threading.Lock()  # one model call at a time: 2 cores, no oversubscription
         self._build_lock = threading.Lock()
-        self._embedder = None
+        self._embedder: Any = None  # an Embedder, built on first use
 
     # ------------------------------------------------------------------ public
 
@@ -98,9 +98,10 @@ class Compressor:
         docs = request.documents()
         markups = [parse_markup(d.text) for d in docs]
         chars = sum(len(m.text) for m in markups)
-        if chars > self.max_input_tokens * MAX_CHARS_PER_TOKEN:     # surely too large: do not tokenize it
-            raise InputTooLarge(f"input is {chars} characters, over the limit of {self.max_input_tokens} tokens "
-                                "(max_input_tokens)")
+        if chars > self.max_input_tokens * MAX_CHARS_PER_TOKEN:  # surely too large: do not tokenize it
+            raise InputTooLarge(
+                f"input is {chars} characters, over the limit of {self.max_input_tokens} tokens (max_input_tokens)"
+            )
         doc_tokens = counter.count_many([m.text for m in markups])
         total = sum(doc_tokens)
         if total > self.max_input_tokens:
@@ -118,8 +119,9 @@ class Compressor:
 
         method = self.method(method_name)
         if request.auto and not getattr(method, "supports_auto", False):
-            raise InvalidRequest(f"rate 'auto' needs a method that decides how much to keep (classifier); "
-                                 f"{method_name} needs a number")
+            raise InvalidRequest(
+                f"rate 'auto' needs a method that decides how much to keep (classifier); {method_name} needs a number"
+            )
         key = None
         if self.cache is not None:
             key = self._key(request, method, method_name, counter, budget, markups, separator)
@@ -153,8 +155,16 @@ class Compressor:
         markups = [parse_markup(d.text) for d in docs]
         doc_tokens = counter.count_many([m.text for m in markups])
         separator = request.options.get("separator", "\n\n")
-        result = self._unchanged(request, docs, markups, doc_tokens, counter, self._method_name(request.method),
-                                 separator if isinstance(separator, str) else "\n\n", t0)
+        result = self._unchanged(
+            request,
+            docs,
+            markups,
+            doc_tokens,
+            counter,
+            self._method_name(request.method),
+            separator if isinstance(separator, str) else "\n\n",
+            t0,
+        )
         result.warnings = [f"not compressed ({reason}); returned as given"]
         return result
 
@@ -196,18 +206,31 @@ class Compressor:
         if request.target_tokens is not None:
             return request.target_tokens
         if request.auto:
-            return max(1, total)       # an upper bound: the method decides
+            return max(1, total)  # an upper bound: the method decides
         rate = request.rate if request.rate is not None else DEFAULT_RATE
+        assert not isinstance(rate, str)  # "auto" is request.auto, handled above
         return max(1, math.ceil(total * rate))
 
     def _key(self, request, method, method_name, counter, budget, markups, separator) -> str:
         opts = sorted((k, repr(v)) for k, v in request.options.items())
         return cache_key(
-            [CACHE_VERSION, method_name, method.model_id, counter.name, budget,
-             request.rate, request.target_tokens, request.question, request.instruction,
-             opts, separator, request.is_documents, [m.text for m in markups],
-             [[(r.start, r.end) for r in m.keep] for m in markups],
-             [[(r.start, r.end, r.rate) for r in m.compress] for m in markups]]
+            [
+                CACHE_VERSION,
+                method_name,
+                method.model_id,
+                counter.name,
+                budget,
+                request.rate,
+                request.target_tokens,
+                request.question,
+                request.instruction,
+                opts,
+                separator,
+                request.is_documents,
+                [m.text for m in markups],
+                [[(r.start, r.end) for r in m.keep] for m in markups],
+                [[(r.start, r.end, r.rate) for r in m.compress] for m in markups],
+            ]
         )
 
     def _run(
@@ -234,20 +257,30 @@ class Compressor:
         if free and request.options.get("structured", True) is not False:
             rate = None if request.auto else min(1.0, budget / max(1, sum(doc_tokens)))
             for i in free:
-                r = route(markups[i], doc_tokens[i], rate, counter, lambda text, b: self._tools(request, method, counter, text, b),
-                          self._store_original)
+                r = route(
+                    markups[i],
+                    doc_tokens[i],
+                    rate,
+                    counter,
+                    lambda text, b: self._tools(request, method, counter, text, b),
+                    self._store_original,
+                )
                 if r is not None:
                     routed[i] = r
                     warnings.extend(r.warnings)
             for i in [i for i in free if i in routed and routed[i].final]:
-                texts[i] = routed[i].markup.text
-                fixed_tokens += counter.count(texts[i])
+                final = texts[i] = routed[i].markup.text
+                fixed_tokens += counter.count(final)
                 free.remove(i)
         scores: list[float | None] | None = None
         if free:
             keep_structures = bool(request.options.get("keep_structures", True))
-            segs = [segment(routed[i].markup, keep_structures=keep_structures, extra_keep=routed[i].keep)
-                    if i in routed else segment(markups[i], keep_structures=keep_structures) for i in free]
+            segs = [
+                segment(routed[i].markup, keep_structures=keep_structures, extra_keep=routed[i].keep)
+                if i in routed
+                else segment(markups[i], keep_structures=keep_structures)
+                for i in free
+            ]
             free_tokens = [counter.count(routed[i].markup.text) if i in routed else doc_tokens[i] for i in free]
             free_total = sum(free_tokens)
             free_budget = max(0, budget - fixed_tokens)
@@ -255,13 +288,21 @@ class Compressor:
                 out_texts: list[str | None] = [s.text for s in segs]
                 out_scores = None
             else:
-                job = Job(segs, free_tokens, free_budget, counter,
-                          question=request.question, options=self._method_options(request))
+                job = Job(
+                    segs,
+                    free_tokens,
+                    free_budget,
+                    counter,
+                    question=request.question,
+                    options=self._method_options(request),
+                )
                 with self._lock:
                     out = method.run(job)
                 out_texts, out_scores = out.texts, out.scores
                 warnings.extend(out.warnings)
-                keep_tokens = sum(counter.count(s.text[u.start:u.end]) for s in segs for u in s.units if u.kind == "keep")
+                keep_tokens = sum(
+                    counter.count(s.text[u.start : u.end]) for s in segs for u in s.units if u.kind == "keep"
+                )
                 if keep_tokens > free_budget:
                     warnings.append(
                         f"protected content ({keep_tokens} tokens) is larger than the budget ({free_budget}); "
@@ -282,8 +323,13 @@ class Compressor:
         ref = None
         if request.options.get("expand") and self.cache is not None:
             ref = "cg" + cache_key(["expand", text])[:12]
-        return Tools(budget, counter, Relevance(request.question, dense),
-                     prune=lambda texts, rate: self._prune(method, request, counter, texts, rate), ref=ref)
+        return Tools(
+            budget,
+            counter,
+            Relevance(request.question, dense),
+            prune=lambda texts, rate: self._prune(method, request, counter, texts, rate),
+            ref=ref,
+        )
 
     def _store_original(self, ref: str, text: str) -> None:
         if self.cache is not None:
@@ -328,13 +374,17 @@ class Compressor:
         default_rate = request.rate if request.rate is not None else DEFAULT_RATE
         for r in m.compress:
             auto = r.rate is None and default_rate == "auto"
-            parts.append(m.text[pos:r.start])
-            region = Markup(m.text[r.start:r.end],
-                            keep=[type(k)(k.start - r.start, k.end - r.start) for k in m.keep
-                                  if k.start >= r.start and k.end <= r.end])
+            parts.append(m.text[pos : r.start])
+            region = Markup(
+                m.text[r.start : r.end],
+                keep=[
+                    type(k)(k.start - r.start, k.end - r.start) for k in m.keep if k.start >= r.start and k.end <= r.end
+                ],
+            )
             seg = segment(region)
             n = counter.count(region.text)
-            budget = n if auto else max(1, math.ceil(n * (r.rate if r.rate is not None else default_rate)))
+            rate = r.rate if r.rate is not None else default_rate
+            budget = n if auto or isinstance(rate, str) else max(1, math.ceil(n * rate))
             if (n <= budget and not auto) or not seg.units:
                 parts.append(region.text)
             else:
@@ -359,20 +409,34 @@ class Compressor:
                 DocumentResult(index=i, text=t, original_tokens=n, compressed_tokens=n, id=d.id, metadata=d.metadata)
                 for i, (d, t, n) in enumerate(zip(docs, texts, doc_tokens))
             ],
-            original_tokens=total, compressed_tokens=total, ratio=1.0, rate=1.0,
-            method=method_name, model=None, seconds=time.perf_counter() - t0, cache="off",
-            tokenizer=counter.name, tokens_estimated=counter.estimated, warnings=warnings,
+            original_tokens=total,
+            compressed_tokens=total,
+            ratio=1.0,
+            rate=1.0,
+            method=method_name,
+            model=None,
+            seconds=time.perf_counter() - t0,
+            cache="off",
+            tokenizer=counter.name,
+            tokens_estimated=counter.estimated,
+            warnings=warnings,
         )
 
-    def _result(self, request, docs: list[Document], texts, scores, doc_tokens, counter, method, separator,
-                warnings, t0) -> CompressResult:
+    def _result(
+        self, request, docs: list[Document], texts, scores, doc_tokens, counter, method, separator, warnings, t0
+    ) -> CompressResult:
         kept = [t if t is not None else "" for t in texts]
         out_tokens = counter.count_many(kept)
         doc_results = [
             DocumentResult(
-                index=i, text=kept[i], original_tokens=doc_tokens[i], compressed_tokens=out_tokens[i],
+                index=i,
+                text=kept[i],
+                original_tokens=doc_tokens[i],
+                compressed_tokens=out_tokens[i],
                 dropped=texts[i] is None or (not kept[i].strip() and bool(docs[i].text.strip())),
-                score=None if scores is None else scores[i], id=d.id, metadata=d.metadata,
+                score=None if scores is None else scores[i],
+                id=d.id,
+                metadata=d.metadata,
             )
             for i, d in enumerate(docs)
         ]
@@ -383,12 +447,19 @@ class Compressor:
         total = sum(doc_tokens)
         after = counter.count(compressed)
         return CompressResult(
-            compressed=compressed, documents=doc_results, original_tokens=total, compressed_tokens=after,
+            compressed=compressed,
+            documents=doc_results,
+            original_tokens=total,
+            compressed_tokens=after,
             ratio=round(total / after, 4) if after else float(total),
             rate=round(after / total, 4) if total else 1.0,
-            method=method.name, model=getattr(method, "model_name", None),
-            seconds=time.perf_counter() - t0, cache="off", tokenizer=counter.name,
-            tokens_estimated=counter.estimated, warnings=warnings,
+            method=method.name,
+            model=getattr(method, "model_name", None),
+            seconds=time.perf_counter() - t0,
+            cache="off",
+            tokenizer=counter.name,
+            tokens_estimated=counter.estimated,
+            warnings=warnings,
         )
 
 

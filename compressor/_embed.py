@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class Embedder:
         self.device = device
         self.batch_size = batch_size
         self._model = None
-        self._resolved = None
+        self._resolved: Any = None  # a ResolvedModel once known
 
     def _load(self):
         if self._model is None:
@@ -60,8 +61,9 @@ class Embedder:
                 slot[key] = len(unique)
                 unique.append(t)
             where[i] = slot[key]
-        vecs = model.encode(unique, batch_size=self.batch_size, convert_to_numpy=True,
-                            show_progress_bar=False).astype(np.float32)
+        vecs = model.encode(unique, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False).astype(
+            np.float32
+        )
         # normalized here, in float32: a bf16 model's own normalization leaves norms of 0.999-1.001
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         vecs /= np.where(norms > 0, norms, 1)
@@ -116,7 +118,7 @@ def near_duplicates(vecs: np.ndarray, order: Sequence[int], threshold: float = D
     for i in order:
         if i in dropped:
             continue
-        for j in ids[lims[i]:lims[i + 1]]:
+        for j in ids[lims[i] : lims[i + 1]]:
             j = int(j)
             if j != i and position[j] > position[i]:
                 dropped.add(j)

@@ -53,7 +53,7 @@ class Markup:
 class _Tag:
     start: int
     end: int
-    kind: str                        # keep | compress
+    kind: str  # keep | compress
     closing: bool
     attrs: list[tuple[str, str]]
 
@@ -80,7 +80,7 @@ def _scan_tag(text: str, m: re.Match[str], last_gt: int) -> _Tag | None:
             return _Tag(at, end.end(), kind.group(1).lower(), bool(m.group(1)), attrs)
     if last_gt < at:
         return None
-    raise InvalidRequest(f"malformed ctxgate tag at offset {at}: {_quote(text[at:at + 40])}")
+    raise InvalidRequest(f"malformed ctxgate tag at offset {at}: {_quote(text[at : at + 40])}")
 
 
 def _quote(snippet: str) -> str:
@@ -92,11 +92,15 @@ def _rate(tag: _Tag) -> float | None:
     rate = None
     for key, value in tag.attrs:
         if key != "rate":
-            raise InvalidRequest(f"<ctxgate:compress> at offset {tag.start}: unknown attribute {_quote(key)} (only rate)")
+            raise InvalidRequest(
+                f"<ctxgate:compress> at offset {tag.start}: unknown attribute {_quote(key)} (only rate)"
+            )
         try:
             rate = float(value)
         except ValueError:
-            raise InvalidRequest(f"<ctxgate:compress> at offset {tag.start}: rate={_quote(value[:40])} is not a number") from None
+            raise InvalidRequest(
+                f"<ctxgate:compress> at offset {tag.start}: rate={_quote(value[:40])} is not a number"
+            ) from None
         if not 0.0 < rate <= 1.0:
             raise InvalidRequest(f"<ctxgate:compress> at offset {tag.start}: rate must be in (0, 1], got {rate}")
     return rate
@@ -116,7 +120,7 @@ def parse_markup(text: str) -> Markup:
     last_gt = text.rfind(">")
     for m in _TAG_START.finditer(text):
         if m.start() < pos:
-            continue                 # inside a tag already parsed (a quoted attribute value)
+            continue  # inside a tag already parsed (a quoted attribute value)
         tag = _scan_tag(text, m, last_gt)
         if tag is None:
             continue

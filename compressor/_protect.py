@@ -18,10 +18,20 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
     ("uuid", re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)),
     ("hash", re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", re.I)),
-    ("path", re.compile(r"(?:(?<=\s)|^|(?<=[(\"'`]))(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[\w\\ .-]+|\b[\w.-]+/[\w./-]*\.\w{1,5}\b")),
+    (
+        "path",
+        re.compile(
+            r"(?:(?<=\s)|^|(?<=[(\"'`]))(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[\w\\ .-]+|\b[\w.-]+/[\w./-]*\.\w{1,5}\b"
+        ),
+    ),
     ("inline_code", re.compile(r"`[^`\n]+`")),
     ("tag", re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")),
-    ("identifier", re.compile(r"\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*(?:\(\))?|\b[a-z]+_[\w]+\b|\b_\w+\b|\b[a-z]+[A-Z]\w*\b|\b[A-Za-z_]\w*\(\)")),
+    (
+        "identifier",
+        re.compile(
+            r"\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*(?:\(\))?|\b[a-z]+_[\w]+\b|\b_\w+\b|\b[a-z]+[A-Z]\w*\b|\b[A-Za-z_]\w*\(\)"
+        ),
+    ),
     # numbers: money, percentages, dates, times, versions, 1,000.5, -3, 1e-9
     ("number", re.compile(r"[$€£¥]?[-+]?\d+(?:[.,:/-]\d+)*(?:[eE][-+]?\d+)?%?")),
 ]

@@ -16,8 +16,8 @@ from ._markup import Markup, Region
 from ._tokens import TokenCounter
 from .structured import Tools, crush, html_text, split
 
-MIN_PART_TOKENS = 64          # smaller structured parts stay what they were: protected text
-AUTO_STRUCTURED_RATE = 0.2    # rate "auto": structured parts aim at 5x, anomalies and errors on top
+MIN_PART_TOKENS = 64  # smaller structured parts stay what they were: protected text
+AUTO_STRUCTURED_RATE = 0.2  # rate "auto": structured parts aim at 5x, anomalies and errors on top
 
 
 @dataclass
@@ -33,8 +33,14 @@ class Routed:
     warnings: list[str] = field(default_factory=list)
 
 
-def route(markup: Markup, tokens: int, rate: float | None, counter: TokenCounter,
-          tools_for: Callable[[str, int], Tools], stored: Callable[[str, str], None]) -> Routed | None:
+def route(
+    markup: Markup,
+    tokens: int,
+    rate: float | None,
+    counter: TokenCounter,
+    tools_for: Callable[[str, int], Tools],
+    stored: Callable[[str, str], None],
+) -> Routed | None:
     """``tokens``: the document's size; ``rate``: the share of each part to keep (None: ``rate: auto``). ``tools_for(text, budget)``
     builds a part's tools; ``stored(ref, text)`` keeps an original that markers point to.
     None when the document has no structured part worth routing."""
@@ -44,11 +50,11 @@ def route(markup: Markup, tokens: int, rate: float | None, counter: TokenCounter
         return None
     out: list[str] = []
     keep: list[tuple[int, int]] = []
-    shift: list[tuple[int, int, int]] = []       # (old_start, old_end, new_start) of parts copied unchanged
+    shift: list[tuple[int, int, int]] = []  # (old_start, old_end, new_start) of parts copied unchanged
     routed = Routed(markup, [], False)
     pos = 0
     for p in parts:
-        chunk = text[p.start:p.end]
+        chunk = text[p.start : p.end]
         new: str | None = None
         if p.kind != "prose" and not _touches_keep(markup, p.start, p.end):
             n = tokens if len(chunk) == len(text) else counter.count(chunk)
@@ -80,8 +86,12 @@ def route(markup: Markup, tokens: int, rate: float | None, counter: TokenCounter
     if not routed.kinds:
         return None
     new_text = "".join(out)
-    keeps = [Region(ns + (k.start - s), ns + (k.end - s)) for k in markup.keep
-             for s, e, ns in shift if s <= k.start and k.end <= e]
+    keeps = [
+        Region(ns + (k.start - s), ns + (k.end - s))
+        for k in markup.keep
+        for s, e, ns in shift
+        if s <= k.start and k.end <= e
+    ]
     routed.markup = Markup(new_text, keep=keeps)
     routed.keep = keep
     routed.final = bool(keep) and all(not new_text[a:b].strip() for a, b in _gaps(keep, len(new_text)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,22 +23,30 @@ class TokenScores:
     """Tokens of one text: char spans in that text and -log p(token | everything before it)."""
 
     offsets: np.ndarray  # (n, 2) int64
-    nll: np.ndarray      # (n,) float32, nats
+    nll: np.ndarray  # (n,) float32, nats
 
 
 @dataclass(frozen=True)
 class _Window:
-    text: int           # which text
-    first: int          # index of the first target token in that text
-    ids: list[int]      # prefix + context + targets
-    n_context: int      # prefix + context tokens (not scored)
+    text: int  # which text
+    first: int  # index of the first target token in that text
+    ids: list[int]  # prefix + context + targets
+    n_context: int  # prefix + context tokens (not scored)
 
 
 class LMScorer:
     """A lazily loaded causal LM that scores tokens. Deterministic: batches depend only on input."""
 
-    def __init__(self, name: str = "smollm2", device: str | None = None, *, window: int = 512,
-                 overlap: int = 64, batch_tokens: int = 4096, head_rows: int = 1024) -> None:
+    def __init__(
+        self,
+        name: str = "smollm2",
+        device: str | None = None,
+        *,
+        window: int = 512,
+        overlap: int = 64,
+        batch_tokens: int = 4096,
+        head_rows: int = 1024,
+    ) -> None:
         if window < 1 or overlap < 0:
             raise ValueError("window must be positive and overlap non-negative")
         self.name = name
@@ -48,7 +57,7 @@ class LMScorer:
         self.head_rows = head_rows
         self._model = None
         self._tok = None
-        self._resolved = None
+        self._resolved: Any = None  # a ResolvedModel once known
 
     def _load(self):
         if self._model is None:
@@ -79,13 +88,14 @@ class LMScorer:
         windows: list[_Window] = []
         for t, ids in enumerate(enc["input_ids"]):
             for first in range(0, len(ids), self.window):
-                ctx = ids[max(0, first - self.overlap):first]
-                windows.append(_Window(t, first, prefix + ctx + ids[first:first + self.window],
-                                       len(prefix) + len(ctx)))
+                ctx = ids[max(0, first - self.overlap) : first]
+                windows.append(
+                    _Window(t, first, prefix + ctx + ids[first : first + self.window], len(prefix) + len(ctx))
+                )
         nll = [np.zeros(len(ids), dtype=np.float32) for ids in enc["input_ids"]]
         for batch in self._batches(windows):
             for w, values in zip(batch, self._forward(model, tok, batch)):
-                nll[w.text][w.first:w.first + len(values)] = values
+                nll[w.text][w.first : w.first + len(values)] = values
         out = []
         for ids, offs, scores in zip(enc["input_ids"], enc["offset_mapping"], nll):
             if not prefix and len(ids):
@@ -135,23 +145,25 @@ class LMScorer:
         device = next(model.parameters()).device
         with torch.inference_mode():
             hidden = _hidden_states(model, ids.to(device), mask.to(device))
-            picked = hidden[torch.from_numpy(np.concatenate(rows)).to(device),
-                            torch.from_numpy(np.concatenate(cols)).to(device)]
+            picked = hidden[
+                torch.from_numpy(np.concatenate(rows)).to(device), torch.from_numpy(np.concatenate(cols)).to(device)
+            ]
             target = torch.tensor([t for ts in targets for t in ts], dtype=torch.long, device=device)
             head = model.get_output_embeddings()
             cap = getattr(model.config, "final_logit_softcapping", None)
             parts = []
             for s in range(0, len(target), self.head_rows):
-                logits = head(picked[s:s + self.head_rows]).float()
+                logits = head(picked[s : s + self.head_rows]).float()
                 if cap:  # Gemma-style soft-capping happens after the head
                     logits = torch.tanh(logits / cap) * cap
-                parts.append(torch.nn.functional.cross_entropy(logits, target[s:s + self.head_rows],
-                                                               reduction="none"))
+                parts.append(
+                    torch.nn.functional.cross_entropy(logits, target[s : s + self.head_rows], reduction="none")
+                )
             nll = torch.cat(parts).cpu().numpy().astype(np.float32) if parts else np.zeros(0, np.float32)
         out, pos = [], 0
         for b, w in enumerate(batch):
             n = len(targets[b])
-            values = nll[pos:pos + n]
+            values = nll[pos : pos + n]
             pos += n
             # a first window without prefix has one target fewer (token 0 has no predictor)
             missing = (len(w.ids) - w.n_context) - n

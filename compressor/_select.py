@@ -63,8 +63,9 @@ def fit(
     ``costs``: the ``unit_token_counts`` of each document, when the caller has them already."""
     if costs is None:
         costs = [unit_token_counts(doc, counter) for doc in docs]
-    return fit_measured(lambda target: pick(scores, costs, docs, target), docs, budget, counter,
-                        rounds=rounds, tolerance=tolerance)
+    return fit_measured(
+        lambda target: pick(scores, costs, docs, target), docs, budget, counter, rounds=rounds, tolerance=tolerance
+    )
 
 
 def fit_measured(
@@ -81,7 +82,7 @@ def fit_measured(
     target = budget
     best: tuple[float, list[str]] | None = None
     for _ in range(rounds):
-        texts = [doc.render(c) for doc, c in zip(docs, choose(target))]
+        texts = [doc.render(list(c)) for doc, c in zip(docs, choose(target))]
         got = sum(counter.count_many(texts))
         err = abs(got - budget) / max(budget, 1)
         if best is None or err < best[0]:

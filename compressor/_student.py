@@ -44,8 +44,9 @@ def build_net(base_location: str, layers: int):
                 torch.nn.init.zeros_(head.bias)
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            h = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
+            h = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             return self.token_head(h).squeeze(-1), self.doc_head(h[:, 0]).squeeze(-1), h
 
     config = AutoConfig.from_pretrained(base_location)
@@ -68,7 +69,7 @@ def trained_state(net) -> dict:
 @dataclass(frozen=True)
 class Window:
     doc: int
-    first: int      # unit range [first, last) of docs[doc]
+    first: int  # unit range [first, last) of docs[doc]
     last: int
 
 
@@ -77,11 +78,11 @@ class Encoded:
     """A padded batch-ready encoding of every window of every document."""
 
     windows: list[Window]
-    input_ids: np.ndarray       # (n, L) int64
-    attention: np.ndarray       # (n, L) int64
-    types: np.ndarray           # (n, L) int64
-    piece_unit: np.ndarray      # (n, L) int64: global unit index of each chunk piece, -1 elsewhere
-    unit_offset: list[int]      # first global unit index of each document
+    input_ids: np.ndarray  # (n, L) int64
+    attention: np.ndarray  # (n, L) int64
+    types: np.ndarray  # (n, L) int64
+    piece_unit: np.ndarray  # (n, L) int64: global unit index of each chunk piece, -1 elsewhere
+    unit_offset: list[int]  # first global unit index of each document
     n_units: int
 
     def lengths(self) -> np.ndarray:
@@ -104,10 +105,13 @@ def encode(tokenizer, docs: Sequence[Segmented], question: str | None, max_len: 
     head = [cls, *q_ids, sep] if q_ids else [cls]
     room = max(8, max_len - len(head) - 1)
     texts = [d.text for d in docs]
-    enc = (tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-           if texts else {"input_ids": []})
+    enc = (
+        tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        if texts
+        else {"input_ids": []}
+    )
     windows: list[Window] = []
-    rows: list[tuple[np.ndarray, np.ndarray]] = []       # (piece ids, global unit per piece)
+    rows: list[tuple[np.ndarray, np.ndarray]] = []  # (piece ids, global unit per piece)
     unit_offset, total = [], 0
     for d, seg in enumerate(docs):
         unit_offset.append(total)
@@ -141,12 +145,12 @@ def encode(tokenizer, docs: Sequence[Segmented], question: str | None, max_len: 
     for r, (ids, units) in enumerate(rows):
         k = len(ids)
         input_ids[r, :h] = head
-        input_ids[r, h:h + k] = ids
+        input_ids[r, h : h + k] = ids
         input_ids[r, h + k] = sep
-        attention[r, :h + k + 1] = 1
+        attention[r, : h + k + 1] = 1
         if q_ids:
-            types[r, h:h + k + 1] = 1
-        piece_unit[r, h:h + k] = units
+            types[r, h : h + k + 1] = 1
+        piece_unit[r, h : h + k] = units
     return Encoded(windows, input_ids, attention, types, piece_unit, unit_offset, total)
 
 

@@ -8,6 +8,7 @@ re-decoded from model tokens), so casing, Unicode and spacing stay exactly as th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,7 +75,9 @@ def _merge(intervals: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     return [(s, e, k) for s, e, k in merged]
 
 
-def segment(markup: Markup | str, *, keep_structures: bool = True, extra_keep: list[tuple[int, int]] = ()) -> Segmented:
+def segment(
+    markup: Markup | str, *, keep_structures: bool = True, extra_keep: Sequence[tuple[int, int]] = ()
+) -> Segmented:
     """Split text into units. Markup keep regions and (optionally) code/JSON become keep units."""
     if isinstance(markup, str):
         markup = Markup(markup)

@@ -9,5 +9,18 @@ from ._units import Segmented, segment
 from .methods.hybrid import Hybrid
 from .models._prepare import sha256_file
 
-__all__ = ["TRAINED_PREFIXES", "Embedder", "Encoded", "Hybrid", "Segmented", "Window", "build_net", "encode",
-           "get_counter", "segment", "sha256_file", "trained_state", "unit_means"]
+__all__ = [
+    "TRAINED_PREFIXES",
+    "Embedder",
+    "Encoded",
+    "Hybrid",
+    "Segmented",
+    "Window",
+    "build_net",
+    "encode",
+    "get_counter",
+    "segment",
+    "sha256_file",
+    "trained_state",
+    "unit_means",
+]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from ctxgate.compressor import CompressRequest, Compressor, CtxgateError, InvalidRequest
+from ctxgate.compressor import Compressor, CompressRequest, CtxgateError, InvalidRequest
 
 from ._inputs import read_text, to_document
 
@@ -47,8 +47,10 @@ class Tally:
 
     def summary(self, out: Path, where: str) -> str:
         s = max(time.perf_counter() - self.t0, 1e-9)
-        line = (f"ctxgate: {self.rows} row(s) in {s:.1f} s on {where}: {self.rows / s:.2f} rows/s, "
-                f"{self.tokens / s:,.0f} input tok/s")
+        line = (
+            f"ctxgate: {self.rows} row(s) in {s:.1f} s on {where}: {self.rows / s:.2f} rows/s, "
+            f"{self.tokens / s:,.0f} input tok/s"
+        )
         if self.failed:
             line += f"; {self.failed} row(s) failed, their errors are in {out}"
         return line
@@ -65,9 +67,15 @@ def row_request(defaults: RowDefaults, row: object, n: int) -> CompressRequest:
     rate, target = defaults.rate, defaults.target_tokens
     if "rate" in row or "target_tokens" in row:
         rate, target = row.get("rate"), row.get("target_tokens")
-    return CompressRequest(context=ctx, question=row.get("question", defaults.question),
-                           instruction=row.get("instruction", defaults.instruction), rate=rate, target_tokens=target,
-                           method=row.get("method", defaults.method), tokenizer=row.get("tokenizer", defaults.tokenizer))
+    return CompressRequest(
+        context=ctx,
+        question=row.get("question", defaults.question),
+        instruction=row.get("instruction", defaults.instruction),
+        rate=rate,
+        target_tokens=target,
+        method=row.get("method", defaults.method),
+        tokenizer=row.get("tokenizer", defaults.tokenizer),
+    )
 
 
 def row_record(comp: Compressor, defaults: RowDefaults, n: int, line: str) -> tuple[str, bool]:
@@ -136,8 +144,10 @@ def run_local(comp: Compressor, defaults: RowDefaults, input_path: str, output: 
     out, lines, done = open_batch(input_path, output, resume)
     tally = Tally()
     # line-buffered append: a crash loses at most the row being compressed
-    with open(out, "a", encoding="utf-8", buffering=1) as f, \
-            tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar:
+    with (
+        open(out, "a", encoding="utf-8", buffering=1) as f,
+        tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar,
+    ):
         for n, line in todo(lines, done):
             record, failed = row_record(comp, defaults, n, line)
             f.write(record + "\n")

@@ -30,7 +30,9 @@ def read_text(source: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"{name}: invalid UTF-8 at byte offset {exc.start} (byte 0x{data[exc.start]:02x})") from None
+        raise InvalidRequest(
+            f"{name}: invalid UTF-8 at byte offset {exc.start} (byte 0x{data[exc.start]:02x})"
+        ) from None
 
 
 def to_document(item: Any, where: str) -> Document:

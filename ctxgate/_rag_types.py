@@ -21,8 +21,8 @@ class SidecarError(CtxgateError):
 class RAGDocument:
     """One input document after compression. ``metadata`` is the caller's own object, untouched."""
 
-    index: int                  # position in the input list
-    text: str                   # compressed text ("" when dropped)
+    index: int  # position in the input list
+    text: str  # compressed text ("" when dropped)
     original_text: str
     metadata: dict[str, Any]
     id: str | None = None
@@ -44,11 +44,11 @@ class RAGResult:
     dropped: list[RAGDocument]
     original_tokens: int
     compressed_tokens: int
-    ratio: float                # original / compressed (4.0 means 4x smaller)
+    ratio: float  # original / compressed (4.0 means 4x smaller)
     seconds: float
     method: str
     mode: Mode
-    budget: int | None          # the token budget asked for (None for an empty input)
+    budget: int | None  # the token budget asked for (None for an empty input)
     model: str | None = None
     tokenizer: str | None = None
     tokens_estimated: bool = False
@@ -73,8 +73,9 @@ def to_documents(documents: Sequence[DocumentLike]) -> list[Document]:
     """Normalise strings, ``compressor.Document`` and mappings (text or page_content, metadata, id;
     any other key of a mapping joins its metadata)."""
     if isinstance(documents, (str, bytes, Mapping)):
-        raise TypeError("documents must be a list of documents, not a single "
-                        f"{type(documents).__name__}; wrap it in a list")
+        raise TypeError(
+            f"documents must be a list of documents, not a single {type(documents).__name__}; wrap it in a list"
+        )
     out: list[Document] = []
     for i, item in enumerate(documents):
         if isinstance(item, Document):
@@ -92,8 +93,10 @@ def to_documents(documents: Sequence[DocumentLike]) -> list[Document]:
             doc_id = item.get("id")
             doc = Document(text=text, id=None if doc_id is None else str(doc_id), metadata=meta)  # type: ignore[arg-type]
         else:
-            raise TypeError(f"documents[{i}] must be a str, a compressor.Document or a mapping with 'text', "
-                            f"got {type(item).__name__}")
+            raise TypeError(
+                f"documents[{i}] must be a str, a compressor.Document or a mapping with 'text', "
+                f"got {type(item).__name__}"
+            )
         if not isinstance(doc.text, str):
             raise TypeError(f"documents[{i}]: text must be str, got {type(doc.text).__name__}")
         out.append(doc)

@@ -23,7 +23,7 @@ from ctxgate.compressor import CtxgateError
 
 from ._batch import RowDefaults, Tally, open_batch, row_record, todo
 
-MAX_BLOCKS = 10_000          # blocks for the whole input; a block is the unit of ordering and resume
+MAX_BLOCKS = 10_000  # blocks for the whole input; a block is the unit of ordering and resume
 
 
 class _Worker:
@@ -73,9 +73,18 @@ def _pool(ray, workers: int | None, gpus: float | None) -> tuple[int, float, flo
     return workers, gpus, cpus
 
 
-def run_on_ray(address: str | None, defaults: RowDefaults, compressor_kwargs: dict[str, Any], input_path: str,
-               output: str | None, resume: bool, *, workers: int | None = None, gpus: float | None = None,
-               batch_size: int = 8) -> int:
+def run_on_ray(
+    address: str | None,
+    defaults: RowDefaults,
+    compressor_kwargs: dict[str, Any],
+    input_path: str,
+    output: str | None,
+    resume: bool,
+    *,
+    workers: int | None = None,
+    gpus: float | None = None,
+    batch_size: int = 8,
+) -> int:
     from tqdm import tqdm
 
     if batch_size < 1:
@@ -87,22 +96,33 @@ def run_on_ray(address: str | None, defaults: RowDefaults, compressor_kwargs: di
         print(tally.summary(out, "Ray (nothing left to do)"), file=sys.stderr)
         return 0
     ray = _import_ray()
-    local = {} if address else {"include_dashboard": False}     # start-only settings for a new local Ray
+    local = {} if address else {"include_dashboard": False}  # start-only settings for a new local Ray
     ray.init(address=address, logging_level=logging.WARNING, ignore_reinit_error=True, **local)
     try:
         actors, per_gpu, per_cpu = _pool(ray, workers, gpus)
         ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True     # rows come back in input order
-        ctx.enable_progress_bars = False                # ours counts rows; Ray's count blocks
+        ctx.execution_options.preserve_order = True  # rows come back in input order
+        ctx.enable_progress_bars = False  # ours counts rows; Ray's count blocks
         blocks = max(1, min(MAX_BLOCKS, math.ceil(len(items) / batch_size)))
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            _Worker, fn_constructor_kwargs={"defaults": defaults, "compressor_kwargs": compressor_kwargs,
-                                            "threads": max(1, int(per_cpu))},
-            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_cpu,
-            num_gpus=per_gpu or None, max_restarts=-1, max_task_retries=-1)
+            _Worker,
+            fn_constructor_kwargs={
+                "defaults": defaults,
+                "compressor_kwargs": compressor_kwargs,
+                "threads": max(1, int(per_cpu)),
+            },
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=per_cpu,
+            num_gpus=per_gpu or None,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
         where = f"Ray ({actors} actor(s){f', {per_gpu:g} GPU each' if per_gpu else ''})"
-        with open(out, "a", encoding="utf-8", buffering=1) as f, \
-                tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar:
+        with (
+            open(out, "a", encoding="utf-8", buffering=1) as f,
+            tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar,
+        ):
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for record, failed in zip(batch["record"], batch["failed"]):
                     f.write(str(record) + "\n")

@@ -58,8 +58,15 @@ class CtxgateDocumentCompressor(BaseDocumentCompressor):
 
     def model_post_init(self, context: Any, /) -> None:
         self._rag = self.rag or RAGCompressor(
-            mode=self.mode, url=self.url, method=self.method, rate=self.rate, target_tokens=self.target_tokens,
-            order=self.order, strict=self.strict, timeout=self.timeout, tokenizer=self.tokenizer,
+            mode=self.mode,
+            url=self.url,
+            method=self.method,
+            rate=self.rate,
+            target_tokens=self.target_tokens,
+            order=self.order,
+            strict=self.strict,
+            timeout=self.timeout,
+            tokenizer=self.tokenizer,
             options=self.options,
         )
 
@@ -78,19 +85,29 @@ class CtxgateDocumentCompressor(BaseDocumentCompressor):
 
     def _outputs(self, documents: Sequence[LCDocument], result: RAGResult) -> list[LCDocument]:
         if result.dropped:
-            log.info("ctxgate dropped %d of %d documents (positions %s)", len(result.dropped), len(documents),
-                     [d.index for d in result.dropped])
+            log.info(
+                "ctxgate dropped %d of %d documents (positions %s)",
+                len(result.dropped),
+                len(documents),
+                [d.index for d in result.dropped],
+            )
         out: list[LCDocument] = []
         for d in result.documents:
             src = documents[d.index]
             meta = dict(src.metadata)
             if self.metadata_key in meta:
-                log.warning("document metadata already has a %r key; ctxgate info not added (set metadata_key)",
-                            self.metadata_key)
+                log.warning(
+                    "document metadata already has a %r key; ctxgate info not added (set metadata_key)",
+                    self.metadata_key,
+                )
             else:
                 meta[self.metadata_key] = {
-                    "index": d.index, "original_tokens": d.original_tokens, "compressed_tokens": d.compressed_tokens,
-                    "score": d.score, "method": result.method, "fallback": result.fallback,
+                    "index": d.index,
+                    "original_tokens": d.original_tokens,
+                    "compressed_tokens": d.compressed_tokens,
+                    "score": d.score,
+                    "method": result.method,
+                    "fallback": result.fallback,
                 }
             out.append(LCDocument(page_content=d.text, metadata=meta, id=src.id))
         return out

@@ -53,8 +53,15 @@ class CtxgateNodePostprocessor(BaseNodePostprocessor):
 
     def model_post_init(self, context: Any, /) -> None:
         self._rag = self.rag or RAGCompressor(
-            mode=self.mode, url=self.url, method=self.method, rate=self.rate, target_tokens=self.target_tokens,
-            order=self.order, strict=self.strict, timeout=self.timeout, tokenizer=self.tokenizer,
+            mode=self.mode,
+            url=self.url,
+            method=self.method,
+            rate=self.rate,
+            target_tokens=self.target_tokens,
+            order=self.order,
+            strict=self.strict,
+            timeout=self.timeout,
+            tokenizer=self.tokenizer,
             options=self.options,
         )
 
@@ -76,8 +83,12 @@ class CtxgateNodePostprocessor(BaseNodePostprocessor):
 
     def _outputs(self, nodes: list[NodeWithScore], result: RAGResult) -> list[NodeWithScore]:
         if result.dropped:
-            log.info("ctxgate dropped %d of %d nodes (positions %s)", len(result.dropped), len(nodes),
-                     [d.index for d in result.dropped])
+            log.info(
+                "ctxgate dropped %d of %d nodes (positions %s)",
+                len(result.dropped),
+                len(nodes),
+                [d.index for d in result.dropped],
+            )
         key = self.metadata_key
         out: list[NodeWithScore] = []
         for d in result.documents:
@@ -87,10 +98,17 @@ class CtxgateNodePostprocessor(BaseNodePostprocessor):
             if key in src.node.metadata:
                 log.warning("node metadata already has a %r key; ctxgate info not added (set metadata_key)", key)
             else:
-                node.metadata = {**src.node.metadata, key: {
-                    "index": d.index, "original_tokens": d.original_tokens, "compressed_tokens": d.compressed_tokens,
-                    "score": d.score, "method": result.method, "fallback": result.fallback,
-                }}
+                node.metadata = {
+                    **src.node.metadata,
+                    key: {
+                        "index": d.index,
+                        "original_tokens": d.original_tokens,
+                        "compressed_tokens": d.compressed_tokens,
+                        "score": d.score,
+                        "method": result.method,
+                        "fallback": result.fallback,
+                    },
+                }
                 node.excluded_llm_metadata_keys = [*src.node.excluded_llm_metadata_keys, key]
                 node.excluded_embed_metadata_keys = [*src.node.excluded_embed_metadata_keys, key]
             out.append(NodeWithScore(node=node, score=src.score))

@@ -19,8 +19,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from ctxgate.compressor import CompressRequest, CompressResult, Document, InvalidRequest
-from ctxgate.compressor import DEFAULT_RATE  # the engine's rate when neither rate nor target_tokens is given
+from ctxgate.compressor import (
+    DEFAULT_RATE,  # the engine's rate when neither rate nor target_tokens is given
+    CompressRequest,
+    CompressResult,
+    Document,
+    InvalidRequest,
+)
 
 from ._rag_remote import SidecarClient, Unavailable
 from ._rag_types import DocumentLike, Mode, Order, RAGDocument, RAGResult, SidecarError, to_documents
@@ -144,14 +149,25 @@ class RAGCompressor:
 
     # ----------------------------------------------------------------- request
 
-    def _request(self, docs: list[Document], question: str | None, rate: float | Literal["auto"] | None,
-                 target_tokens: int | None, method: str | None) -> CompressRequest:
+    def _request(
+        self,
+        docs: list[Document],
+        question: str | None,
+        rate: float | Literal["auto"] | None,
+        target_tokens: int | None,
+        method: str | None,
+    ) -> CompressRequest:
         if rate is None and target_tokens is None:
             rate, target_tokens = self.rate, self.target_tokens
         # Validation (rate range, rate xor target_tokens) lives in CompressRequest: one rule for both modes.
         return CompressRequest(
-            context=list(docs), question=question, rate=rate, target_tokens=target_tokens,
-            method=method or self.method, tokenizer=self.tokenizer, options=dict(self.options),
+            context=list(docs),
+            question=question,
+            rate=rate,
+            target_tokens=target_tokens,
+            method=method or self.method,
+            tokenizer=self.tokenizer,
+            options=dict(self.options),
         )
 
     def _remote(self) -> SidecarClient:
@@ -169,8 +185,9 @@ class RAGCompressor:
 
     def _from_response(self, docs, request, result: CompressResult, t0: float) -> RAGResult:
         if sorted(dr.index for dr in result.documents) != list(range(len(docs))):
-            return self._fail_open(docs, request, Unavailable(
-                f"answered {len(result.documents)} documents for {len(docs)}"), t0)
+            return self._fail_open(
+                docs, request, Unavailable(f"answered {len(result.documents)} documents for {len(docs)}"), t0
+            )
         out = self._from_engine(docs, result, request)
         out.seconds = time.perf_counter() - t0  # the caller's wall time, network included
         return out
@@ -180,45 +197,92 @@ class RAGCompressor:
         items: list[RAGDocument] = []
         for i, d in enumerate(docs):
             dr = by_index[i]
-            items.append(RAGDocument(
-                index=i, text="" if dr.dropped else dr.text, original_text=d.text, metadata=d.metadata, id=d.id,
-                original_tokens=dr.original_tokens, compressed_tokens=0 if dr.dropped else dr.compressed_tokens,
-                score=dr.score, dropped=dr.dropped,
-            ))
+            items.append(
+                RAGDocument(
+                    index=i,
+                    text="" if dr.dropped else dr.text,
+                    original_text=d.text,
+                    metadata=d.metadata,
+                    id=d.id,
+                    original_tokens=dr.original_tokens,
+                    compressed_tokens=0 if dr.dropped else dr.compressed_tokens,
+                    score=dr.score,
+                    dropped=dr.dropped,
+                )
+            )
         kept = [x for x in items if not x.dropped]
         if self.order == "relevance":
             kept.sort(key=lambda x: (x.score is None, -(x.score or 0.0), x.index))
         before = sum(x.original_tokens for x in items)
         after = sum(x.compressed_tokens for x in kept)
         return RAGResult(
-            documents=kept, dropped=[x for x in items if x.dropped], original_tokens=before,
-            compressed_tokens=after, ratio=_ratio(before, after), seconds=result.seconds, method=result.method,
-            mode=self.mode, budget=_budget(request, before), model=result.model, tokenizer=result.tokenizer,
-            tokens_estimated=result.tokens_estimated, cache=result.cache, warnings=list(result.warnings),
+            documents=kept,
+            dropped=[x for x in items if x.dropped],
+            original_tokens=before,
+            compressed_tokens=after,
+            ratio=_ratio(before, after),
+            seconds=result.seconds,
+            method=result.method,
+            mode=self.mode,
+            budget=_budget(request, before),
+            model=result.model,
+            tokenizer=result.tokenizer,
+            tokens_estimated=result.tokens_estimated,
+            cache=result.cache,
+            warnings=list(result.warnings),
         )
 
     def _empty(self, request: CompressRequest, t0: float) -> RAGResult:
-        return RAGResult(documents=[], dropped=[], original_tokens=0, compressed_tokens=0, ratio=1.0,
-                         seconds=time.perf_counter() - t0, method=request.method, mode=self.mode, budget=None)
+        return RAGResult(
+            documents=[],
+            dropped=[],
+            original_tokens=0,
+            compressed_tokens=0,
+            ratio=1.0,
+            seconds=time.perf_counter() - t0,
+            method=request.method,
+            mode=self.mode,
+            budget=None,
+        )
 
     def _fail_open(self, docs: list[Document], request: CompressRequest, exc: Unavailable, t0: float) -> RAGResult:
         """Uncompressed documents and a warning, or SidecarError under ``strict``. Never logs document text."""
         if self.strict:
-            raise SidecarError(f"ctxgate sidecar at {self.url} {exc.reason} (strict=True; "
-                               "strict=False returns the documents uncompressed instead)") from exc
-        log.warning("ctxgate sidecar at %s %s; returning %d documents uncompressed",
-                    self.url, exc.reason, len(docs))
+            raise SidecarError(
+                f"ctxgate sidecar at {self.url} {exc.reason} (strict=True; "
+                "strict=False returns the documents uncompressed instead)"
+            ) from exc
+        log.warning("ctxgate sidecar at %s %s; returning %d documents uncompressed", self.url, exc.reason, len(docs))
         from ctxgate.compressor import get_counter
 
         counter = get_counter("estimate")  # no tokenizer load on the fallback path; labelled as an estimate
         counts = counter.count_many([d.text for d in docs])
-        items = [RAGDocument(index=i, text=d.text, original_text=d.text, metadata=d.metadata, id=d.id,
-                             original_tokens=n, compressed_tokens=n) for i, (d, n) in enumerate(zip(docs, counts))]
+        items = [
+            RAGDocument(
+                index=i,
+                text=d.text,
+                original_text=d.text,
+                metadata=d.metadata,
+                id=d.id,
+                original_tokens=n,
+                compressed_tokens=n,
+            )
+            for i, (d, n) in enumerate(zip(docs, counts))
+        ]
         total = sum(counts)
         return RAGResult(
-            documents=items, dropped=[], original_tokens=total, compressed_tokens=total, ratio=1.0,
-            seconds=time.perf_counter() - t0, method="passthrough", mode=self.mode, budget=_budget(request, total),
-            tokenizer=counter.name, tokens_estimated=True, fallback=True,
+            documents=items,
+            dropped=[],
+            original_tokens=total,
+            compressed_tokens=total,
+            ratio=1.0,
+            seconds=time.perf_counter() - t0,
+            method="passthrough",
+            mode=self.mode,
+            budget=_budget(request, total),
+            tokenizer=counter.name,
+            tokens_estimated=True,
+            fallback=True,
             warnings=[f"sidecar {exc.reason}; documents returned uncompressed"],
         )
 
@@ -233,10 +297,9 @@ def _ratio(before: int, after: int) -> float:
 def _budget(request: CompressRequest, total: int) -> int:
     if request.target_tokens is not None:
         return request.target_tokens
-    if request.auto:            # the method decides: the whole input is the only bound
+    if request.auto:  # the method decides: the whole input is the only bound
         return total
     return max(1, math.ceil(total * (request.rate if request.rate is not None else DEFAULT_RATE)))
 
 
-__all__ = ["DocumentLike", "Mode", "Order", "RAGCompressor", "RAGDocument", "RAGResult", "SidecarError",
-           "to_documents"]
+__all__ = ["DocumentLike", "Mode", "Order", "RAGCompressor", "RAGDocument", "RAGResult", "SidecarError", "to_documents"]

@@ -32,14 +32,22 @@ class Decoded:
 
     new: list[int] = field(default_factory=list)
     seconds: float = 0.0
-    batch: int = 1          # mean rows per step while this one was decoded
+    batch: int = 1  # mean rows per step while this one was decoded
     steps: int = 0
-    row_steps: int = 0      # sum over its steps of the rows in the batch
+    row_steps: int = 0  # sum over its steps of the rows in the batch
 
 
-def decode_many(model, prompts: list[list[int]], caps: list[int], done: Callable[[int, list[int]], bool],
-                *, pad: int, max_batch: int = 8, batch_tokens: int = 12288,
-                prefill_tokens: int = 4096) -> list[Decoded]:
+def decode_many(
+    model,
+    prompts: list[list[int]],
+    caps: list[int],
+    done: Callable[[int, list[int]], bool],
+    *,
+    pad: int,
+    max_batch: int = 8,
+    batch_tokens: int = 12288,
+    prefill_tokens: int = 4096,
+) -> list[Decoded]:
     """Greedy answers for ``prompts``; row ``i`` stops at ``caps[i]`` tokens or when ``done(i, new)``
     says so (EOS or a stop pattern: the caller decides, after each token)."""
     import torch
@@ -47,9 +55,9 @@ def decode_many(model, prompts: list[list[int]], caps: list[int], done: Callable
     device = next(model.parameters()).device
     out = [Decoded() for _ in prompts]
     queue = deque(sorted(range(len(prompts)), key=lambda i: -len(prompts[i])))
-    rows: list[int] = []        # prompt index of each batch row, in cache order
-    pending: list[int] = []     # each row's newest token, not yet in the cache
-    pos: list[int] = []         # each row's tokens in the cache: the newest token's position
+    rows: list[int] = []  # prompt index of each batch row, in cache order
+    pending: list[int] = []  # each row's newest token, not yet in the cache
+    pos: list[int] = []  # each row's tokens in the cache: the newest token's position
     kv: _SharedKV | None = None
     with torch.inference_mode():
         while queue or rows:
@@ -81,8 +89,13 @@ def decode_many(model, prompts: list[list[int]], caps: list[int], done: Callable
                 continue  # fill the batch before the next step
             t0 = time.perf_counter()
             kv.add_column()
-            logits = model(input_ids=torch.tensor(pending, device=device)[:, None], attention_mask=kv.mask4d(),
-                           position_ids=torch.tensor(pos, device=device)[:, None], cache=kv, use_cache=True).logits
+            logits = model(
+                input_ids=torch.tensor(pending, device=device)[:, None],
+                attention_mask=kv.mask4d(),
+                position_ids=torch.tensor(pos, device=device)[:, None],
+                cache=kv,
+                use_cache=True,
+            ).logits
             nxt = logits[:, -1].argmax(-1).tolist()
             share = (time.perf_counter() - t0) / len(rows)
             stay = []
@@ -114,14 +127,14 @@ class _SharedKV(DynamicCache):
     def __init__(self, keys: list, values: list, valid) -> None:
         """``keys``/``values``: per-layer buffers whose first ``valid.shape[1]`` columns are written."""
         super().__init__()
-        self.valid = valid                        # (rows, width) bool: which columns are a row's
+        self.valid = valid  # (rows, width) bool: which columns are a row's
         self._use(keys, values)
 
     def _use(self, keys: list, values: list) -> None:
         self._k, self._v = keys, values
-        self._n = [self.width] * len(keys)                 # columns written, per layer
-        self._rows = list(range(self.valid.shape[0]))      # buffer row of each live row (rows leave lazily)
-        self._cut = 0                                      # leading buffer columns no live row uses
+        self._n = [self.width] * len(keys)  # columns written, per layer
+        self._rows = list(range(self.valid.shape[0]))  # buffer row of each live row (rows leave lazily)
+        self._cut = 0  # leading buffer columns no live row uses
 
     @property
     def width(self) -> int:
@@ -132,10 +145,10 @@ class _SharedKV(DynamicCache):
         if n + q > self._k[layer_idx].shape[-2]:
             self._k[layer_idx] = _with_room(self._k[layer_idx][:, :, :n], n // 2 + q)
             self._v[layer_idx] = _with_room(self._v[layer_idx][:, :, :n], n // 2 + q)
-        self._k[layer_idx][:, :, n:n + q] = key_states
-        self._v[layer_idx][:, :, n:n + q] = value_states
+        self._k[layer_idx][:, :, n : n + q] = key_states
+        self._v[layer_idx][:, :, n : n + q] = value_states
         self._n[layer_idx] = n + q
-        return self._k[layer_idx][:, :, :n + q], self._v[layer_idx][:, :, :n + q]
+        return self._k[layer_idx][:, :, : n + q], self._v[layer_idx][:, :, : n + q]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._n[layer_idx]
@@ -199,8 +212,8 @@ def _rebuild(parts: list[tuple[_SharedKV, int]], width: int):
                 data = getattr(part, attr)[layer]
                 start = part._cut
                 for row in part._rows:
-                    buf[r, :, :width - used].zero_()
-                    buf[r, :, width - used:width].copy_(data[row, :, start:start + used])
+                    buf[r, :, : width - used].zero_()
+                    buf[r, :, width - used : width].copy_(data[row, :, start : start + used])
                     r += 1
             out.append(buf)
     return keys, values

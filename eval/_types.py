@@ -42,7 +42,7 @@ class Item(msgspec.Struct, kw_only=True):
     system: str | None = None
     separator: str = "\n\n"
     max_new_tokens: int = 64
-    stop: list[str] = msgspec.field(default_factory=list)   # regexes on the generated text
+    stop: list[str] = msgspec.field(default_factory=list)  # regexes on the generated text
     meta: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def prompt(self, context: str) -> str:
@@ -74,22 +74,22 @@ class EvalConfig(msgspec.Struct, kw_only=True):
     reader: str = "qwen-1.5b"
     reader_url: str | None = None
     reader_api_key: str | None = None
-    max_new_tokens: int | None = None      # None: the dataset's own default
-    batch: int = 8                         # answers decoded at once (local readers); 1: one at a time
+    max_new_tokens: int | None = None  # None: the dataset's own default
+    batch: int = 8  # answers decoded at once (local readers); 1: one at a time
     # "continuous": a finished answer's place is taken by the next prompt (eval._batching);
     # "grouped": fixed batches of similar-length prompts per generate call (runs before continuous)
     batching: str = "continuous"
-    tokenizer: str | None = None           # token accounting; None: the reader's (or smollm2 for URLs)
+    tokenizer: str | None = None  # token accounting; None: the reader's (or smollm2 for URLs)
     scorer: str = "smollm2"
     embedder: str = "minilm"
     student: str = "student"
     out: str = "eval-results/run"
     resume: bool = True
-    report_only: bool = False              # rebuild report.md and plots from results.jsonl, run nothing
-    rescore: bool = False                  # with report_only: recompute the metrics from the stored answers
+    report_only: bool = False  # rebuild report.md and plots from results.jsonl, run nothing
+    rescore: bool = False  # with report_only: recompute the metrics from the stored answers
     plots: bool = True
     progress: bool = True
-    command: str = ""                      # the exact command line, for the report
+    command: str = ""  # the exact command line, for the report
     dataset_options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -103,8 +103,8 @@ class Row(msgspec.Struct, kw_only=True, omit_defaults=False):
     task: str
     reader: str
     prediction: str
-    reference_answer: str                 # the full-prompt answer of the same reader
-    accuracy: float | None                # task metric (None: no reference, e.g. arxiv)
+    reference_answer: str  # the full-prompt answer of the same reader
+    accuracy: float | None  # task metric (None: no reference, e.g. arxiv)
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
     fidelity_cosine: float | None = None
     fidelity_f1: float | None = None
@@ -117,9 +117,9 @@ class Row(msgspec.Struct, kw_only=True, omit_defaults=False):
     new_tokens: int = 0
     hit_cap: bool = False
     compress_seconds: float = 0.0
-    compress_cache: str = "off"           # "hit" when the same context was compressed before (GSM8K demos)
-    reader_seconds: float = 0.0           # in a batch: its share of each step (and prefill) it took part in
-    reader_batch: int = 1                 # answers decoded together: mean rows per step (grouped: per call)
+    compress_cache: str = "off"  # "hit" when the same context was compressed before (GSM8K demos)
+    reader_seconds: float = 0.0  # in a batch: its share of each step (and prefill) it took part in
+    reader_batch: int = 1  # answers decoded together: mean rows per step (grouped: per call)
     error: str | None = None
     warnings: list[str] = msgspec.field(default_factory=list)
 

@@ -89,9 +89,14 @@ def machine(device: str | None) -> dict[str, Any]:
     cpu = cpu_name()
     dev = device or pick_device()
     info = {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__, "device": dev,
-        "dtype": str(pick_dtype(dev)).removeprefix("torch."), "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": dev,
+        "dtype": str(pick_dtype(dev)).removeprefix("torch."),
+        "platform": platform.platform(),
     }
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # what the workers ran with
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs sharing the cores
@@ -126,8 +131,9 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
     from ctxgate.compressor import Compressor
 
     inputs = load_inputs(args)
-    comp = Compressor(scorer=args.scorer, embedder=args.embedder, student=args.student, tokenizer=args.tokenizer,
-                      device=args.device)
+    comp = Compressor(
+        scorer=args.scorer, embedder=args.embedder, student=args.student, tokenizer=args.tokenizer, device=args.device
+    )
     rss_start = _rss_mib()
     first = inputs[0]
     warm_ctx = first["context"][:2] if isinstance(first["context"], list) else first["context"][:2000]
@@ -144,12 +150,20 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
         warnings.update(r.warnings)
     total = sum(seconds)
     return {
-        "method": method, "status": "ok", "n": len(inputs), "input_tokens": tokens_in,
-        "output_tokens": tokens_out, "seconds": [round(s, 4) for s in seconds],
-        "mean_seconds": total / len(seconds), "tokens_per_s": tokens_in / total if total else None,
-        "ratio": tokens_in / tokens_out if tokens_out else None, "warmup_seconds": round(warm_s, 3),
-        "rss_before_load_mib": round(rss_start, 1), "peak_rss_mib": round(_rss_mib(), 1),
-        "model": getattr(comp.method(method), "model_name", None), "warnings": sorted(warnings),
+        "method": method,
+        "status": "ok",
+        "n": len(inputs),
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "seconds": [round(s, 4) for s in seconds],
+        "mean_seconds": total / len(seconds),
+        "tokens_per_s": tokens_in / total if total else None,
+        "ratio": tokens_in / tokens_out if tokens_out else None,
+        "warmup_seconds": round(warm_s, 3),
+        "rss_before_load_mib": round(rss_start, 1),
+        "peak_rss_mib": round(_rss_mib(), 1),
+        "model": getattr(comp.method(method), "model_name", None),
+        "warnings": sorted(warnings),
     }
 
 
@@ -191,8 +205,10 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         tps = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        lines.append(f"{r['method']:<14} {r['n']:>3} {r['input_tokens']:>10} {tps:>9} {r['mean_seconds']:>8.3f} "
-                     f"{ratio:>6} {r['peak_rss_mib']:>13.0f}")
+        lines.append(
+            f"{r['method']:<14} {r['n']:>3} {r['input_tokens']:>10} {tps:>9} {r['mean_seconds']:>8.3f} "
+            f"{ratio:>6} {r['peak_rss_mib']:>13.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -200,8 +216,11 @@ def parser() -> argparse.ArgumentParser:
     from ctxgate.compressor import METHOD_NAMES
 
     p = argparse.ArgumentParser(prog="ctxgate bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default=",".join(METHOD_NAMES),
-                   help=f"comma-separated methods (default: all of {', '.join(METHOD_NAMES)})")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHOD_NAMES),
+        help=f"comma-separated methods (default: all of {', '.join(METHOD_NAMES)})",
+    )
     p.add_argument("--rate", type=_rate, default=0.25, help="fraction of tokens to keep (default 0.25), or auto")
     p.add_argument("--items", type=int, default=None, help="NQ 20-document items, from the first (default 5)")
     p.add_argument("--docs", type=int, default=0, help="only the first N documents of each item (default all 20)")
@@ -248,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown or not methods:
-        raise InvalidRequest(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHOD_NAMES)}")
+        raise InvalidRequest(
+            f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHOD_NAMES)}"
+        )
     load_inputs(args)  # fail fast, in one line, on bad data paths
     worker_argv = list(argv)  # workers run from the repo root: give them absolute paths
     if args.text:
@@ -270,10 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "ctxgate bench " + " ".join(argv),
         "machine": {**machine(args.device), "load_average_start": load_start},
-        "input": {"text": args.text, "max_chars": args.max_chars} if args.text
+        "input": {"text": args.text, "max_chars": args.max_chars}
+        if args.text
         else {"dataset": NQ20, "items": args.items, "docs": args.docs or 20},
-        "rate": args.rate, "scorer": args.scorer, "embedder": args.embedder, "tokenizer": args.tokenizer,
-        "results": results, "speedup_hybrid_vs_longllmlingua": speedup,
+        "rate": args.rate,
+        "scorer": args.scorer,
+        "embedder": args.embedder,
+        "tokenizer": args.tokenizer,
+        "results": results,
+        "speedup_hybrid_vs_longllmlingua": speedup,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if args.out:

@@ -31,11 +31,19 @@ _SUMMARY = re.compile(r"ctxgate: (\d+) row\(s\) in ([\d.]+) s on (.*?): ([\d.]+)
 def _input(path: Path, data_dir: Path, start: int, rows: int, docs: int) -> int:
     """Write the batch; returns its input tokens as the CLI will count them (from the first run)."""
     with (data_dir / NQ).open(encoding="utf-8") as f:
-        items = [json.loads(line) for line in f][start:start + rows]
+        items = [json.loads(line) for line in f][start : start + rows]
     with path.open("w", encoding="utf-8") as f:
         for i, r in enumerate(items):
-            f.write(json.dumps({"id": f"nq{start + i}", "question": r["question"],
-                                "context": [c["text"] for c in r["ctxs"][:docs]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"nq{start + i}",
+                        "question": r["question"],
+                        "context": [c["text"] for c in r["ctxs"][:docs]],
+                    }
+                )
+                + "\n"
+            )
     return len(items)
 
 
@@ -52,8 +60,9 @@ def _run(cmd: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ctxgate bench batch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ctxgate bench batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rows", type=int, default=100)
     p.add_argument("--start", type=int, default=0, help="first NQ row (default 0)")
     p.add_argument("--docs", type=int, default=20, help="passages per row (default 20)")
@@ -77,22 +86,54 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(json.loads(line)["original_tokens"] for line in local.read_text(encoding="utf-8").splitlines())
         for w in workers:
             out = Path(tmp) / f"ray{w}.jsonl"
-            runs.append({"run": f"Ray, {w} actor(s)", **_run([*base, "--output", str(out), "--ray", "--ray-workers",
-                                                                  str(w), "--ray-batch", str(args.ray_batch)]),
-                         "identical": out.read_bytes() == local.read_bytes()})
+            runs.append(
+                {
+                    "run": f"Ray, {w} actor(s)",
+                    **_run(
+                        [
+                            *base,
+                            "--output",
+                            str(out),
+                            "--ray",
+                            "--ray-workers",
+                            str(w),
+                            "--ray-batch",
+                            str(args.ray_batch),
+                        ]
+                    ),
+                    "identical": out.read_bytes() == local.read_bytes(),
+                }
+            )
     for r in runs:
-        r.update(rows_per_s=round(r["rows"] / r["seconds"], 3), tok_per_s=round(tokens / r["seconds"]),
-                 wall_rows_per_s=round(r["rows"] / r["wall"], 3), wall_tok_per_s=round(tokens / r["wall"]))
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    result = {"command": "ctxgate bench batch " + " ".join(argv or sys.argv[1:]), "cpu": cpu, "rows": n,
-              "input_tokens": tokens, "runs": runs}
+        r.update(
+            rows_per_s=round(r["rows"] / r["seconds"], 3),
+            tok_per_s=round(tokens / r["seconds"]),
+            wall_rows_per_s=round(r["rows"] / r["wall"], 3),
+            wall_tok_per_s=round(tokens / r["wall"]),
+        )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    result = {
+        "command": "ctxgate bench batch " + " ".join(argv or sys.argv[1:]),
+        "cpu": cpu,
+        "rows": n,
+        "input_tokens": tokens,
+        "runs": runs,
+    }
     print(f"{n} rows, {tokens:,} input tokens, {cpu}")
     print(f"{'run':<20} {'rows/s':>8} {'tok/s':>9} {'wall rows/s':>12} {'wall tok/s':>11}  same bytes")
     for r in runs:
         same = "" if "identical" not in r else ("yes" if r["identical"] else "NO")
-        print(f"{r['run']:<20} {r['rows_per_s']:>8.2f} {r['tok_per_s']:>9,} {r['wall_rows_per_s']:>12.2f} "
-              f"{r['wall_tok_per_s']:>11,}  {same}")
+        print(
+            f"{r['run']:<20} {r['rows_per_s']:>8.2f} {r['tok_per_s']:>9,} {r['wall_rows_per_s']:>12.2f} "
+            f"{r['wall_tok_per_s']:>11,}  {same}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -37,7 +37,7 @@ from typing import Any
 from ctxgate.eval._asgi import lifespan, read_body
 from ctxgate.eval.bench_proxy import REPO_ROOT, _free_port, _machine, _wait
 
-STALL_S = 4.0          # the upstream's silence on "stall"; the sidecar's upstream_timeout is below it
+STALL_S = 4.0  # the upstream's silence on "stall"; the sidecar's upstream_timeout is below it
 UPSTREAM_TIMEOUT = 2.0
 BEHAVIOURS = ("ok", "ok", "ok", "ok", "ok", "error500", "error429", "reset", "stall")
 
@@ -60,8 +60,13 @@ def make_upstream():
         if behaviour in ("error500", "error429"):
             status = int(behaviour[-3:])
             return await _send(send, status, b'{"error":{"message":"chaos %d","type":"server_error"}}' % status)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         events = [b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % nonce.encode()] * 2
         for i, ev in enumerate(events + [b"data: [DONE]\n\n"]):
             if behaviour == "reset" and i == 2:
@@ -76,8 +81,13 @@ def make_upstream():
 
 
 async def _send(send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -109,26 +119,55 @@ class _Procs:
         return f"http://127.0.0.1:{self.px_port}"
 
     def start_upstream(self) -> None:
-        self.upstream = subprocess.Popen([sys.executable, "-m", "ctxgate.eval.bench_chaos", "--serve-upstream",
-                                          str(self.up_port)], cwd=REPO_ROOT)
+        self.upstream = subprocess.Popen(
+            [sys.executable, "-m", "ctxgate.eval.bench_chaos", "--serve-upstream", str(self.up_port)], cwd=REPO_ROOT
+        )
         _wait(f"http://127.0.0.1:{self.up_port}/v1/models", 30)
 
     def start_redis(self) -> None:
         if self.redis_exe:
-            self.redis = subprocess.Popen([self.redis_exe, "--port", str(self.redis_port), "--save", "",
-                                           "--appendonly", "no", "--dir", str(self.tmp)], stdout=subprocess.DEVNULL)
+            self.redis = subprocess.Popen(
+                [
+                    self.redis_exe,
+                    "--port",
+                    str(self.redis_port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.tmp),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
             time.sleep(0.3)
 
     def start_sidecar(self) -> None:
-        env = {**os.environ, "CTXGATE_DEFAULT_METHOD": "truncate", "CTXGATE_UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT),
-               "CTXGATE_POLICY__MIN_TOKENS": "50", "CTXGATE_LOG_LEVEL": "error",
-               "CTXGATE_FIDELITY__PATH": str(self.tmp / "fidelity.sqlite")}
+        env = {
+            **os.environ,
+            "CTXGATE_DEFAULT_METHOD": "truncate",
+            "CTXGATE_UPSTREAM_TIMEOUT": str(UPSTREAM_TIMEOUT),
+            "CTXGATE_POLICY__MIN_TOKENS": "50",
+            "CTXGATE_LOG_LEVEL": "error",
+            "CTXGATE_FIDELITY__PATH": str(self.tmp / "fidelity.sqlite"),
+        }
         if self.redis_exe:
             env.update(CTXGATE_CACHE__BACKEND="redis", CTXGATE_CACHE__URL=f"redis://127.0.0.1:{self.redis_port}/0")
         else:
             env.update(CTXGATE_CACHE__BACKEND="sqlite", CTXGATE_CACHE__PATH=str(self.tmp / "segments.sqlite"))
-        self.sidecar = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--port", str(self.px_port), "--upstream",
-                                         f"http://127.0.0.1:{self.up_port}/v1"], cwd=REPO_ROOT, env=env)
+        self.sidecar = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ctxgate.service",
+                "--port",
+                str(self.px_port),
+                "--upstream",
+                f"http://127.0.0.1:{self.up_port}/v1",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+        )
         _wait(self.url + "/readyz", 120)
 
     def rss_mb(self) -> float | None:
@@ -178,8 +217,14 @@ class _Tally:
 
 def _body(nonce: str, compress: bool) -> bytes:
     text = ("chaos context " * 120 + f"\n\nWhich nonce is {nonce}?") if compress else f"say {nonce}"
-    return json.dumps({"model": "chaos-model", "stream": True, "metadata": {"nonce": nonce},
-                       "messages": [{"role": "user", "content": text}]}).encode()
+    return json.dumps(
+        {
+            "model": "chaos-model",
+            "stream": True,
+            "metadata": {"nonce": nonce},
+            "messages": [{"role": "user", "content": text}],
+        }
+    ).encode()
 
 
 async def _one(client, url: str, behaviour: str, nonce: str, tally: _Tally, compress: bool, timeout: float) -> None:
@@ -190,8 +235,12 @@ async def _one(client, url: str, behaviour: str, nonce: str, tally: _Tally, comp
     upstream_down = tally.upstream_down
     try:
         async with asyncio.timeout(timeout):
-            async with client.stream("POST", url + "/v1/chat/completions", content=_body(nonce, compress),
-                                     headers={"content-type": "application/json", "x-chaos": behaviour}) as r:
+            async with client.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                content=_body(nonce, compress),
+                headers={"content-type": "application/json", "x-chaos": behaviour},
+            ) as r:
                 data = await r.aread()
     except TimeoutError:
         tally.hangs += 1
@@ -220,7 +269,7 @@ async def _one(client, url: str, behaviour: str, nonce: str, tally: _Tally, comp
         ok = r.status_code == int(behaviour[-3:])
     elif behaviour == "reset":
         ok = r.status_code in (200, 502) and ('"error"' in text or r.status_code == 502)
-    else:       # stall
+    else:  # stall
         ok = r.status_code == 504 or (r.status_code == 200 and '"error"' in text)
     tally.outcomes[("as_expected:" if ok else "unexpected:") + f"{behaviour}:{r.status_code}"] += 1
 
@@ -232,25 +281,34 @@ async def _clients(procs: _Procs, tally: _Tally, seconds: float, streams: int, t
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     async with httpx.AsyncClient(limits=limits, timeout=None) as client:
+
         async def worker(w: int) -> None:
             i = 0
             while time.monotonic() < deadline:
                 i += 1
                 nonce = f"n-{w:04d}-{i:07d}"[:14].ljust(14, "0")
-                await _one(client, procs.url, rng.choice(BEHAVIOURS), nonce, tally, procs.compress_body and i % 2 == 0,
-                           timeout)
+                await _one(
+                    client, procs.url, rng.choice(BEHAVIOURS), nonce, tally, procs.compress_body and i % 2 == 0, timeout
+                )
                 if tally.sidecar_down:
                     await asyncio.sleep(0.05)
 
         await asyncio.gather(*(worker(w) for w in range(streams)))
 
 
-async def _faults(procs: _Procs, tally: _Tally, seconds: float, log: list[dict[str, Any]],
-                  rss: list[tuple[float, float]]) -> None:
+async def _faults(
+    procs: _Procs, tally: _Tally, seconds: float, log: list[dict[str, Any]], rss: list[tuple[float, float]]
+) -> None:
     """The schedule, as fractions of the run: freeze redis, kill redis, restart upstream, kill -9 sidecar."""
     t0 = time.monotonic()
-    plan = [(0.15, "redis_freeze"), (0.25, "redis_thaw"), (0.35, "redis_kill"), (0.45, "redis_start"),
-            (0.55, "upstream_restart"), (0.7, "sidecar_kill9")]
+    plan = [
+        (0.15, "redis_freeze"),
+        (0.25, "redis_thaw"),
+        (0.35, "redis_kill"),
+        (0.45, "redis_start"),
+        (0.55, "upstream_restart"),
+        (0.7, "sidecar_kill9"),
+    ]
     loop = asyncio.get_running_loop()
 
     async def sample_until(t: float) -> None:
@@ -285,7 +343,7 @@ async def _faults(procs: _Procs, tally: _Tally, seconds: float, log: list[dict[s
             procs.sidecar.wait()
             rss.append((at, -1.0))
             await loop.run_in_executor(None, procs.start_sidecar)
-            await asyncio.sleep(UPSTREAM_TIMEOUT + 1)   # requests sent before the restart may still fail
+            await asyncio.sleep(UPSTREAM_TIMEOUT + 1)  # requests sent before the restart may still fail
             tally.sidecar_down = False
         log.append({"t": at, "action": action})
     await sample_until(seconds)
@@ -293,15 +351,14 @@ async def _faults(procs: _Procs, tally: _Tally, seconds: float, log: list[dict[s
 
 def _growth(rss: list[tuple[float, float]]) -> dict[str, Any]:
     """RSS from 25% of the last segment (after the sidecar's restart, once warm) to its end."""
-    last = rss[[i for i, (_, mb) in enumerate(rss) if mb < 0][-1] + 1:] if any(mb < 0 for _, mb in rss) else rss
+    last = rss[[i for i, (_, mb) in enumerate(rss) if mb < 0][-1] + 1 :] if any(mb < 0 for _, mb in rss) else rss
     first = rss[: next((i for i, (_, mb) in enumerate(rss) if mb < 0), len(rss))]
     out: dict[str, Any] = {}
     for name, seg in (("before_kill", first), ("after_restart", last)):
         seg = [mb for _, mb in seg if mb > 0]
         if len(seg) >= 4:
             warm = seg[len(seg) // 4]
-            out[name] = {"warm_mb": warm, "end_mb": seg[-1], "growth_mb": round(seg[-1] - warm, 1),
-                         "max_mb": max(seg)}
+            out[name] = {"warm_mb": warm, "end_mb": seg[-1], "growth_mb": round(seg[-1] - warm, 1), "max_mb": max(seg)}
     return out
 
 
@@ -327,26 +384,40 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
 
             async def run() -> None:
-                await asyncio.gather(_clients(procs, tally, args.seconds, args.streams, args.timeout, args.seed),
-                                     _faults(procs, tally, args.seconds, log, rss))
+                await asyncio.gather(
+                    _clients(procs, tally, args.seconds, args.streams, args.timeout, args.seed),
+                    _faults(procs, tally, args.seconds, log, rss),
+                )
 
             asyncio.run(run())
             wall = time.monotonic() - t0
             alive = procs.sidecar is not None and procs.sidecar.poll() is None
         finally:
             procs.stop_all()
-    report = {"machine": _machine(), "seconds": round(wall, 1), "streams": args.streams,
-              "redis": procs.redis_exe is not None, "requests": tally.requests, "mixups": tally.mixups,
-              "hangs": tally.hangs, "unexpected": tally.unexpected(),
-              "connection_errors_while_sidecar_down": tally.down_errors, "sidecar_alive_at_end": alive,
-              "outcomes": dict(sorted(tally.outcomes.items())), "faults": log, "rss": _growth(rss),
-              "rss_samples": rss}
+    report = {
+        "machine": _machine(),
+        "seconds": round(wall, 1),
+        "streams": args.streams,
+        "redis": procs.redis_exe is not None,
+        "requests": tally.requests,
+        "mixups": tally.mixups,
+        "hangs": tally.hangs,
+        "unexpected": tally.unexpected(),
+        "connection_errors_while_sidecar_down": tally.down_errors,
+        "sidecar_alive_at_end": alive,
+        "outcomes": dict(sorted(tally.outcomes.items())),
+        "faults": log,
+        "rss": _growth(rss),
+        "rss_samples": rss,
+    }
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    print(f"{tally.requests} requests in {wall:.0f} s at {args.streams} streams: {tally.mixups} mixed up, "
-          f"{tally.hangs} hung, {tally.unexpected()} unexpected, {tally.down_errors} refused while the sidecar "
-          f"was down (kill -9); RSS {json.dumps(report['rss'])}")
+    print(
+        f"{tally.requests} requests in {wall:.0f} s at {args.streams} streams: {tally.mixups} mixed up, "
+        f"{tally.hangs} hung, {tally.unexpected()} unexpected, {tally.down_errors} refused while the sidecar "
+        f"was down (kill -9); RSS {json.dumps(report['rss'])}"
+    )
     for k, n in report["outcomes"].items():
         print(f"  {n:7d}  {k}")
     return 0 if tally.mixups == 0 and tally.hangs == 0 and tally.unexpected() == 0 and alive else 1

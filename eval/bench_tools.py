@@ -61,10 +61,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             r = comp.compress(context=item.context, question=item.question, rate=args.rate)
             secs = time.perf_counter() - t0
-            rows.append({"dataset": name, "id": item.id, "original_tokens": r.original_tokens,
-                         "compressed_tokens": r.compressed_tokens, "ratio": r.ratio, "seconds": secs,
-                         "kinds": r.kinds, "needed_kept": needed_kept(item, r.compressed),
-                         "valid_json": valid_json(r.compressed) if item.meta.get("json") else None})
+            rows.append(
+                {
+                    "dataset": name,
+                    "id": item.id,
+                    "original_tokens": r.original_tokens,
+                    "compressed_tokens": r.compressed_tokens,
+                    "ratio": r.ratio,
+                    "seconds": secs,
+                    "kinds": r.kinds,
+                    "needed_kept": needed_kept(item, r.compressed),
+                    "valid_json": valid_json(r.compressed) if item.meta.get("json") else None,
+                }
+            )
     return {"machine": machine(args.device), "method": comp.default_method, "rate": args.rate, "rows": rows}
 
 
@@ -74,22 +83,34 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
         rs = [r for r in result["rows"] if r["dataset"] == name]
         js = [r["valid_json"] for r in rs if r["valid_json"] is not None]
         tokens, secs = sum(r["original_tokens"] for r in rs), sum(r["seconds"] for r in rs)
-        out.append({"dataset": name, "n": len(rs), "tokens_mean": round(tokens / len(rs)),
-                    "ratio_mean": round(sum(r["ratio"] for r in rs) / len(rs), 2),
-                    "needed_kept": round(sum(r["needed_kept"] for r in rs) / len(rs), 3),
-                    "valid_json": round(sum(js) / len(js), 3) if js else None,
-                    "seconds_mean": round(secs / len(rs), 3), "tokens_per_s": round(tokens / secs) if secs else None})
+        out.append(
+            {
+                "dataset": name,
+                "n": len(rs),
+                "tokens_mean": round(tokens / len(rs)),
+                "ratio_mean": round(sum(r["ratio"] for r in rs) / len(rs), 2),
+                "needed_kept": round(sum(r["needed_kept"] for r in rs) / len(rs), 3),
+                "valid_json": round(sum(js) / len(js), 3) if js else None,
+                "seconds_mean": round(secs / len(rs), 3),
+                "tokens_per_s": round(tokens / secs) if secs else None,
+            }
+        )
     return out
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"method {result['method']}, rate {result['rate']}, {result['machine'].get('cpu', '?')}", "",
-             "| dataset | n | tokens (mean) | ratio (mean) | needed kept | valid JSON | s/item | tokens/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"method {result['method']}, rate {result['rate']}, {result['machine'].get('cpu', '?')}",
+        "",
+        "| dataset | n | tokens (mean) | ratio (mean) | needed kept | valid JSON | s/item | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in summary(result):
         vj = "-" if s["valid_json"] is None else f"{s['valid_json']:.3f}"
-        lines.append(f"| {s['dataset']} | {s['n']} | {s['tokens_mean']} | {s['ratio_mean']}x | {s['needed_kept']:.3f} "
-                     f"| {vj} | {s['seconds_mean']} | {s['tokens_per_s']} |")
+        lines.append(
+            f"| {s['dataset']} | {s['n']} | {s['tokens_mean']} | {s['ratio_mean']}x | {s['needed_kept']:.3f} "
+            f"| {vj} | {s['seconds_mean']} | {s['tokens_per_s']} |"
+        )
     return "\n".join(lines)
 
 

@@ -26,7 +26,6 @@ def normalize_context(s: str) -> str:
     return normalize_answer(s)
 
 
-
 def best_subspan_em(prediction: str, references: list[str]) -> float:
     pred = normalize_answer(prediction)
     return float(any(normalize_answer(r) and normalize_answer(r) in pred for r in references))

@@ -18,8 +18,8 @@ class Answer:
     prompt_tokens: int
     new_tokens: int
     hit_cap: bool
-    seconds: float           # in a batch, its share of each step it took part in
-    batch: int = 1           # answers decoded together (continuous batching: the mean over its steps)
+    seconds: float  # in a batch, its share of each step it took part in
+    batch: int = 1  # answers decoded together (continuous batching: the mean over its steps)
 
 
 @dataclass
@@ -74,13 +74,18 @@ class LocalReader:
         self.model, self.tokenizer, self.resolved = load_causal_lm(model, device=device)
         self.name = self.resolved.name
         self.prefix_cache = prefix_cache
-        self._caches: list[tuple[list[int], object]] = []   # (prompt ids, KV cache of exactly those ids)
+        self._caches: list[tuple[list[int], object]] = []  # (prompt ids, KV cache of exactly those ids)
         self.reused_tokens = 0
 
     def describe(self) -> dict[str, str]:
         p = next(self.model.parameters())
-        return {"reader": self.name, "reader_kind": "local", "device": str(p.device),
-                "dtype": str(p.dtype).removeprefix("torch."), "prefix_cache": "on" if self.prefix_cache else "off"}
+        return {
+            "reader": self.name,
+            "reader_kind": "local",
+            "device": str(p.device),
+            "dtype": str(p.dtype).removeprefix("torch."),
+            "prefix_cache": "on" if self.prefix_cache else "off",
+        }
 
     def _cached_prefix(self, ids: list[int]):
         """A private copy of the cache sharing the longest prefix with ``ids`` (None when short)."""
@@ -99,14 +104,14 @@ class LocalReader:
         if best is None or best_len < self.MIN_PREFIX:
             return None, 0
         entry = self._caches.pop(best)
-        self._caches.append(entry)              # most recently used last
+        self._caches.append(entry)  # most recently used last
         cache = copy.deepcopy(entry[1])
         _crop_to(cache, best_len)
         return cache, best_len
 
     def _remember(self, ids: list[int], cache) -> None:
         _crop_to(cache, len(ids))
-        self._caches = [(i, c) for i, c in self._caches if i != ids][-(self.KEEP - 1):] + [(ids, cache)]
+        self._caches = [(i, c) for i, c in self._caches if i != ids][-(self.KEEP - 1) :] + [(ids, cache)]
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -116,8 +121,9 @@ class LocalReader:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok = self.tokenizer
-        ids = tok.apply_chat_template(_messages(system, user), add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            _messages(system, user), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         input_ids = ids["input_ids"].to(self.model.device)
         n_in = input_ids.shape[1]
 
@@ -131,9 +137,16 @@ class LocalReader:
         t0 = time.perf_counter()
         with torch.inference_mode():
             gen = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None, **_cache_kwarg(past),
-                stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                **_cache_kwarg(past),
+                stopping_criteria=StoppingCriteriaList([_Stop()]),
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
                 return_dict_in_generate=True,
             )
         seconds = time.perf_counter() - t0
@@ -159,22 +172,36 @@ class LocalReader:
 
         tok = self.tokenizer
         eos = _eos_ids(self.model, tok)
-        prompts = [tok.apply_chat_template(_messages(a.system, a.user), add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"] for a in asks]
+        prompts = [
+            tok.apply_chat_template(
+                _messages(a.system, a.user), add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+            for a in asks
+        ]
 
         def done(i: int, new: list[int]) -> bool:
             stop = asks[i].stop
             return new[-1] in eos or bool(stop) and cut_at_stop(tok.decode(new, skip_special_tokens=True), stop)[1]
 
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        decoded = decode_many(self.model, prompts, [a.max_new_tokens for a in asks], done, pad=pad,
-                              max_batch=max_batch, batch_tokens=self.BATCH_TOKENS)
-        return [_finish(tok, d.new, len(p), a.max_new_tokens, a.stop, eos, d.seconds, d.batch)
-                for a, p, d in zip(asks, prompts, decoded)]
+        decoded = decode_many(
+            self.model,
+            prompts,
+            [a.max_new_tokens for a in asks],
+            done,
+            pad=pad,
+            max_batch=max_batch,
+            batch_tokens=self.BATCH_TOKENS,
+        )
+        return [
+            _finish(tok, d.new, len(p), a.max_new_tokens, a.stop, eos, d.seconds, d.batch)
+            for a, p, d in zip(asks, prompts, decoded)
+        ]
 
 
-def _finish(tok, new: list[int], n_in: int, cap: int, stop: list[str], eos: set[int], seconds: float,
-            batch: int = 1) -> Answer:
+def _finish(
+    tok, new: list[int], n_in: int, cap: int, stop: list[str], eos: set[int], seconds: float, batch: int = 1
+) -> Answer:
     """The answer text (cut at its stop pattern) and whether it hit the cap: neither stopped nor ended."""
     text = tok.decode(new, skip_special_tokens=True)
     text, stopped = cut_at_stop(text, stop) if stop else (text, False)
@@ -222,8 +249,9 @@ def _eos_ids(model, tok) -> set[int]:
 class HTTPReader:
     """Any OpenAI-compatible ``/v1/chat/completions`` endpoint, by base URL (httpx, greedy)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 600.0,
-                 transport=None) -> None:
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None = None, timeout: float = 600.0, transport=None
+    ) -> None:
         import httpx
 
         self.base_url = base_url.rstrip("/")
@@ -235,8 +263,7 @@ class HTTPReader:
         return {"reader": self.name, "reader_kind": "http", "reader_url": self.base_url}
 
     def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer:
-        body = {"model": self.name, "messages": _messages(system, user), "max_tokens": max_new_tokens,
-                "temperature": 0}
+        body = {"model": self.name, "messages": _messages(system, user), "max_tokens": max_new_tokens, "temperature": 0}
         t0 = time.perf_counter()
         resp = self._client.post("/chat/completions", json=body)
         seconds = time.perf_counter() - t0
@@ -247,8 +274,13 @@ class HTTPReader:
         text = choice["message"].get("content") or ""
         text, stopped = cut_at_stop(text, stop) if stop else (text, False)
         usage = data.get("usage") or {}
-        return Answer(text.strip(), int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                      choice.get("finish_reason") == "length" and not stopped, seconds)
+        return Answer(
+            text.strip(),
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+            choice.get("finish_reason") == "length" and not stopped,
+            seconds,
+        )
 
     def answer_many(self, asks: list[Ask], max_batch: int = 8) -> list[Answer]:
         return answer_each(self, asks)  # the endpoint batches its own way

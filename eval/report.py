@@ -16,8 +16,14 @@ from pathlib import Path
 from ._types import AUTO_RATE, EvalConfig, Row
 from .runner import RESULTS, load_rows, load_sessions, session_dtype
 
-HEADLINE = {"qa": "subspan EM", "squad": "F1", "math": "final-number acc", "summary": "ROUGE-L",
-            "kv": "exact value", "fidelity": "(no reference)"}
+HEADLINE = {
+    "qa": "subspan EM",
+    "squad": "F1",
+    "math": "final-number acc",
+    "summary": "ROUGE-L",
+    "kv": "exact value",
+    "fidelity": "(no reference)",
+}
 
 
 @dataclass
@@ -39,7 +45,7 @@ class Cell:
     reader_s: float
     cap_hits: int
     cache_hits: int = 0
-    supports_kept: float | None = None      # multi-hop datasets: both hops survived
+    supports_kept: float | None = None  # multi-hop datasets: both hops survived
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -66,24 +72,35 @@ def aggregate(rows: list[Row], method_order: list[str] | None = None) -> list[Ce
             full[(r.dataset, r.item)] = r
     order = {m: i for i, m in enumerate(["passthrough", *(method_order or [])])}
     cells = []
-    for (ds, method, rate), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
-                                                                        kv[0][1], -kv[0][2])):
+    for (ds, method, rate), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1], -kv[0][2])
+    ):
         same = [full[(ds, r.item)].accuracy for r in rs if (ds, r.item) in full]
         orig, comp = sum(r.original_tokens for r in rs), sum(r.compressed_tokens for r in rs)
-        cells.append(Cell(
-            dataset=ds, method=method, rate=rate, n=len(rs),
-            accuracy=_mean([r.accuracy for r in rs]), accuracy_ci=_ci([r.accuracy for r in rs]),
-            full_same_items=_mean(same),
-            fidelity_cosine=_mean([r.fidelity_cosine for r in rs]), fidelity_f1=_mean([r.fidelity_f1 for r in rs]),
-            fidelity_em=_mean([r.fidelity_em for r in rs]), kept=_mean([r.answer_kept for r in rs]),
-            ratio=orig / comp if comp else 1.0, prompt_tokens=statistics.mean(r.prompt_tokens for r in rs),
-            # medians: wall-clock times include anything that paused or starved the run (another job,
-            # a suspended process), and one such item would skew a mean
-            compress_s=statistics.median(r.compress_seconds for r in rs),
-            reader_s=statistics.median(r.reader_seconds for r in rs), cap_hits=sum(r.hit_cap for r in rs),
-            cache_hits=sum(r.compress_cache == "hit" for r in rs),
-            supports_kept=_mean([r.metrics.get("supports_kept") for r in rs]),
-        ))
+        cells.append(
+            Cell(
+                dataset=ds,
+                method=method,
+                rate=rate,
+                n=len(rs),
+                accuracy=_mean([r.accuracy for r in rs]),
+                accuracy_ci=_ci([r.accuracy for r in rs]),
+                full_same_items=_mean(same),
+                fidelity_cosine=_mean([r.fidelity_cosine for r in rs]),
+                fidelity_f1=_mean([r.fidelity_f1 for r in rs]),
+                fidelity_em=_mean([r.fidelity_em for r in rs]),
+                kept=_mean([r.answer_kept for r in rs]),
+                ratio=orig / comp if comp else 1.0,
+                prompt_tokens=statistics.mean(r.prompt_tokens for r in rs),
+                # medians: wall-clock times include anything that paused or starved the run (another job,
+                # a suspended process), and one such item would skew a mean
+                compress_s=statistics.median(r.compress_seconds for r in rs),
+                reader_s=statistics.median(r.reader_seconds for r in rs),
+                cap_hits=sum(r.hit_cap for r in rs),
+                cache_hits=sum(r.compress_cache == "hit" for r in rs),
+                supports_kept=_mean([r.metrics.get("supports_kept") for r in rs]),
+            )
+        )
     return cells
 
 
@@ -97,7 +114,8 @@ def table(cells: list[Cell]) -> str:
     hops = any(c.supports_kept is not None for c in cells)
     lines = [
         f"| method | rate | n | {task_metric} (±95%) | full prompt, same items | fidelity cos | fidelity F1 "
-        "| agrees w/ full | answer kept |" + (" both hops kept |" if hops else "")
+        "| agrees w/ full | answer kept |"
+        + (" both hops kept |" if hops else "")
         + " achieved ratio | prompt tok | compress s p50 | reader s p50 | cap hits |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if hops else ""),
     ]
@@ -106,16 +124,19 @@ def table(cells: list[Cell]) -> str:
         lines.append(
             f"| {'full prompt' if c.method == 'passthrough' else c.method} | {_rate(c.rate)} | {c.n} | {acc} "
             f"| {_f(c.full_same_items)} | {_f(c.fidelity_cosine)} | {_f(c.fidelity_f1)} | {_f(c.fidelity_em)} "
-            f"| {_f(c.kept, 2)} |" + (f" {_f(c.supports_kept, 2)} |" if hops else "")
+            f"| {_f(c.kept, 2)} |"
+            + (f" {_f(c.supports_kept, 2)} |" if hops else "")
             + f" {c.ratio:.2f}x | {c.prompt_tokens:.0f} | {c.compress_s:.2f}"
-            + (f" ({c.cache_hits} cached)" if c.cache_hits else "") + f" | {c.reader_s:.2f} "
+            + (f" ({c.cache_hits} cached)" if c.cache_hits else "")
+            + f" | {c.reader_s:.2f} "
             f"| {c.cap_hits}/{c.n} |"
         )
     return "\n".join(lines)
 
 
-def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[str, str] | None = None,
-                 *, plots: bool = True) -> tuple[Path, list[Path]]:
+def write_report(
+    out: Path, config: EvalConfig, rows: list[Row], skipped: dict[str, str] | None = None, *, plots: bool = True
+) -> tuple[Path, list[Path]]:
     cells = aggregate(rows, config.methods)
     sessions = _sessions_with_rows(out)
     machine = sessions[-1] if sessions else {}
@@ -124,12 +145,22 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
         commands = json.loads((out / "config.json").read_text()).get("commands", [])
     tasks = {r.dataset: r.task for r in rows}
     parts = [f"# ctxgate eval: {', '.join(sorted(tasks)) or config.dataset}", ""]
-    parts += ["Commands (first run, then resumes):", "", "```", *(commands or [config.command or "(library call)"]),
-              "```", ""]
+    parts += [
+        "Commands (first run, then resumes):",
+        "",
+        "```",
+        *(commands or [config.command or "(library call)"]),
+        "```",
+        "",
+    ]
     parts += [
         f"Reader: {machine.get('reader', config.reader)} ({machine.get('reader_kind', '?')}"
-        + (f", {machine['reader_url']}" if machine.get("reader_url") else
-           f", device {machine.get('device', '?')}, dtype {machine.get('dtype', '?')}") + "), greedy. "
+        + (
+            f", {machine['reader_url']}"
+            if machine.get("reader_url")
+            else f", device {machine.get('device', '?')}, dtype {machine.get('dtype', '?')}"
+        )
+        + "), greedy. "
         f"Scorer: {config.scorer}; embedder: {config.embedder}.",
         *_machine_lines(sessions),
         "",
@@ -142,18 +173,29 @@ def write_report(out: Path, config: EvalConfig, rows: list[Row], skipped: dict[s
     ]
     batched = sorted(r.reader_batch for r in rows if r.reader_batch > 1)
     if batched and config.batching == "continuous":
-        parts += [f"{len(batched)} of {len(rows)} answers were decoded with continuous batching (`--batch "
-                  f"{config.batch}`: up to {config.batch} at once, a finished answer's place taken by the next prompt; "
-                  f"median {batched[len(batched) // 2]} rows per step): reader seconds are each answer's share of "
-                  "the steps and the prefill it took part in.", ""]
+        parts += [
+            f"{len(batched)} of {len(rows)} answers were decoded with continuous batching (`--batch "
+            f"{config.batch}`: up to {config.batch} at once, a finished answer's place taken by the next prompt; "
+            f"median {batched[len(batched) // 2]} rows per step): reader seconds are each answer's share of "
+            "the steps and the prefill it took part in.",
+            "",
+        ]
     elif batched:
-        parts += [f"{len(batched)} of {len(rows)} answers were decoded in batches (`--batch`, prompts of similar "
-                  f"length together; median {batched[len(batched) // 2]} per generate call): their reader seconds "
-                  "are the batch's time divided by its size.", ""]
+        parts += [
+            f"{len(batched)} of {len(rows)} answers were decoded in batches (`--batch`, prompts of similar "
+            f"length together; median {batched[len(batched) // 2]} per generate call): their reader seconds "
+            "are the batch's time divided by its size.",
+            "",
+        ]
     if skipped:
         parts += ["Skipped methods: " + "; ".join(f"`{m}` ({why})" for m, why in skipped.items()), ""]
     for ds in sorted({c.dataset for c in cells}):
-        parts += [f"## {ds} ({HEADLINE.get(tasks.get(ds, ''), '?')})", "", table([c for c in cells if c.dataset == ds]), ""]
+        parts += [
+            f"## {ds} ({HEADLINE.get(tasks.get(ds, ''), '?')})",
+            "",
+            table([c for c in cells if c.dataset == ds]),
+            "",
+        ]
     errors = [r for r in rows if r.error]
     if errors:
         parts += [f"{len(errors)} rows failed; first: {errors[0].error}", ""]
@@ -177,9 +219,11 @@ def _sessions_with_rows(out: Path) -> list[dict]:
 
 
 def _machine(m: dict) -> str:
-    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('simd', '?')}), torch {m.get('torch', '?')}, "
-            f"transformers {m.get('transformers', '?')}, {session_dtype(m) or '?'}, "
-            f"peak RSS {m.get('peak_rss_mib', '?')} MiB, {m.get('date', '')}")
+    return (
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores ({m.get('simd', '?')}), torch {m.get('torch', '?')}, "
+        f"transformers {m.get('transformers', '?')}, {session_dtype(m) or '?'}, "
+        f"peak RSS {m.get('peak_rss_mib', '?')} MiB, {m.get('date', '')}"
+    )
 
 
 def _machine_lines(sessions: list[dict]) -> list[str]:
@@ -224,7 +268,9 @@ def _plots(out: Path, cells: list[Cell], tasks: dict[str, str]) -> list[Path]:
                 continue
             ax.plot([c.ratio for c in mc], [y(c) for c in mc], marker="o", label=method)
         ax.set_xscale("log")
-        ticks = [t for t in (1, 2, 4, 10, 20, 50) if min(c.ratio for c in cs) / 1.5 <= t <= max(c.ratio for c in cs) * 1.5]
+        ticks = [
+            t for t in (1, 2, 4, 10, 20, 50) if min(c.ratio for c in cs) / 1.5 <= t <= max(c.ratio for c in cs) * 1.5
+        ]
         ax.set_xticks(ticks, [f"{t}x" for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("achieved compression ratio (x)")

@@ -83,16 +83,21 @@ def _check_out(config: EvalConfig, out: Path) -> None:
         old = json.loads(cfg_path.read_text())
         for key in ("dataset", "reader", "reader_url", "seed", "tokenizer", "data_dir"):
             if old.get(key) != msgspec.to_builtins(config).get(key):
-                raise EvalError(f"{out} was run with {key}={old.get(key)!r}, not {getattr(config, key)!r}; "
-                                "use another --out")
+                raise EvalError(
+                    f"{out} was run with {key}={old.get(key)!r}, not {getattr(config, key)!r}; use another --out"
+                )
         was = old.get("batch", 1)  # runs from before --batch decoded one answer at a time
         if config.reader_url is None and was != config.batch:
-            raise EvalError(f"{out} was run with --batch {was}, not {config.batch} (padded batches are not "
-                            f"bit-identical to one at a time); pass --batch {was} to continue it")
+            raise EvalError(
+                f"{out} was run with --batch {was}, not {config.batch} (padded batches are not "
+                f"bit-identical to one at a time); pass --batch {was} to continue it"
+            )
         how = old.get("batching", "grouped")  # runs from before continuous batching
         if config.reader_url is None and was > 1 and how != config.batching:
-            raise EvalError(f"{out} was decoded in {how} batches by an earlier ctxgate, and this one decodes in "
-                            f"{config.batching} batches (not bit-identical in bf16); use another --out")
+            raise EvalError(
+                f"{out} was decoded in {how} batches by an earlier ctxgate, and this one decodes in "
+                f"{config.batching} batches (not bit-identical in bf16); use another --out"
+            )
 
 
 def load_sessions(out: Path) -> list[dict]:
@@ -129,8 +134,10 @@ def _check_dtype(out: Path, sessions: list[dict], dtype: str) -> None:
     """
     was = next((session_dtype(s) for s in sessions if session_dtype(s)), None)
     if was is not None and was != dtype:
-        raise EvalError(f"{out} was run in {was} (scorer and reader); this machine would use {dtype}. "
-                        f"Set CTXGATE_DTYPE={_SHORT_DTYPE.get(was, was)} to continue it, or use another --out")
+        raise EvalError(
+            f"{out} was run in {was} (scorer and reader); this machine would use {dtype}. "
+            f"Set CTXGATE_DTYPE={_SHORT_DTYPE.get(was, was)} to continue it, or use another --out"
+        )
 
 
 def _save_config(config: EvalConfig, out: Path) -> None:
@@ -178,15 +185,21 @@ class _Fidelity:
 def _rescore(out: Path, saved: dict) -> None:
     """Recompute each row's accuracy, metrics and agreement from its stored answer (after a metric
     fix), with the items reloaded as the run loaded them. The old file is kept as .bak."""
-    items = load_dataset(saved["dataset"], limit=saved["limit"], seed=saved["seed"], data=saved.get("data_dir"),
-                         **saved.get("dataset_options", {}))
+    items = load_dataset(
+        saved["dataset"],
+        limit=saved["limit"],
+        seed=saved["seed"],
+        data=saved.get("data_dir"),
+        **saved.get("dataset_options", {}),
+    )
     by_id = {it.id: it for it in items}
     path = out / RESULTS
     rows = load_rows(path)
     missing = sorted({r.item for r in rows} - set(by_id))
     if missing:
-        raise EvalError(f"--rescore: {len(missing)} items of {path} are not in the dataset as configured "
-                        f"(first: {missing[0]})")
+        raise EvalError(
+            f"--rescore: {len(missing)} items of {path} are not in the dataset as configured (first: {missing[0]})"
+        )
     fixed = []
     for r in rows:
         acc, scores = metrics.score(r.task, r.prediction, by_id[r.item].references)
@@ -200,13 +213,18 @@ def _rescore(out: Path, saved: dict) -> None:
 
 def _compress(item: Item, method: str, rate: float, compressor):
     options = {"separator": item.separator} if isinstance(item.context, list) else {}
-    return compressor.compress(context=item.context, question=item.compression_question,
-                               rate="auto" if rate == AUTO_RATE else rate,
-                               method=method, options=options)
+    return compressor.compress(
+        context=item.context,
+        question=item.compression_question,
+        rate="auto" if rate == AUTO_RATE else rate,
+        method=method,
+        options=options,
+    )
 
 
-def _row(item: Item, method: str, rate: float, result, ans, reader_name: str, reference: Row | None,
-         fidelity: _Fidelity) -> Row:
+def _row(
+    item: Item, method: str, rate: float, result, ans, reader_name: str, reference: Row | None, fidelity: _Fidelity
+) -> Row:
     acc, scores = metrics.score(item.task, ans.text, item.references)
     if item.meta.get("supports"):
         scores["supports_kept"] = metrics.supports_kept(item.meta["supports"], [d.text for d in result.documents])
@@ -217,14 +235,31 @@ def _row(item: Item, method: str, rate: float, result, ans, reader_name: str, re
     else:
         cos = fidelity.cosine(ans.text, ref_text)
     return Row(
-        dataset=item.dataset, item=item.id, method=method, rate=rate, task=item.task, reader=reader_name,
-        prediction=ans.text, reference_answer=ref_text, accuracy=acc, metrics=scores,
-        fidelity_cosine=cos, fidelity_f1=f1, fidelity_em=em,
+        dataset=item.dataset,
+        item=item.id,
+        method=method,
+        rate=rate,
+        task=item.task,
+        reader=reader_name,
+        prediction=ans.text,
+        reference_answer=ref_text,
+        accuracy=acc,
+        metrics=scores,
+        fidelity_cosine=cos,
+        fidelity_f1=f1,
+        fidelity_em=em,
         answer_kept=metrics.kept(item.task, result.compressed, item.references),
-        original_tokens=result.original_tokens, compressed_tokens=result.compressed_tokens, ratio=result.ratio,
-        prompt_tokens=ans.prompt_tokens, new_tokens=ans.new_tokens, hit_cap=ans.hit_cap,
-        compress_seconds=result.seconds, compress_cache=result.cache, reader_seconds=ans.seconds,
-        reader_batch=ans.batch, warnings=list(result.warnings),
+        original_tokens=result.original_tokens,
+        compressed_tokens=result.compressed_tokens,
+        ratio=result.ratio,
+        prompt_tokens=ans.prompt_tokens,
+        new_tokens=ans.new_tokens,
+        hit_cap=ans.hit_cap,
+        compress_seconds=result.seconds,
+        compress_cache=result.cache,
+        reader_seconds=ans.seconds,
+        reader_batch=ans.batch,
+        warnings=list(result.warnings),
     )
 
 
@@ -261,9 +296,12 @@ def run_eval(config: EvalConfig) -> EvalResults:
             raise EvalError(f"{out / RESULTS} not found; nothing to report")
         if (out / CONFIG).exists():  # describe the run as it was made, not this command's defaults
             saved = json.loads((out / CONFIG).read_text())
-            config = msgspec.structs.replace(config, **{k: saved[k] for k in ("dataset", "methods", "reader", "scorer",
-                                                                             "embedder") if k in saved},
-                                             batch=saved.get("batch", 1), batching=saved.get("batching", "grouped"))
+            config = msgspec.structs.replace(
+                config,
+                **{k: saved[k] for k in ("dataset", "methods", "reader", "scorer", "embedder") if k in saved},
+                batch=saved.get("batch", 1),
+                batching=saved.get("batching", "grouped"),
+            )
             if config.rescore:
                 _rescore(out, saved)
         elif config.rescore:
@@ -279,8 +317,9 @@ def run_eval(config: EvalConfig) -> EvalResults:
     sessions = load_sessions(out)
     dtype = compute_dtype()
     _check_dtype(out, sessions, dtype)
-    items = load_dataset(config.dataset, limit=config.limit, seed=config.seed, data=config.data_dir,
-                         **config.dataset_options)
+    items = load_dataset(
+        config.dataset, limit=config.limit, seed=config.seed, data=config.data_dir, **config.dataset_options
+    )
     _save_config(config, out)
     res_path = out / RESULTS
     rows = load_rows(res_path)
@@ -295,8 +334,14 @@ def run_eval(config: EvalConfig) -> EvalResults:
         tokenizer = config.tokenizer or (reader_name if config.reader_url is None else "smollm2")
         # the cache only hits where items share a context compressed the same way (GSM8K's demos,
         # which are not compressed question-aware): one compression serves every question, as in use
-        compressor = Compressor(scorer=config.scorer, embedder=config.embedder, student=config.student, tokenizer=tokenizer,
-                                default_method="passthrough", cache=MemoryCache(256))
+        compressor = Compressor(
+            scorer=config.scorer,
+            embedder=config.embedder,
+            student=config.student,
+            tokenizer=tokenizer,
+            default_method="passthrough",
+            cache=MemoryCache(256),
+        )
         ok, skipped = _available(compressor, list(dict.fromkeys(m for m, _ in wanted)))
         todo = [t for t in todo if t[1] in ok]
         fidelity = _Fidelity(config.embedder)
@@ -308,8 +353,15 @@ def run_eval(config: EvalConfig) -> EvalResults:
         with res_path.open("ab") as sink:
             for chunk in _chunks(todo, size):
                 results = [_compress(item, method, rate, compressor) for item, method, rate in chunk]
-                asks = [Ask(item.system, item.prompt(res.compressed), config.max_new_tokens or item.max_new_tokens,
-                            item.stop) for (item, _, _), res in zip(chunk, results)]
+                asks = [
+                    Ask(
+                        item.system,
+                        item.prompt(res.compressed),
+                        config.max_new_tokens or item.max_new_tokens,
+                        item.stop,
+                    )
+                    for (item, _, _), res in zip(chunk, results)
+                ]
                 answers = reader.answer_many(asks, size)
                 for (item, method, rate), res, ans in zip(chunk, results, answers):
                     row = _row(item, method, rate, res, ans, reader_name, done.get((item.id, *FULL)), fidelity)
@@ -364,8 +416,13 @@ def machine_info() -> dict[str, str]:
     except OSError:
         flags = ""
     simd = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags.split()]
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "simd": ",".join(simd) or "?",
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "simd": ",".join(simd) or "?",
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     try:
         import torch
         import transformers

@@ -49,8 +49,9 @@ def build_index(passages: list[dict]):
     if cache.exists():
         vecs = np.load(cache)
     else:
-        vecs = model.encode([f"{p['metadata']['title']}: {p['text']}" for p in passages],
-                            batch_size=32, normalize_embeddings=True).astype("float32")
+        vecs = model.encode(
+            [f"{p['metadata']['title']}: {p['text']}" for p in passages], batch_size=32, normalize_embeddings=True
+        ).astype("float32")
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, vecs)
     index = faiss.IndexFlatIP(vecs.shape[1])
@@ -61,8 +62,10 @@ def build_index(passages: list[dict]):
 def retrieve(index, model, passages: list[dict], question: str, k: int) -> list[dict]:
     q = model.encode([question], normalize_embeddings=True).astype("float32")
     scores, ids = index.search(q, k)
-    return [dict(passages[i], metadata={**passages[i]["metadata"], "similarity": round(float(s), 4)})
-            for s, i in zip(scores[0], ids[0])]
+    return [
+        dict(passages[i], metadata={**passages[i]["metadata"], "similarity": round(float(s), 4)})
+        for s, i in zip(scores[0], ids[0])
+    ]
 
 
 def answer(reader: str, context: str, question: str, max_new_tokens: int) -> tuple[str, int, float]:
@@ -71,13 +74,15 @@ def answer(reader: str, context: str, question: str, max_new_tokens: int) -> tup
 
     model, tok, _ = load_causal_lm(reader)
     prompt = PROMPT.format(search_results=context, question=question)
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True).to(model.device)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id or tok.eos_token_id)
-    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id
+        )
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     return text.split("\n")[0], int(ids["input_ids"].shape[1]), time.perf_counter() - t0
 
 
@@ -108,28 +113,42 @@ def main(argv: list[str] | None = None) -> None:
     docs = retrieve(index, embedder, passages, args.question, args.k)
     t_retrieve = time.perf_counter() - t0
 
-    rag = RAGCompressor(mode="remote" if args.url else "local", url=args.url, method=args.method, rate=args.rate,
-                        order=args.order, tokenizer=args.reader)
+    rag = RAGCompressor(
+        mode="remote" if args.url else "local",
+        url=args.url,
+        method=args.method,
+        rate=args.rate,
+        order=args.order,
+        tokenizer=args.reader,
+    )
     result: RAGResult = rag.compress(docs, question=args.question)
-    reply, prompt_tokens, t_answer = answer(args.reader, format_docs(result.documents), args.question,
-                                            args.max_new_tokens)
+    reply, prompt_tokens, t_answer = answer(
+        args.reader, format_docs(result.documents), args.question, args.max_new_tokens
+    )
 
     print(f"question:   {args.question}")
     if args.question in gold:
         print(f"gold:       {' | '.join(gold[args.question])}")
     print(f"answer:     {reply}")
-    print(f"retrieved:  {len(docs)} of {len(passages)} passages (index {t_index:.1f}s, search {t_retrieve * 1e3:.0f} ms)")
-    print(f"compressed: {result.original_tokens} -> {result.compressed_tokens} tokens ({result.ratio:.1f}x, "
-          f"{result.tokenizer} tokenizer{', estimated' if result.tokens_estimated else ''}) by {result.method} "
-          f"[{result.mode}] in {result.seconds:.2f}s; kept {len(result.documents)} documents, "
-          f"dropped {len(result.dropped)}")
+    print(
+        f"retrieved:  {len(docs)} of {len(passages)} passages (index {t_index:.1f}s, search {t_retrieve * 1e3:.0f} ms)"
+    )
+    print(
+        f"compressed: {result.original_tokens} -> {result.compressed_tokens} tokens ({result.ratio:.1f}x, "
+        f"{result.tokenizer} tokenizer{', estimated' if result.tokens_estimated else ''}) by {result.method} "
+        f"[{result.mode}] in {result.seconds:.2f}s; kept {len(result.documents)} documents, "
+        f"dropped {len(result.dropped)}"
+    )
     print(f"reader:     {args.reader}, {prompt_tokens} prompt tokens, answered in {t_answer:.1f}s")
     for w in result.warnings:
         print(f"warning:    {w}")
     if args.compare:
-        full, full_tokens, t_full = answer(args.reader, format_docs(RAGCompressor(method="passthrough", rate=1.0)
-                                                                     .compress(docs).documents),
-                                           args.question, args.max_new_tokens)
+        full, full_tokens, t_full = answer(
+            args.reader,
+            format_docs(RAGCompressor(method="passthrough", rate=1.0).compress(docs).documents),
+            args.question,
+            args.max_new_tokens,
+        )
         print(f"uncompressed answer: {full} ({full_tokens} prompt tokens, {t_full:.1f}s)")
 
 

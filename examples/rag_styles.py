@@ -33,9 +33,13 @@ def python_api(question: str, docs: list[dict]) -> None:
     result = rag.compress(docs, question=question)
     print("== Python API")
     for d in result.documents[:3]:
-        print(f"  kept #{d.index:<2} {d.metadata['title'][:40]:<40} {d.original_tokens:>3} -> {d.compressed_tokens:>3} tokens")
-    print(f"  ... {len(result.documents)} kept, {len(result.dropped)} dropped; {result.original_tokens} -> "
-          f"{result.compressed_tokens} tokens ({result.ratio:.1f}x) in {result.seconds:.2f}s")
+        print(
+            f"  kept #{d.index:<2} {d.metadata['title'][:40]:<40} {d.original_tokens:>3} -> {d.compressed_tokens:>3} tokens"
+        )
+    print(
+        f"  ... {len(result.documents)} kept, {len(result.dropped)} dropped; {result.original_tokens} -> "
+        f"{result.compressed_tokens} tokens ({result.ratio:.1f}x) in {result.seconds:.2f}s"
+    )
 
 
 def langchain(question: str, docs: list[dict], encoder) -> None:
@@ -54,16 +58,19 @@ def langchain(question: str, docs: list[dict], encoder) -> None:
             return self.embed_documents([text])[0]
 
     store = InMemoryVectorStore(MiniLM())
-    store.add_documents([Document(page_content=d["text"], metadata={"title": d["title"]}, id=f"nq0-{d['rank']}")
-                         for d in docs])
+    store.add_documents(
+        [Document(page_content=d["text"], metadata={"title": d["title"]}, id=f"nq0-{d['rank']}") for d in docs]
+    )
     retriever = ContextualCompressionRetriever(
-        base_compressor=CtxgateDocumentCompressor(rate=0.25),
-        base_retriever=store.as_retriever(search_kwargs={"k": 10}))
+        base_compressor=CtxgateDocumentCompressor(rate=0.25), base_retriever=store.as_retriever(search_kwargs={"k": 10})
+    )
     out = retriever.invoke(question)
     print("== LangChain")
     for d in out[:3]:
         info = d.metadata["ctxgate"]
-        print(f"  {d.id:<7} {d.metadata['title'][:40]:<40} {info['original_tokens']:>3} -> {info['compressed_tokens']:>3} tokens")
+        print(
+            f"  {d.id:<7} {d.metadata['title'][:40]:<40} {info['original_tokens']:>3} -> {info['compressed_tokens']:>3} tokens"
+        )
     print(f"  ... {len(out)} documents, {sum(len(d.page_content) for d in out)} characters")
 
 
@@ -91,7 +98,9 @@ def llamaindex(question: str, docs: list[dict], encoder) -> None:
     print("== LlamaIndex")
     for n in out[:3]:
         info = n.node.metadata["ctxgate"]
-        print(f"  {n.node.node_id:<7} score={n.score:.3f} {info['original_tokens']:>3} -> {info['compressed_tokens']:>3} tokens")
+        print(
+            f"  {n.node.node_id:<7} score={n.score:.3f} {info['original_tokens']:>3} -> {info['compressed_tokens']:>3} tokens"
+        )
     print(f"  ... {len(out)} of {len(retrieved)} nodes kept")
 
 

@@ -22,7 +22,7 @@ def host_name(header: str | None) -> str | None:
     if not header:
         return None
     h = header.strip().lower()
-    if h.startswith("["):                    # [::1]:8340
+    if h.startswith("["):  # [::1]:8340
         end = h.find("]")
         return h[1:end] if end > 0 else None
     if h.count(":") == 1:

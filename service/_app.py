@@ -23,16 +23,16 @@ from litestar.exceptions import HTTPException
 
 from ctxgate.compressor import Compressor, CtxgateError
 
-from ._cache import build_cache
-from ._context import Context
-from ._config import Settings, load_settings
 from ._access import ADMIN_PREFIXES, Hosts, admin_ok
+from ._cache import build_cache
+from ._config import Settings, load_settings
+from ._context import Context
 from ._errors import ProxyError, error_body, provider_for, status_for
 from ._local import LocalModel
 from ._metrics import Metrics
 from ._rewrite import Rewriter
-from ._windows import Windows
 from ._upstream import Upstream
+from ._windows import Windows
 from .fidelity import Fidelity
 
 log = logging.getLogger("ctxgate.service")
@@ -64,21 +64,44 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     s: Settings = app.state.settings
     metrics: Metrics = app.state.metrics
     cache = build_cache(s, on_error=lambda op: metrics.cache_errors.labels(op).inc())
-    compressor = Compressor(scorer=s.scorer, embedder=s.embedder, default_method=s.default_method, cache=cache,
-                            max_input_tokens=s.max_input_tokens, device=s.device)
+    compressor = Compressor(
+        scorer=s.scorer,
+        embedder=s.embedder,
+        default_method=s.default_method,
+        cache=cache,
+        max_input_tokens=s.max_input_tokens,
+        device=s.device,
+    )
     # one thread: the models take one call at a time (compressor's lock); parallelism is serve --workers
     executor = ThreadPoolExecutor(1, thread_name_prefix="ctxgate-compress")
     rewriter = Rewriter(compressor, cache, executor, metrics, timeout=s.compress_timeout)
     openai_base, anthropic_base = s.upstream_urls()
-    upstream = Upstream.open(timeout=s.upstream_timeout, connect_timeout=s.connect_timeout,
-                             max_connections=s.max_connections, env_proxy=not s.embedded,
-                             openai_base=openai_base, anthropic_base=anthropic_base, metrics=metrics)
+    upstream = Upstream.open(
+        timeout=s.upstream_timeout,
+        connect_timeout=s.connect_timeout,
+        max_connections=s.max_connections,
+        env_proxy=not s.embedded,
+        openai_base=openai_base,
+        anthropic_base=anthropic_base,
+        metrics=metrics,
+    )
     # shadow checks are background, non-streaming calls with their own bounded concurrency
-    shadow_client = httpx.AsyncClient(timeout=httpx.Timeout(s.upstream_timeout, connect=s.connect_timeout),
-                                      follow_redirects=False, trust_env=not s.embedded)
-    ctx = Context(s, metrics, compressor, rewriter, upstream, executor, cache,
-                  LocalModel(s.local_model, s.local_max_tokens, s.device) if s.embedded else None)
-    ctx.fidelity = Fidelity(s, metrics, shadow_client, upstream.url)
+    shadow_client = httpx.AsyncClient(
+        timeout=httpx.Timeout(s.upstream_timeout, connect=s.connect_timeout),
+        follow_redirects=False,
+        trust_env=not s.embedded,
+    )
+    ctx = Context(
+        s,
+        metrics,
+        compressor,
+        rewriter,
+        upstream,
+        executor,
+        cache,
+        Fidelity(s, metrics, shadow_client, upstream.url),
+        LocalModel(s.local_model, s.local_max_tokens, s.device) if s.embedded else None,
+    )
     ctx.windows = Windows(s.context_windows, upstream)
     await ctx.fidelity.start()
     app.state.ctx = ctx
@@ -86,7 +109,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await ctx.fidelity.close()              # cancels shadow checks in flight, then flushes the store
+        await ctx.fidelity.close()  # cancels shadow checks in flight, then flushes the store
         await upstream.close()
         await shadow_client.aclose()
         executor.shutdown(wait=False, cancel_futures=True)
@@ -100,8 +123,9 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     """Litestar's own errors (413 body too large, 404, 405) in the route's provider format."""
     status = exc.status_code
     message = exc.detail if status != 413 else "the request body is over the size limit (max_body_bytes)"
-    return Response(error_body(provider_for(request.url.path), status, message), status_code=status,
-                    media_type="application/json")
+    return Response(
+        error_body(provider_for(request.url.path), status, message), status_code=status, media_type="application/json"
+    )
 
 
 def _client_error(request: Request, exc: Exception) -> Response:
@@ -109,21 +133,32 @@ def _client_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("%s on %s", type(exc).__name__, request.url.path)
-    return Response(error_body(provider_for(request.url.path), status, str(exc), getattr(exc, "param", None)),
-                    status_code=status, media_type="application/json")
+    return Response(
+        error_body(provider_for(request.url.path), status, str(exc), getattr(exc, "param", None)),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 def _internal_error(request: Request, exc: Exception) -> Response:
     """Anything unexpected: a provider-format 500 (the type is logged, never the request)."""
     # the frames, not the message: an exception message may quote request text
-    log.error("unhandled %s on %s\n%s", type(exc).__name__, request.url.path,
-              "".join(traceback.format_tb(exc.__traceback__)))
-    return Response(error_body(provider_for(request.url.path), 500, f"internal error ({type(exc).__name__})"),
-                    status_code=500, media_type="application/json")
+    log.error(
+        "unhandled %s on %s\n%s", type(exc).__name__, request.url.path, "".join(traceback.format_tb(exc.__traceback__))
+    )
+    return Response(
+        error_body(provider_for(request.url.path), 500, f"internal error ({type(exc).__name__})"),
+        status_code=500,
+        media_type="application/json",
+    )
 
 
-_COUNTED = {"/v1/chat/completions": "chat", "/v1/messages": "messages", "/v1/models": "models",
-            "/v1/compress": "compress"}
+_COUNTED = {
+    "/v1/chat/completions": "chat",
+    "/v1/messages": "messages",
+    "/v1/models": "models",
+    "/v1/compress": "compress",
+}
 
 
 async def _count(message, scope) -> None:
@@ -139,12 +174,20 @@ def _guard(settings: Settings):
 
     async def guard(request: Request) -> Response | None:
         if not hosts.allows(request.headers.get("host")):
-            return Response(error_body(provider_for(request.url.path), 400, "this Host is not allowed (allowed_hosts)"),
-                            status_code=400, media_type="application/json")
+            return Response(
+                error_body(provider_for(request.url.path), 400, "this Host is not allowed (allowed_hosts)"),
+                status_code=400,
+                media_type="application/json",
+            )
         if token is not None and request.url.path.startswith(ADMIN_PREFIXES) and not admin_ok(request, token):
-            return Response(error_body("openai", 401, "the admin routes need the admin token "
-                                       "(Authorization: Bearer <admin_token>)"), status_code=401,
-                            media_type="application/json", headers={"www-authenticate": "Bearer"})
+            return Response(
+                error_body(
+                    "openai", 401, "the admin routes need the admin token (Authorization: Bearer <admin_token>)"
+                ),
+                status_code=401,
+                media_type="application/json",
+                headers={"www-authenticate": "Bearer"},
+            )
         return None
 
     return guard
@@ -160,8 +203,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[_lifespan],
         state=State({"settings": settings, "metrics": Metrics()}),
         request_max_body_size=settings.max_body_bytes,
-        exception_handlers={HTTPException: _http_error, ProxyError: _client_error, CtxgateError: _client_error,
-                            Exception: _internal_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            ProxyError: _client_error,
+            CtxgateError: _client_error,
+            Exception: _internal_error,
+        },
         before_request=_guard(settings),
         before_send=[_count],
         openapi_config=None,

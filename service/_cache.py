@@ -41,7 +41,7 @@ class Breaker:
             now = time.monotonic()
             if now < self._until:
                 return False
-            self._until = now + self.cooldown     # half-open: this caller tries, the others wait
+            self._until = now + self.cooldown  # half-open: this caller tries, the others wait
             return True
 
     def ok(self) -> None:
@@ -62,8 +62,13 @@ class Breaker:
 class TieredCache:
     """``get``/``set`` like every compressor cache; ``get_fast`` only looks at the in-process LRU."""
 
-    def __init__(self, l1: MemoryCache | None, l2: CompressionCache | None,
-                 on_error: Callable[[str], None] | None = None, breaker: Breaker | None = None) -> None:
+    def __init__(
+        self,
+        l1: MemoryCache | None,
+        l2: CompressionCache | None,
+        on_error: Callable[[str], None] | None = None,
+        breaker: Breaker | None = None,
+    ) -> None:
         self.l1 = l1
         self.l2 = l2
         self.name = "+".join(c.name for c in (l1, l2) if c is not None) or "off"
@@ -126,5 +131,9 @@ def build_cache(settings: Settings, on_error: Callable[[str], None] | None = Non
         return TieredCache(l1, SQLiteCache(settings.cache_path(), max_entries=c.max_entries, ttl=c.ttl), on_error)
     from ctxgate.compressor import RedisCache
 
-    return TieredCache(l1, RedisCache(c.url or "", ttl=c.ttl, timeout=c.timeout), on_error,
-                       Breaker(c.breaker_failures, c.breaker_cooldown))
+    return TieredCache(
+        l1,
+        RedisCache(c.url or "", ttl=c.ttl, timeout=c.timeout),
+        on_error,
+        Breaker(c.breaker_failures, c.breaker_cooldown),
+    )

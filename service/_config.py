@@ -29,13 +29,13 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What the proxy compresses and how hard. ``rate`` is the fraction of tokens to keep."""
 
     enabled: bool = True
-    method: str = "auto"               # "auto" = the Compressor's default method (hybrid)
-    rate: float | Literal["auto"] = 0.5   # "auto": the classifier keeps what it judges relevant
-    min_tokens: int = 200              # texts shorter than this (target tokenizer) are left alone
-    tool_results: bool = True          # OpenAI role=tool messages, Anthropic tool_result blocks
-    user_messages: bool = True         # user text (the trailing question paragraph always stays verbatim)
-    system_prompt: bool = True         # long system prompts: all but the first paragraph (documents, typically)
-    tokenizer: str | None = None       # token accounting; default: the request's model when we know it
+    method: str = "auto"  # "auto" = the Compressor's default method (hybrid)
+    rate: float | Literal["auto"] = 0.5  # "auto": the classifier keeps what it judges relevant
+    min_tokens: int = 200  # texts shorter than this (target tokenizer) are left alone
+    tool_results: bool = True  # OpenAI role=tool messages, Anthropic tool_result blocks
+    user_messages: bool = True  # user text (the trailing question paragraph always stays verbatim)
+    system_prompt: bool = True  # long system prompts: all but the first paragraph (documents, typically)
+    tokenizer: str | None = None  # token accounting; default: the request's model when we know it
     # a prompt that would overflow its model's context window (with its max_tokens) is compressed
     # harder until it fits; see service/_windows.py for where the window comes from
     fit_context: bool = True
@@ -51,7 +51,7 @@ class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Overrides for requests matching ``route`` and ``model`` (shell globs); later rules win."""
 
-    route: str = "*"                   # chat | messages | compress | *
+    route: str = "*"  # chat | messages | compress | *
     model: str = "*"
     enabled: bool | None = None
     method: str | None = None
@@ -72,14 +72,14 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backend: CacheBackend = "sqlite"
-    path: str | None = None            # sqlite file; default $CTXGATE_HOME/cache/segments.sqlite
-    url: str | None = None             # redis://host:port/db
-    max_entries: int = 100_000         # sqlite / memory bound (redis is bounded by ttl)
-    ttl: float = 7 * 86400.0           # seconds
-    memory_entries: int = 4096         # in-process LRU in front of sqlite/redis (0 disables it)
-    timeout: float = 0.25              # redis: seconds per connect / command (then the look-up is a miss)
-    breaker_failures: int = 3          # backend errors in a row that open the circuit breaker
-    breaker_cooldown: float = 5.0      # seconds the backend is skipped before it is tried again
+    path: str | None = None  # sqlite file; default $CTXGATE_HOME/cache/segments.sqlite
+    url: str | None = None  # redis://host:port/db
+    max_entries: int = 100_000  # sqlite / memory bound (redis is bounded by ttl)
+    ttl: float = 7 * 86400.0  # seconds
+    memory_entries: int = 4096  # in-process LRU in front of sqlite/redis (0 disables it)
+    timeout: float = 0.25  # redis: seconds per connect / command (then the look-up is a miss)
+    breaker_failures: int = 3  # backend errors in a row that open the circuit breaker
+    breaker_cooldown: float = 5.0  # seconds the backend is skipped before it is tried again
 
 
 class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,24 +87,24 @@ class FidelitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     requests also goes upstream uncompressed, off the client's path; the answers are compared and the
     keep-rate of a (route, model) goes up when fidelity drops below ``threshold``."""
 
-    sample_rate: float = 0.0           # fraction of compressed requests shadowed (0 = off: they cost money)
-    daily_max_calls: int = 1000        # shadow calls per UTC day (0 = no cap)
-    daily_max_tokens: int = 0          # upstream tokens (prompt + completion) of shadow calls per UTC day (0 = no cap)
-    max_concurrency: int = 2           # shadow calls in flight
-    max_pending: int = 16              # waiting for a slot; beyond that a sample is skipped ("busy")
-    timeout: float = 120.0             # seconds per shadow call
-    store_text: bool = False           # keep prompts and both answers in the store (off: scores and counts only)
-    path: str | None = None            # sqlite file; default $CTXGATE_HOME/cache/fidelity.sqlite
-    record_traffic: bool = True        # one row per compressed request (tokens before/after) for the dashboard
-    adaptive: bool = True              # let the controller change the rate
+    sample_rate: float = 0.0  # fraction of compressed requests shadowed (0 = off: they cost money)
+    daily_max_calls: int = 1000  # shadow calls per UTC day (0 = no cap)
+    daily_max_tokens: int = 0  # upstream tokens (prompt + completion) of shadow calls per UTC day (0 = no cap)
+    max_concurrency: int = 2  # shadow calls in flight
+    max_pending: int = 16  # waiting for a slot; beyond that a sample is skipped ("busy")
+    timeout: float = 120.0  # seconds per shadow call
+    store_text: bool = False  # keep prompts and both answers in the store (off: scores and counts only)
+    path: str | None = None  # sqlite file; default $CTXGATE_HOME/cache/fidelity.sqlite
+    record_traffic: bool = True  # one row per compressed request (tokens before/after) for the dashboard
+    adaptive: bool = True  # let the controller change the rate
     metric: Literal["cosine", "f1", "em"] = "cosine"
-    threshold: float = 0.8             # rolling mean of `metric` below this: compress less
-    window: int = 20                   # samples in the rolling mean; a step down needs a full window
-    min_samples: int = 5               # samples before a step up
-    step_up: float = 0.1               # keep-rate added on low fidelity (bounded at 1.0)
-    step_down: float = 0.02            # keep-rate removed when fidelity holds (down to the configured rate)
-    retention_days: float = 30.0       # rows older than this are deleted (at start and daily; 0 = keep all)
-    probe_after: int = 200             # at rate 1.0 nothing is compressed or sampled: step down after N requests
+    threshold: float = 0.8  # rolling mean of `metric` below this: compress less
+    window: int = 20  # samples in the rolling mean; a step down needs a full window
+    min_samples: int = 5  # samples before a step up
+    step_up: float = 0.1  # keep-rate added on low fidelity (bounded at 1.0)
+    step_down: float = 0.02  # keep-rate removed when fidelity holds (down to the configured rate)
+    retention_days: float = 30.0  # rows older than this are deleted (at start and daily; 0 = keep all)
+    probe_after: int = 200  # at rate 1.0 nothing is compressed or sampled: step down after N requests
 
 
 class StateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -112,21 +112,21 @@ class StateSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     the fleet's fidelity counters. ``auto``: shared in Redis when ``url`` is set or the cache is Redis."""
 
     backend: Literal["auto", "local", "redis"] = "auto"
-    url: str | None = None             # redis://host:port/db; default: cache.url when the cache is Redis
-    prefix: str = "ctxgate:s:"         # key prefix: fleets sharing one Redis need different prefixes
-    refresh: float = 1.0               # seconds between sending counters and reading the shared rates
-    timeout: float = 2.0               # seconds per Redis call
+    url: str | None = None  # redis://host:port/db; default: cache.url when the cache is Redis
+    prefix: str = "ctxgate:s:"  # key prefix: fleets sharing one Redis need different prefixes
+    refresh: float = 1.0  # seconds between sending counters and reading the shared rates
+    timeout: float = 2.0  # seconds per Redis call
 
 
 class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Connection limits of the HTTP server (``service/_server.py``), as nginx and Envoy have them."""
 
-    header_timeout: float = 10.0       # seconds to receive a request's whole header block (slowloris)
-    body_timeout: float = 30.0         # seconds of silence allowed while a request body arrives
-    keepalive_timeout: float = 30.0    # an idle keep-alive connection is closed after this
+    header_timeout: float = 10.0  # seconds to receive a request's whole header block (slowloris)
+    body_timeout: float = 30.0  # seconds of silence allowed while a request body arrives
+    keepalive_timeout: float = 30.0  # an idle keep-alive connection is closed after this
     max_header_bytes: int = 64 * 1024  # all request headers together; over it: 431
-    max_headers: int = 100             # header lines per request; over it: 431
-    max_concurrency: int = 2000        # connections + tasks; beyond it new ones get 503
+    max_headers: int = 100  # header lines per request; over it: 431
+    max_concurrency: int = 2000  # connections + tasks; beyond it new ones get 503
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -139,18 +139,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     anthropic_upstream: str | None = None
     # Embedded local upstream, used when no upstream is configured (served under /local on this port)
     local_model: str = "smollm2"
-    local_max_tokens: int = 256        # hard cap on generated tokens per request
+    local_max_tokens: int = 256  # hard cap on generated tokens per request
     scorer: str = "smollm2"
     embedder: str = "minilm"
-    default_method: str = "auto"        # classifier on CPU, hybrid on a GPU (compressor.default_for)
+    default_method: str = "auto"  # classifier on CPU, hybrid on a GPU (compressor.default_for)
     device: str | None = None
-    warm_up: bool = True               # load the default method's models at start-up (readyz waits)
+    warm_up: bool = True  # load the default method's models at start-up (readyz waits)
     policy: Policy = msgspec.field(default_factory=Policy)
     rules: list[Rule] = msgspec.field(default_factory=list)
-    compress_timeout: float = 10.0     # seconds: the compression time budget per request (then fail open)
-    workers: int = 1                   # processes serving the port (ctxgate serve --workers)
-    max_input_tokens: int = 200_000    # per text; bigger texts go upstream uncompressed
-    upstream_timeout: float = 600.0    # seconds between bytes from upstream (read/write/pool)
+    compress_timeout: float = 10.0  # seconds: the compression time budget per request (then fail open)
+    workers: int = 1  # processes serving the port (ctxgate serve --workers)
+    max_input_tokens: int = 200_000  # per text; bigger texts go upstream uncompressed
+    upstream_timeout: float = 600.0  # seconds between bytes from upstream (read/write/pool)
     connect_timeout: float = 10.0
     max_connections: int = 1000
     max_body_bytes: int = 32 * 1024 * 1024
@@ -169,7 +169,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.policy.rate != "auto" and not 0 < self.policy.rate <= 1:
-            raise ConfigError(f"policy.rate must be in (0, 1] (fraction of tokens kept) or auto, got {self.policy.rate}")
+            raise ConfigError(
+                f"policy.rate must be in (0, 1] (fraction of tokens kept) or auto, got {self.policy.rate}"
+            )
         for i, r in enumerate(self.rules):
             if r.rate is not None and r.rate != "auto" and not 0 < r.rate <= 1:
                 raise ConfigError(f"rules[{i}].rate must be in (0, 1] or auto, got {r.rate}")
@@ -283,13 +285,18 @@ def _read_file(path: str | Path) -> dict[str, Any]:
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     top = {f.encode_name for f in msgspec.structs.fields(Settings)}
-    nested = {"policy": Policy, "cache": CacheSettings, "fidelity": FidelitySettings, "limits": Limits,
-              "state": StateSettings}
+    nested: dict[str, type[msgspec.Struct]] = {
+        "policy": Policy,
+        "cache": CacheSettings,
+        "fidelity": FidelitySettings,
+        "limits": Limits,
+        "state": StateSettings,
+    }
     out: dict[str, Any] = {}
     for key, value in env.items():
         if not key.startswith("CTXGATE_"):
             continue
-        name = key[len("CTXGATE_"):].lower()
+        name = key[len("CTXGATE_") :].lower()
         section, _, field = name.partition("__")
         if field and section in nested:
             if field in {f.encode_name for f in msgspec.structs.fields(nested[section])}:
@@ -311,7 +318,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 _REMOVED = {
     "compress_workers": "compress_workers was removed: every compression takes the models' one lock, so more "
-                        "threads never compressed in parallel; run more processes with ctxgate serve --workers N",
+    "threads never compressed in parallel; run more processes with ctxgate serve --workers N",
 }
 
 

@@ -30,8 +30,8 @@ class Context:
     upstream: Upstream
     executor: ThreadPoolExecutor
     cache: TieredCache | None
+    fidelity: Fidelity
     local: LocalModel | None = None
-    fidelity: Fidelity | None = None
     windows: Windows | None = None
     load_error: str | None = None
     loaded: threading.Event = field(default_factory=threading.Event)

@@ -46,14 +46,16 @@ class Control(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def _rate(value: Any, name: str) -> float | Literal["auto"]:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
-    if isinstance(value, bool):           # float(True) is 1.0: a flag is no rate
-        raise ProxyError(400, f"{name} must be a number in (0, 1] (the fraction of tokens to keep), got {value!r}",
-                         param=name)
+    if isinstance(value, bool):  # float(True) is 1.0: a flag is no rate
+        raise ProxyError(
+            400, f"{name} must be a number in (0, 1] (the fraction of tokens to keep), got {value!r}", param=name
+        )
     try:
         rate = float(value)
     except (TypeError, ValueError):
-        raise ProxyError(400, f"{name} must be a number in (0, 1] (the fraction of tokens to keep), got {value!r}",
-                         param=name) from None
+        raise ProxyError(
+            400, f"{name} must be a number in (0, 1] (the fraction of tokens to keep), got {value!r}", param=name
+        ) from None
     if not 0.0 < rate <= 1.0:
         raise ProxyError(400, f"{name} must be in (0, 1] (the fraction of tokens to keep), got {value!r}", param=name)
     return rate
@@ -61,7 +63,7 @@ def _rate(value: Any, name: str) -> float | Literal["auto"]:
 
 def _method(value: Any, name: str) -> str:
     method = str(value).strip().lower() if isinstance(value, str) else None
-    if method not in _METHODS:
+    if method is None or method not in _METHODS:
         raise ProxyError(400, f"{name} must be one of {', '.join(_METHODS)}; got {value!r}", param=name)
     return method
 
@@ -94,7 +96,7 @@ def parse_control(headers, body: dict[str, Any] | None) -> Control:
     if field is None:
         return ctl
     if not isinstance(field, dict):
-        raise ProxyError(400, "the ctxgate field must be an object, e.g. {\"rate\": 0.3}", param="ctxgate")
+        raise ProxyError(400, 'the ctxgate field must be an object, e.g. {"rate": 0.3}', param="ctxgate")
     known = set(Control.__struct_fields__)
     for key, value in field.items():
         name = f"ctxgate.{key}"

@@ -11,12 +11,25 @@ import msgspec
 
 from ctxgate.compressor import ConfigError, CtxgateError, InputTooLarge, InvalidRequest, ModelError, ModelNotPrepared
 
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                    503: "overloaded_error", 529: "overloaded_error"}
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
-                 429: "rate_limit_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 class ProxyError(Exception):
@@ -31,7 +44,11 @@ class ProxyError(Exception):
 
 # the engine's errors are HTTP-agnostic; their status is decided here, most specific class first
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (InputTooLarge, 413), (InvalidRequest, 400), (ConfigError, 500), (ModelNotPrepared, 503), (ModelError, 500),
+    (InputTooLarge, 413),
+    (InvalidRequest, 400),
+    (ConfigError, 500),
+    (ModelNotPrepared, 503),
+    (ModelError, 500),
     (CtxgateError, 500),
 )
 
@@ -64,8 +81,11 @@ def error_body(provider: str, status: int, message: str, param: str | None = Non
 
 def sse_error(provider: str, message: str, previous_tail: bytes) -> bytes:
     """An SSE error event to end a stream that broke mid-way; first terminates a half-sent event."""
-    lead = b"" if previous_tail.endswith(b"\n\n") or not previous_tail else (
-        b"\n" if previous_tail.endswith(b"\n") else b"\n\n")
+    lead = (
+        b""
+        if previous_tail.endswith(b"\n\n") or not previous_tail
+        else (b"\n" if previous_tail.endswith(b"\n") else b"\n\n")
+    )
     payload = msgspec.json.encode(error_payload(provider, 502, message))
     if provider == "anthropic":
         return lead + b"event: error\ndata: " + payload + b"\n\n"

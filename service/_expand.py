@@ -17,13 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 NAME = "ctxgate_expand"
-MAX_ROUNDS = 3                  # expansions answered per client request; then the response goes back as is
-MAX_RESULT_CHARS = 200_000      # an expanded original is cut here (the model asked for it, not for unbounded text)
-DESCRIPTION = ("Return the full original of a tool output that was shortened. Shortened outputs say "
-               "'ctxgate_expand ref=<ref>' where items, lines or rows were omitted; call this with that ref "
-               "when the omitted content is needed to answer.")
-_PARAMS = {"type": "object", "properties": {"ref": {"type": "string", "description": "the ref from the marker"}},
-           "required": ["ref"]}
+MAX_ROUNDS = 3  # expansions answered per client request; then the response goes back as is
+MAX_RESULT_CHARS = 200_000  # an expanded original is cut here (the model asked for it, not for unbounded text)
+DESCRIPTION = (
+    "Return the full original of a tool output that was shortened. Shortened outputs say "
+    "'ctxgate_expand ref=<ref>' where items, lines or rows were omitted; call this with that ref "
+    "when the omitted content is needed to answer."
+)
+_PARAMS = {
+    "type": "object",
+    "properties": {"ref": {"type": "string", "description": "the ref from the marker"}},
+    "required": ["ref"],
+}
 
 
 @dataclass
@@ -129,8 +134,9 @@ def _openai_stream(raw: bytes) -> dict[str, Any]:
             if delta.get("content"):
                 text.append(delta["content"])
             for tc in delta.get("tool_calls") or []:
-                slot = calls.setdefault(int(tc.get("index", 0)), {"id": "", "type": "function",
-                                                                  "function": {"name": "", "arguments": ""}})
+                slot = calls.setdefault(
+                    int(tc.get("index", 0)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                )
                 if tc.get("id"):
                     slot["id"] = tc["id"]
                 fn = tc.get("function") or {}
@@ -167,8 +173,14 @@ def follow_up(route: str, body: dict[str, Any], turn: Turn, results: list[str]) 
     messages = list(body.get("messages") or [])
     messages.append(turn.message)
     if route == "messages":
-        messages.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": c.id, "content": r} for c, r in zip(turn.calls, results)]})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": c.id, "content": r} for c, r in zip(turn.calls, results)
+                ],
+            }
+        )
     else:
         messages.extend({"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(turn.calls, results))
     out["messages"] = messages

@@ -32,7 +32,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish: str                      # "stop" or "length"
+    finish: str  # "stop" or "length"
 
 
 class LocalModel:
@@ -42,8 +42,8 @@ class LocalModel:
         self.device = device
         self.ready = threading.Event()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="ctxgate-local")
-        self._model = None
-        self._tok = None
+        self._model: Any = None  # loaded by load(), off the event loop
+        self._tok: Any = None
         self._context = 2048
 
     def load(self) -> None:
@@ -63,8 +63,11 @@ class LocalModel:
         ids = self._tok(text, add_special_tokens=False)["input_ids"]
         limit = self._context - max_new
         if len(ids) > limit:
-            raise ProxyError(400, f"the prompt is {len(ids)} tokens; the local model {self.name} takes at most "
-                                  f"{limit} with max_tokens={max_new} (compress harder, e.g. x-ctxgate-rate: 0.2)")
+            raise ProxyError(
+                400,
+                f"the prompt is {len(ids)} tokens; the local model {self.name} takes at most "
+                f"{limit} with max_tokens={max_new} (compress harder, e.g. x-ctxgate-rate: 0.2)",
+            )
         return ids
 
     def budget(self, requested: Any) -> int:
@@ -76,8 +79,9 @@ class LocalModel:
 
     # ----------------------------------------------------------- generating
 
-    def generate(self, ids: list[int], max_new: int, stop: threading.Event,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
+    def generate(
+        self, ids: list[int], max_new: int, stop: threading.Event, on_text: Callable[[str], None] | None = None
+    ) -> Generation:
         """Greedy decoding in the calling thread; ``on_text`` gets text pieces as they are decoded."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
@@ -88,20 +92,25 @@ class LocalModel:
 
         streamer = None
         if on_text is not None:
+
             class _Streamer(TextStreamer):
                 def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                    if text:
+                    if text and on_text is not None:
                         on_text(text)
 
             streamer = _Streamer(self._tok, skip_prompt=True, skip_special_tokens=True)
         input_ids = torch.tensor([ids], device=self._model.device)
         with torch.inference_mode():
             out = self._model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new, do_sample=False,
-                stopping_criteria=StoppingCriteriaList([_Stop()]), streamer=streamer,
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new,
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([_Stop()]),
+                streamer=streamer,
                 pad_token_id=self._tok.eos_token_id,
             )
-        new = out[0, len(ids):].tolist()
+        new = out[0, len(ids) :].tolist()
         eos = self._tok.eos_token_id
         finish = "stop" if (new and new[-1] == eos) or len(new) < max_new else "length"
         text = self._tok.decode(new, skip_special_tokens=True)
@@ -194,27 +203,46 @@ def _sse(obj: dict[str, Any], event: str | None = None) -> bytes:
 
 def openai_response(gen: Generation, model: str) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text, "refusal": None},
-                     "logprobs": None, "finish_reason": gen.finish}],
-        "usage": {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                  "total_tokens": gen.prompt_tokens + gen.completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": gen.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": gen.finish,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        },
     }
 
 
 def anthropic_response(gen: Generation, model: str) -> dict[str, Any]:
     return {
-        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
         "content": [{"type": "text", "text": gen.text}],
-        "stop_reason": "end_turn" if gen.finish == "stop" else "max_tokens", "stop_sequence": None,
+        "stop_reason": "end_turn" if gen.finish == "stop" else "max_tokens",
+        "stop_sequence": None,
         "usage": {"input_tokens": gen.prompt_tokens, "output_tokens": gen.completion_tokens},
     }
 
 
 async def openai_stream(pieces: AsyncIterator[str | Generation], model: str, usage: bool) -> AsyncIterator[bytes]:
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": model}
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
@@ -224,30 +252,62 @@ async def openai_stream(pieces: AsyncIterator[str | Generation], model: str, usa
         if isinstance(piece, Generation):
             yield chunk({}, piece.finish)
             if usage:
-                yield _sse({**base, "choices": [], "usage": {
-                    "prompt_tokens": piece.prompt_tokens, "completion_tokens": piece.completion_tokens,
-                    "total_tokens": piece.prompt_tokens + piece.completion_tokens}})
+                yield _sse(
+                    {
+                        **base,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": piece.prompt_tokens,
+                            "completion_tokens": piece.completion_tokens,
+                            "total_tokens": piece.prompt_tokens + piece.completion_tokens,
+                        },
+                    }
+                )
         else:
             yield chunk({"content": piece})
     yield b"data: [DONE]\n\n"
 
 
-async def anthropic_stream(pieces: AsyncIterator[str | Generation], model: str, prompt_tokens: int
-                           ) -> AsyncIterator[bytes]:
-    yield _sse({"type": "message_start", "message": {
-        "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model, "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}},
-        "message_start")
-    yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-               "content_block_start")
+async def anthropic_stream(
+    pieces: AsyncIterator[str | Generation], model: str, prompt_tokens: int
+) -> AsyncIterator[bytes]:
+    yield _sse(
+        {
+            "type": "message_start",
+            "message": {
+                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+            },
+        },
+        "message_start",
+    )
+    yield _sse(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        "content_block_start",
+    )
     async for piece in pieces:
         if isinstance(piece, Generation):
             yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-            yield _sse({"type": "message_delta",
-                        "delta": {"stop_reason": "end_turn" if piece.finish == "stop" else "max_tokens",
-                                  "stop_sequence": None},
-                        "usage": {"output_tokens": piece.completion_tokens}}, "message_delta")
+            yield _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": "end_turn" if piece.finish == "stop" else "max_tokens",
+                        "stop_sequence": None,
+                    },
+                    "usage": {"output_tokens": piece.completion_tokens},
+                },
+                "message_delta",
+            )
             yield _sse({"type": "message_stop"}, "message_stop")
         else:
-            yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
-                       "content_block_delta")
+            yield _sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                "content_block_delta",
+            )

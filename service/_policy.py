@@ -54,12 +54,15 @@ QUESTION_MAX_CHARS = 2000
 # a user message this short is a question as a whole (several sentences on one line included):
 # under the default min_tokens, so it is never compressed itself
 SHORT_QUESTION_CHARS = 600
-HEAD_TRIES = 8              # paragraph breaks tried for a system prompt's verbatim head
+HEAD_TRIES = 8  # paragraph breaks tried for a system prompt's verbatim head
 # a long message's trailing part is its question only when it reads like one; otherwise it is the
 # end of a document (the question then comes from the next user turn)
-_ASKS = re.compile(r"\?|^\s*(?:question|query|q|task|instruction)s?\s*[:.]|^\s*(?:who|whom|whose|what|when|where|"
-                   r"why|how|which|is|are|was|were|do|does|did|can|could|should|would|will|list|explain|describe|"
-                   r"summari[sz]e|find|give|tell|name|compare|quote|answer)\b", re.I | re.M)
+_ASKS = re.compile(
+    r"\?|^\s*(?:question|query|q|task|instruction)s?\s*[:.]|^\s*(?:who|whom|whose|what|when|where|"
+    r"why|how|which|is|are|was|were|do|does|did|can|could|should|would|will|list|explain|describe|"
+    r"summari[sz]e|find|give|tell|name|compare|quote|answer)\b",
+    re.I | re.M,
+)
 
 _PARA = re.compile(r"\n[ \t\r]*\n\s*")
 _LINE = re.compile(r"\n\s*")
@@ -76,9 +79,9 @@ class Slot:
     key: str | int
     text: str
     kind: SlotKind
-    split: bool = False      # user text whose trailing question stays verbatim
-    question: str | None = None   # what this segment is compressed for (module docstring)
-    message: int = -1        # index of the message it is in (-1: the Anthropic system prompt)
+    split: bool = False  # user text whose trailing question stays verbatim
+    question: str | None = None  # what this segment is compressed for (module docstring)
+    message: int = -1  # index of the message it is in (-1: the Anthropic system prompt)
 
     def write(self, text: str) -> None:
         self.holder[self.key] = text
@@ -87,8 +90,8 @@ class Slot:
 @dataclass
 class Plan:
     slots: list[Slot]
-    question: str | None     # the latest user question (each slot has its own, see Slot.question)
-    question_source: str = "none"    # explicit | found | none
+    question: str | None  # the latest user question (each slot has its own, see Slot.question)
+    question_source: str = "none"  # explicit | found | none
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,9 @@ class Parts:
 
 @dataclass(frozen=True)
 class Split:
-    context: str             # compressible part
-    sep: str                 # the whitespace between the two, kept as is
-    tail: str                # kept verbatim (markup stripped)
+    context: str  # compressible part
+    sep: str  # the whitespace between the two, kept as is
+    tail: str  # kept verbatim (markup stripped)
 
 
 def split_question(text: str, question: str | None = None) -> Split:
@@ -115,15 +118,15 @@ def split_question(text: str, question: str | None = None) -> Split:
         if at > 0 and _valid(text[:at]) and _valid(text[at:]):
             context = text[:at]
             stripped = context.rstrip()
-            return Split(stripped, context[len(stripped):], text[at:])
+            return Split(stripped, context[len(stripped) :], text[at:])
     body = text.rstrip()
     for pattern in (_PARA, _LINE, _SENT):
         for m in reversed(list(pattern.finditer(body))):
             if m.start() == 0:
                 continue
-            tail = text[m.end():]
+            tail = text[m.end() :]
             if len(tail.strip()) > QUESTION_MAX_CHARS:
-                break                   # this kind of break leaves too long a tail; try a finer one
+                break  # this kind of break leaves too long a tail; try a finer one
             context = text[: m.start()]
             if _valid(context) and _valid(tail):
                 return Split(context, m.group(0), tail)
@@ -145,9 +148,9 @@ def parts(slot: Slot, explicit_question: str | None = None) -> Parts:
     if slot.kind == "system":
         # the first few paragraph breaks only: each try parses the markup of the whole text
         for m in itertools.islice((m for m in _PARA.finditer(text) if m.start() > 0), HEAD_TRIES):
-            if _valid(text[: m.start()]) and _valid(text[m.end():]):
-                return Parts(text[: m.end()], text[m.end():], "")
-        return Parts(text, "", "")            # one paragraph: instructions only, never compressed
+            if _valid(text[: m.start()]) and _valid(text[m.end() :]):
+                return Parts(text[: m.end()], text[m.end() :], "")
+        return Parts(text, "", "")  # one paragraph: instructions only, never compressed
     return Parts("", text, "")
 
 
@@ -196,17 +199,24 @@ def openai_plan(body: dict[str, Any], question: str | None = None, *, guess_tail
             raise InvalidRequest(f"messages[{i}] must be an object")
         role = m.get("role")
         roles.append(role if isinstance(role, str) else "")
-        kind: SlotKind = ("tool" if role in ("tool", "function") else "user" if role == "user"
-                          else "system" if role in ("system", "developer") else "text")
+        kind: SlotKind = (
+            "tool"
+            if role in ("tool", "function")
+            else "user"
+            if role == "user"
+            else "system"
+            if role in ("system", "developer")
+            else "text"
+        )
         content = m.get("content")
         if isinstance(content, str):
             slots.append(Slot(m, "content", content, kind, split=kind == "user", message=i))
         elif isinstance(content, list):
-            texts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"
-                     and isinstance(p.get("text"), str)]
+            texts = [
+                p for p in content if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            ]
             for j, p in enumerate(texts):
-                slots.append(Slot(p, "text", p["text"], kind, split=kind == "user" and j == len(texts) - 1,
-                                  message=i))
+                slots.append(Slot(p, "text", p["text"], kind, split=kind == "user" and j == len(texts) - 1, message=i))
     return _questions(slots, roles, question, guess_tail)
 
 
@@ -222,22 +232,27 @@ def anthropic_plan(body: dict[str, Any], question: str | None = None, *, guess_t
     if isinstance(system, str):
         slots.append(Slot(body, "system", system, "system"))
     elif isinstance(system, list):
-        slots.extend(Slot(b, "text", b["text"], "system") for b in system
-                     if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+        slots.extend(
+            Slot(b, "text", b["text"], "system")
+            for b in system
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        )
     roles: list[str] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise InvalidRequest(f"messages[{i}] must be an object")
         user = m.get("role") == "user"
-        roles.append(m.get("role") if isinstance(m.get("role"), str) else "")
+        role = m.get("role")
+        roles.append(role if isinstance(role, str) else "")
         content = m.get("content")
         if isinstance(content, str):
             slots.append(Slot(m, "content", content, "user" if user else "text", split=user, message=i))
             continue
         if not isinstance(content, list):
             continue
-        texts = [b for b in content if isinstance(b, dict) and b.get("type") == "text"
-                 and isinstance(b.get("text"), str)]
+        texts = [
+            b for b in content if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
         for b in content:
             if not isinstance(b, dict):
                 continue
@@ -249,8 +264,11 @@ def anthropic_plan(body: dict[str, Any], question: str | None = None, *, guess_t
                 if isinstance(inner, str):
                     slots.append(Slot(b, "content", inner, "tool", message=i))
                 elif isinstance(inner, list):
-                    slots.extend(Slot(x, "text", x["text"], "tool", message=i) for x in inner
-                                 if isinstance(x, dict) and x.get("type") == "text" and isinstance(x.get("text"), str))
+                    slots.extend(
+                        Slot(x, "text", x["text"], "tool", message=i)
+                        for x in inner
+                        if isinstance(x, dict) and x.get("type") == "text" and isinstance(x.get("text"), str)
+                    )
             elif b.get("type") == "document" and isinstance(src := b.get("source"), dict):
                 if src.get("type") == "text" and isinstance(src.get("data"), str):
                     slots.append(Slot(src, "data", src["data"], "tool", message=i))
@@ -271,12 +289,12 @@ def _questions(slots: list[Slot], roles: list[str], explicit: str | None, guess_
             asked[s.message] = user_question(s.text, guess_tail=guess_tail)
     assistants = list(itertools.accumulate((r == "assistant" for r in roles), initial=0))  # before each message
     order = sorted(asked)
-    turn_of: dict[int, int] = {}            # message -> last question message of its turn (one backward pass)
+    turn_of: dict[int, int] = {}  # message -> last question message of its turn (one backward pass)
     for k in range(len(order) - 1, -1, -1):
         i = order[k]
         nxt = order[k + 1] if k + 1 < len(order) else None
-        joined = nxt is not None and assistants[nxt] == assistants[i + 1]   # no assistant in between
-        turn_of[i] = turn_of[nxt] if joined else i
+        joined = nxt is not None and assistants[nxt] == assistants[i + 1]  # no assistant in between
+        turn_of[i] = turn_of[nxt] if joined and nxt is not None else i
     turns = sorted(set(turn_of.values()))
     turn_question = {j: asked[j] for j in turns}
     with_question = [j for j in turns if turn_question[j]]

@@ -53,7 +53,7 @@ from ._policy import Plan, Slot, parts
 
 log = logging.getLogger("ctxgate.service")
 
-SEGMENT_VERSION = 3      # 2: keyed by the segment's question too; 3: structured tool outputs, expand
+SEGMENT_VERSION = 3  # 2: keyed by the segment's question too; 3: structured tool outputs, expand
 # memo look-ups on the event loop hash the text: past this length they wait for the worker thread
 FAST_COUNT_CHARS = 64 * 1024
 MAX_TOKENIZER_NAMES = 256
@@ -69,26 +69,26 @@ class Entry(msgspec.Struct, array_like=True):
     before: int
     after: int
     compressed: bool
-    refs: list[str] = []             # stored originals its omission markers name (ctxgate_expand)
+    refs: list[str] = []  # stored originals its omission markers name (ctxgate_expand)
 
 
 @dataclass
 class Outcome:
     tokens_before: int | None = None
     tokens_after: int | None = None
-    cache: str = "off"               # hit | miss | partial | off
-    fail_open: str | None = None     # reason, when some text went upstream uncompressed
+    cache: str = "off"  # hit | miss | partial | off
+    fail_open: str | None = None  # reason, when some text went upstream uncompressed
     seconds: float = 0.0
-    tokenizer: str | None = None     # what the counts are in
-    estimated: bool = False          # True when that tokenizer is only an estimate (e.g. Claude models)
-    fit: str | None = None           # fitted | too_long: the prompt overflowed its model's context window
-    window: int | None = None        # that window, when fit is set
+    tokenizer: str | None = None  # what the counts are in
+    estimated: bool = False  # True when that tokenizer is only an estimate (e.g. Claude models)
+    fit: str | None = None  # fitted | too_long: the prompt overflowed its model's context window
+    window: int | None = None  # that window, when fit is set
     # segments by what happened to them: hit (from the cache, no model work waited for), miss
     # (compressed for this request, or waited for while another request compressed it),
     # failed_open (sent uncompressed: timeout/error), kept_uncompressed (sent uncompressed on an
     # earlier turn with this prefix, so kept that way), unchanged (under min_tokens, or no smaller)
     segments: dict[str, int] = field(default_factory=dict)
-    expand_refs: list[str] = field(default_factory=list)   # what ctxgate_expand can return for this request
+    expand_refs: list[str] = field(default_factory=list)  # what ctxgate_expand can return for this request
 
 
 @dataclass(frozen=True)
@@ -109,20 +109,20 @@ class Fit:
 @dataclass
 class _Item:
     slot: Slot
-    segment: bool                    # through the segment cache and, on a miss, the compressor
+    segment: bool  # through the segment cache and, on a miss, the compressor
     key: str | None = None
-    entry: Entry | None = None       # segments: set once, as the last step (read across threads)
-    status: str | None = None        # hit | miss
-    text: str | None = None          # non-segments: the markup-stripped text
-    count: int | None = None         # non-segments: its tokens
-    prefix: bytes = b""              # digest of the slots before this one: the conversation so far
-    pinned: bool = False             # went upstream uncompressed before under this prefix: stays so
+    entry: Entry | None = None  # segments: set once, as the last step (read across threads)
+    status: str | None = None  # hit | miss
+    text: str | None = None  # non-segments: the markup-stripped text
+    count: int | None = None  # non-segments: its tokens
+    prefix: bytes = b""  # digest of the slots before this one: the conversation so far
+    pinned: bool = False  # went upstream uncompressed before under this prefix: stays so
 
 
 @dataclass
 class _Job:
     method: str
-    tokenizer: str | None            # requested tokenizer name (None: the compressor's default)
+    tokenizer: str | None  # requested tokenizer name (None: the compressor's default)
     policy: Policy
     explicit_question: str | None
     deadline: float
@@ -143,7 +143,7 @@ class _CountMemo:
     stays under ``max_bytes`` (200 unique 300 KB prompts held 61 MB when whole texts were keys)."""
 
     INLINE_CHARS = 1024
-    ENTRY_OVERHEAD = 160            # tuple, int, OrderedDict node: measured ~150 bytes on CPython 3.11
+    ENTRY_OVERHEAD = 160  # tuple, int, OrderedDict node: measured ~150 bytes on CPython 3.11
 
     def __init__(self, max_entries: int = 20_000, max_bytes: int = 8 * 1024 * 1024) -> None:
         self._data: OrderedDict[tuple[str, str | bytes], int] = OrderedDict()
@@ -197,7 +197,7 @@ def _documents(context: str) -> list[str] | None:
     """A context of several paragraphs split by blank lines as a document list, so the methods rank
     documents first and prune within the kept ones (as for a RAG pipeline's list); None for one
     block of text. The kept documents are joined with blank lines again."""
-    if content_kind(context) != "prose":      # one JSON body, log or table: never cut at its blank lines
+    if content_kind(context) != "prose":  # one JSON body, log or table: never cut at its blank lines
         return None
     parts = [p for p in context.split("\n\n") if p.strip()]
     return parts if len(parts) >= MIN_DOCUMENTS else None
@@ -209,13 +209,14 @@ def _strip(text: str) -> str:
 
 FIT_MARGIN_EXACT = 0.98
 FIT_MARGIN_ESTIMATED = 0.90
-FIT_MIN_RATE = 0.02              # below this a fit is not attempted: the upstream's error goes back
-FIT_MIN_TOKENS = 64              # the last attempt compresses every message at least this long
+FIT_MIN_RATE = 0.02  # below this a fit is not attempted: the upstream's error goes back
+FIT_MIN_TOKENS = 64  # the last attempt compresses every message at least this long
 
 
 class Rewriter:
-    def __init__(self, compressor: Compressor, cache: TieredCache | None, executor: Executor, metrics: Metrics,
-                 *, timeout: float) -> None:
+    def __init__(
+        self, compressor: Compressor, cache: TieredCache | None, executor: Executor, metrics: Metrics, *, timeout: float
+    ) -> None:
         self.compressor = compressor
         self.cache = cache
         self.executor = executor
@@ -223,7 +224,7 @@ class Rewriter:
         self.timeout = timeout
         self.ready = threading.Event()
         self._fingerprints: dict[str, str | None] = {}
-        self._counters: dict[str | None, str] = {}   # requested tokenizer -> a name get_counter accepts
+        self._counters: dict[str | None, str] = {}  # requested tokenizer -> a name get_counter accepts
         self._memo = _CountMemo()
 
     # --------------------------------------------------------------- public
@@ -251,14 +252,23 @@ class Rewriter:
                 it.text = _strip(it.slot.text)
         return items
 
-    async def rewrite(self, route: str, plan: Plan, policy: Policy, *, tokenizer: str | None,
-                      explicit_question: str | None, items: list[_Item] | None = None,
-                      fit: Fit | None = None) -> Outcome:
+    async def rewrite(
+        self,
+        route: str,
+        plan: Plan,
+        policy: Policy,
+        *,
+        tokenizer: str | None,
+        explicit_question: str | None,
+        items: list[_Item] | None = None,
+        fit: Fit | None = None,
+    ) -> Outcome:
         """``items``: from ``prepare(plan, policy)`` when the caller already ran it. ``fit``: the
         context window to fit, compressing harder when the prompt would overflow it."""
         t0 = time.perf_counter()
-        job = _Job(self.method_name(policy.method), tokenizer, policy, explicit_question,
-                   time.monotonic() + self.timeout)
+        job = _Job(
+            self.method_name(policy.method), tokenizer, policy, explicit_question, time.monotonic() + self.timeout
+        )
         if items is None:
             items = self.prepare(plan, policy)
         await self._run(items, job)
@@ -267,8 +277,9 @@ class Rewriter:
             items, job, fitted = await self._fit(plan, policy, items, job, fit)
             if fitted is not None:
                 self.metrics.fit_context.labels(route, fitted).inc()
+        assert fitted is None or fit is not None
         outcome = self._finish(route, items, job, t0)
-        if fitted is not None:
+        if fitted is not None and fit is not None:
             outcome.fit, outcome.window = fitted, fit.window
         if outcome.segments.get("failed_open") and self.cache is not None and policy.sticky_uncompressed:
             # fire and forget, off the loop (keys hash whole segments): a lost pin costs one
@@ -281,13 +292,14 @@ class Rewriter:
         if not self._resolved(items):
             try:
                 await self._slow(items, job)
-            except asyncio.CancelledError:      # the caller went away: drop the work not yet started
+            except asyncio.CancelledError:  # the caller went away: drop the work not yet started
                 job.cancelled = True
                 self._abandon(job)
                 raise
 
-    async def _fit(self, plan: Plan, policy: Policy, items: list[_Item], job: _Job,
-                   fit: Fit) -> tuple[list[_Item], _Job, str | None]:
+    async def _fit(
+        self, plan: Plan, policy: Policy, items: list[_Item], job: _Job, fit: Fit
+    ) -> tuple[list[_Item], _Job, str | None]:
         """Over the window: compress the compressible segments harder; if that is not enough,
         every message of FIT_MIN_TOKENS or more. The first attempt that fits is used. When none
         fits (or the first result is incomplete), the original items go on and the upstream says
@@ -302,8 +314,13 @@ class Rewriter:
         compressed_before = sum(it.entry.before for it in items if it.segment and it.entry and it.entry.compressed)
         compressed_after = sum(it.entry.after for it in items if it.segment and it.entry and it.entry.compressed)
         fixed = total - compressed_after
-        everything = msgspec.structs.replace(policy, user_messages=True, system_prompt=True, tool_results=True,
-                                             min_tokens=min(policy.min_tokens, FIT_MIN_TOKENS))
+        everything = msgspec.structs.replace(
+            policy,
+            user_messages=True,
+            system_prompt=True,
+            tool_results=True,
+            min_tokens=min(policy.min_tokens, FIT_MIN_TOKENS),
+        )
         # the rate the prompt has now: the policy's, or what "auto" achieved
         rate_now = _numeric_rate(policy) or (compressed_after / compressed_before if compressed_before else 1.0)
         attempts: list[tuple[Policy, float | None]] = []
@@ -312,7 +329,7 @@ class Rewriter:
         attempts.append((everything, None))
         last_rate, last_total = rate_now, total
         for p, rate in attempts:
-            if rate is None:                  # scale the last rate by how far off that attempt still was
+            if rate is None:  # scale the last rate by how far off that attempt still was
                 rate = last_rate * limit / last_total * 0.9
             rate = min(rate, rate_now)
             if rate < FIT_MIN_RATE or time.monotonic() >= job.deadline:
@@ -362,10 +379,13 @@ class Rewriter:
         text = slot.text
         regions = False
         if has_markup(text):
-            parse_markup(text)          # bad markup is the client's error (400), found before any work
+            parse_markup(text)  # bad markup is the client's error (400), found before any work
             regions = bool(_COMPRESS_TAG.search(text))
-        wanted = ((slot.kind == "tool" and policy.tool_results) or (slot.kind == "user" and policy.user_messages)
-                  or (slot.kind == "system" and policy.system_prompt))
+        wanted = (
+            (slot.kind == "tool" and policy.tool_results)
+            or (slot.kind == "user" and policy.user_messages)
+            or (slot.kind == "system" and policy.system_prompt)
+        )
         # tokens <= UTF-8 bytes for byte-level BPE: short texts never reach min_tokens, skip the cache
         small = len(text) < policy.min_tokens and len(text.encode("utf-8")) < policy.min_tokens
         return _Item(slot, segment=regions or (wanted and not small))
@@ -418,8 +438,13 @@ class Rewriter:
         counter = get_counter(tok)
         fp_known = job.method in self._fingerprints
         for it in items:
-            if it.segment and it.entry is None and fp_known and self.cache is not None \
-                    and job.policy.sticky_uncompressed:
+            if (
+                it.segment
+                and it.entry is None
+                and fp_known
+                and self.cache is not None
+                and job.policy.sticky_uncompressed
+            ):
                 it.key = it.key or self._key(it.slot, job, tok)
                 if self.cache.get(_pin_key(it)) is not None:
                     with job.lock:
@@ -470,7 +495,7 @@ class Rewriter:
             if it.segment and it.entry is None and it.key is not None:
                 try:
                     self.cache.set(_pin_key(it), b"1")
-                except Exception as exc:          # a cache failure costs one provider-cache miss, no more
+                except Exception as exc:  # a cache failure costs one provider-cache miss, no more
                     log.warning("could not pin a segment: %s", type(exc).__name__)
 
     def _compress_missing(self, items: list[_Item], job: _Job) -> None:
@@ -482,7 +507,7 @@ class Rewriter:
             if not it.segment or it.entry is not None:
                 continue
             if time.monotonic() > job.deadline or job.cancelled:
-                return                  # the caller has given up; later turns retry with a fresh budget
+                return  # the caller has given up; later turns retry with a fresh budget
             it.key = it.key or self._key(it.slot, job, tok)
             raw = self.cache.get(it.key) if self.cache is not None else None
             if raw is not None:
@@ -496,14 +521,14 @@ class Rewriter:
             except InputTooLarge:
                 job.reasons.append("too_large")
                 continue
-            except Exception as exc:   # a failing method must not fail the request
+            except Exception as exc:  # a failing method must not fail the request
                 log.warning("method %s failed: %s", job.method, type(exc).__name__)
                 job.reasons.append("error")
                 continue
             if self.cache is not None:
                 self.cache.set(it.key, msgspec.msgpack.encode(entry))
             if not self._settle(job, it, status="miss" if entry.compressed else None, entry=entry):
-                self.metrics.background_compressions.inc()   # went upstream uncompressed; the next one hits
+                self.metrics.background_compressions.inc()  # went upstream uncompressed; the next one hits
 
     @staticmethod
     def _cheap_entry(slot: Slot, job: _Job, counter) -> Entry | None:
@@ -512,7 +537,7 @@ class Rewriter:
         if _COMPRESS_TAG.search(text):
             return None
         context = parts(slot, job.explicit_question).context
-        if len(context) > 32 * job.policy.min_tokens:        # surely long enough: skip counting it twice
+        if len(context) > 32 * job.policy.min_tokens:  # surely long enough: skip counting it twice
             return None
         if counter.count(parse_markup(context).text) >= job.policy.min_tokens:
             return None
@@ -525,7 +550,7 @@ class Rewriter:
         full = parse_markup(text).text
         marked = bool(_COMPRESS_TAG.search(text))
         if marked:
-            head, context, tail = "", text, ""           # explicit markup: only the marked regions change
+            head, context, tail = "", text, ""  # explicit markup: only the marked regions change
         else:
             p = parts(slot, job.explicit_question)
             head, context, tail = p.head, p.context, p.tail
@@ -538,11 +563,18 @@ class Rewriter:
             options = dict(job.policy.options)
             if job.policy.expand:
                 options["expand"] = True
-            if docs is not None:                # ranked as documents, as a RAG pipeline would pass them
+            if docs is not None:  # ranked as documents, as a RAG pipeline would pass them
                 options.setdefault("separator", "\n\n")
-            result = self.compressor.compress(CompressRequest(
-                context=docs if docs is not None else context, question=slot.question,
-                rate=job.policy.rate, method=job.method, tokenizer=tok, options=options))
+            result = self.compressor.compress(
+                CompressRequest(
+                    context=docs if docs is not None else context,
+                    question=slot.question,
+                    rate=job.policy.rate,
+                    method=job.method,
+                    tokenizer=tok,
+                    options=options,
+                )
+            )
             if result.compressed_tokens < n_context:
                 rendered = parse_markup(head).text + result.compressed + parse_markup(tail).text
                 refs = result.expand_refs
@@ -572,7 +604,7 @@ class Rewriter:
                 segments["kept_uncompressed"] = segments.get("kept_uncompressed", 0) + 1
             if it.segment:
                 segments["failed_open"] = segments.get("failed_open", 0) + 1
-                known = False           # failed open: uncounted
+                known = False  # failed open: uncounted
             text = it.text if it.text is not None else _strip(it.slot.text)
             if text != it.slot.text:
                 it.slot.write(text)
@@ -596,8 +628,17 @@ class Rewriter:
         self.metrics.tokens_after.labels(route).inc(after)
         self.metrics.tokens_saved.labels(route).inc(max(0, before - after))
         counter = get_counter(self._counter_name(job.tokenizer))
-        return Outcome(before, after, cache, reason, seconds, tokenizer=counter.name, estimated=counter.estimated,
-                       segments=segments, expand_refs=refs)
+        return Outcome(
+            before,
+            after,
+            cache,
+            reason,
+            seconds,
+            tokenizer=counter.name,
+            estimated=counter.estimated,
+            segments=segments,
+            expand_refs=refs,
+        )
 
     # -------------------------------------------------------------- helpers
 
@@ -631,9 +672,23 @@ class Rewriter:
         question is still the same one (it precedes or follows the segment in the history), so they
         hit; the same documents under another question miss and get their own compression."""
         p = job.policy
-        return cache_key([SEGMENT_VERSION, "segment", slot.kind, slot.split, job.method,
-                          self._fingerprints.get(job.method), tok, p.rate, p.min_tokens, p.expand,
-                          sorted((k, repr(v)) for k, v in p.options.items()), slot.question, slot.text])
+        return cache_key(
+            [
+                SEGMENT_VERSION,
+                "segment",
+                slot.kind,
+                slot.split,
+                job.method,
+                self._fingerprints.get(job.method),
+                tok,
+                p.rate,
+                p.min_tokens,
+                p.expand,
+                sorted((k, repr(v)) for k, v in p.options.items()),
+                slot.question,
+                slot.text,
+            ]
+        )
 
     def _fingerprint(self, method: str) -> None:
         if method not in self._fingerprints:
@@ -649,7 +704,7 @@ class Rewriter:
             get_counter(name)
         except Exception:  # unknown model name or an HF id we cannot reach: count in the default
             name = self.compressor.tokenizer or "smollm2"
-        if len(self._counters) >= MAX_TOKENIZER_NAMES:   # names come from clients' model strings
+        if len(self._counters) >= MAX_TOKENIZER_NAMES:  # names come from clients' model strings
             self._counters.clear()
         self._counters[requested] = name
         return name

@@ -62,15 +62,17 @@ class _LimitedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         body = message.encode("ascii")
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                             b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, _REASONS[status], len(body), body)
+        )
         self.transport.close()
 
     # ------------------------------------------------------------ protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._in_headers = True               # the first request's headers are due now
+        self._in_headers = True  # the first request's headers are due now
         self._arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -92,7 +94,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self.send_400_response("Invalid HTTP request received.")
             return
-        except httptools.HttpParserUpgrade:     # as uvicorn does it (the sidecar serves no websockets)
+        except httptools.HttpParserUpgrade:  # as uvicorn does it (the sidecar serves no websockets)
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
@@ -122,7 +124,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         if not self.transport.is_closing():
-            self._arm(self.limits.body_timeout)    # disarmed by on_message_complete
+            self._arm(self.limits.body_timeout)  # disarmed by on_message_complete
 
     def on_body(self, body: bytes) -> None:
         self._arm(self.limits.body_timeout)
@@ -133,7 +135,7 @@ class _LimitedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()        # arms uvicorn's keep-alive timer for the next request
+        super().on_response_complete()  # arms uvicorn's keep-alive timer for the next request
 
 
 class WorkerProtocol(_LimitedProtocol):
@@ -146,11 +148,19 @@ def limited_protocol(limits: Limits) -> type[HttpToolsProtocol]:
     return type("LimitedHttpToolsProtocol", (_LimitedProtocol,), {"limits": limits})
 
 
-def server_config(app: Any, settings: Settings, *, host: str | None = None, port: int | None = None,
-                  **kwargs: Any) -> uvicorn.Config:
+def server_config(
+    app: Any, settings: Settings, *, host: str | None = None, port: int | None = None, **kwargs: Any
+) -> uvicorn.Config:
     """uvicorn settings for the sidecar: its limits, no access log (prompts never belong in logs)."""
     lim = settings.limits
     http = kwargs.pop("http", None) or limited_protocol(lim)
-    return uvicorn.Config(app, host=host or settings.host, port=port or settings.port, http=http,
-                          timeout_keep_alive=max(1, round(lim.keepalive_timeout)),
-                          limit_concurrency=lim.max_concurrency, access_log=False, **kwargs)
+    return uvicorn.Config(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        http=http,
+        timeout_keep_alive=max(1, round(lim.keepalive_timeout)),
+        limit_concurrency=lim.max_concurrency,
+        access_log=False,
+        **kwargs,
+    )

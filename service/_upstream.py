@@ -19,9 +19,9 @@ import contextlib
 import json
 import logging
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
-import urllib.request
 from urllib.parse import quote_from_bytes
 
 import aiohttp
@@ -38,11 +38,38 @@ log = logging.getLogger("ctxgate.service")
 T = TypeVar("T")
 _QUERY_SAFE = "!$&'()*+,;=:@/?%~-._"
 
-_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
-                  "upgrade", "proxy-authorization", "proxy-authenticate", "proxy-connection", "accept-encoding",
-                  "expect"})
-_HOP_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
-                           "upgrade", "proxy-authenticate", "proxy-connection", "date", "server"})
+_HOP = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+        "accept-encoding",
+        "expect",
+    }
+)
+_HOP_RESPONSE = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-connection",
+        "date",
+        "server",
+    }
+)
 
 
 class ClientGone(Exception):
@@ -138,13 +165,13 @@ class _RelayASGI(ASGIStreamingResponse):
         except asyncio.CancelledError:
             if not (watcher.done() and not watcher.cancelled()):
                 raise
-            task.uncancel()                     # the client hung up: the response just ends
+            task.uncancel()  # the client hung up: the response just ends
         finally:
             watcher.remove_done_callback(hung_up)
             watcher.cancel()
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
-                await aclose()                  # closes the upstream connection now, not at GC
+                await aclose()  # closes the upstream connection now, not at GC
 
 
 async def _hangup(receive) -> None:
@@ -156,8 +183,11 @@ class Relay(Stream):
     """The response for a relayed upstream stream (see ``_RelayASGI``)."""
 
     def to_asgi_response(self, *args, headers=None, **kwargs) -> ASGIResponse:
-        return _RelayASGI(iterator=self.iterator, status_code=self.status_code, media_type=self.media_type,
-                          headers={**(headers or {}), **self.headers}, content_length=0)
+        return _RelayASGI(
+            iterator=self.iterator,  # type: ignore[arg-type]  # always an async iterator here status_code=self.status_code, media_type=self.media_type,
+            headers={**(headers or {}), **self.headers},
+            content_length=0,
+        )
 
 
 class _Waits:
@@ -170,7 +200,7 @@ class _Waits:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._waiting: dict[aiohttp.StreamReader, float] = {}   # reader -> when its current wait began
+        self._waiting: dict[aiohttp.StreamReader, float] = {}  # reader -> when its current wait began
         self._task: asyncio.Task | None = None
 
     async def read(self, reader: aiohttp.StreamReader) -> bytes:
@@ -191,7 +221,7 @@ class _Waits:
             for reader, since in list(self._waiting.items()):
                 if since < limit:
                     self._waiting.pop(reader, None)
-                    reader.set_exception(TimeoutError())      # wakes the read, which raises
+                    reader.set_exception(TimeoutError())  # wakes the read, which raises
 
     def close(self) -> None:
         if self._task is not None:
@@ -207,8 +237,16 @@ class Upstream:
     (16 pools) to about 20 ms. The fidelity shadow calls, off the client's path, still use httpx.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, openai_base: str | None, anthropic_base: str | None,
-                 metrics: Metrics, *, timeout: float = 600.0, env_proxy: bool = False) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        openai_base: str | None,
+        anthropic_base: str | None,
+        metrics: Metrics,
+        *,
+        timeout: float = 600.0,
+        env_proxy: bool = False,
+    ) -> None:
         self.session = session
         self.timeout = timeout
         self._waits = _Waits(timeout)
@@ -219,19 +257,30 @@ class Upstream:
         self._proxies = {p: _env_proxy(b) if env_proxy and b else None for p, b in self.bases.items()}
 
     @classmethod
-    def open(cls, *, timeout: float, connect_timeout: float, max_connections: int, env_proxy: bool,
-             openai_base: str | None, anthropic_base: str | None, metrics: Metrics) -> Upstream:
+    def open(
+        cls,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+        env_proxy: bool,
+        openai_base: str | None,
+        anthropic_base: str | None,
+        metrics: Metrics,
+    ) -> Upstream:
         """``timeout`` bounds each wait for upstream bytes (headers or the next chunk), not the whole
         stream: a long answer that keeps streaming never times out. ``env_proxy`` honours
         HTTP(S)_PROXY/NO_PROXY; aiohttp's own ``trust_env`` is off, because it also reads ~/.netrc on
         every request (a file read per request) and would clash with the client's Authorization."""
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),    # reads: see _Waits
-            auto_decompress=False,      # relay bytes as sent; content-encoding passes through with them
-            trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),       # a proxy keeps no cookies between clients
-            skip_auto_headers=("User-Agent", "Content-Type"),           # the client's own, or none
-            max_line_size=65536, max_field_size=65536,   # aiohttp's 8 KiB default would 502 on long upstream headers
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),  # reads: see _Waits
+            auto_decompress=False,  # relay bytes as sent; content-encoding passes through with them
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies between clients
+            skip_auto_headers=("User-Agent", "Content-Type"),  # the client's own, or none
+            max_line_size=65536,
+            max_field_size=65536,  # aiohttp's 8 KiB default would 502 on long upstream headers
         )
         return cls(session, openai_base, anthropic_base, metrics, timeout=timeout, env_proxy=env_proxy)
 
@@ -249,8 +298,9 @@ class Upstream:
             url = self._urls[(provider, path)] = base + path
         return url
 
-    async def _open(self, request: Request, route: str, provider: str, path: str, method: str,
-                    content: bytes | None) -> aiohttp.ClientResponse | Response:
+    async def _open(
+        self, request: Request, route: str, provider: str, path: str, method: str, content: bytes | None
+    ) -> aiohttp.ClientResponse | Response:
         """The upstream response with its headers read, or the provider-format error to return."""
         url = self.url(provider, path)
         if url is None:
@@ -261,8 +311,9 @@ class Upstream:
         target = yarl.URL(url + "?" + quote_from_bytes(query, safe=_QUERY_SAFE), encoded=True) if query else url
         t0 = time.perf_counter()
         try:
-            resp = await until_disconnect(request, self._send(provider, method, target, content,
-                                                                  forward_headers(request.headers)))
+            resp = await until_disconnect(
+                request, self._send(provider, method, target, content, forward_headers(request.headers))
+            )
         except TimeoutError:
             self.metrics.upstream_errors.labels(route, "timeout").inc()
             return self.error(provider, 504, "the upstream API timed out")
@@ -273,8 +324,17 @@ class Upstream:
         self.metrics.upstream_seconds.labels(route).observe(time.perf_counter() - t0)
         return resp
 
-    async def forward(self, request: Request, *, route: str, provider: str, path: str, method: str = "POST",
-                      content: bytes | None = None, extra_headers: dict[str, str] | None = None) -> Response:
+    async def forward(
+        self,
+        request: Request,
+        *,
+        route: str,
+        provider: str,
+        path: str,
+        method: str = "POST",
+        content: bytes | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Response:
         resp = await self._open(request, route, provider, path, method, content)
         if isinstance(resp, Response):
             return resp
@@ -284,12 +344,21 @@ class Upstream:
         # appends "; charset=utf-8" to every text/* type, even one that already has a charset
         media = headers_out.get("content-type")
         if (media or "").startswith("text/event-stream"):
-            return Relay(self._relay(resp, route, provider), status_code=resp.status, headers=headers_out,
-                          media_type=media)
+            return Relay(
+                self._relay(resp, route, provider), status_code=resp.status, headers=headers_out, media_type=media
+            )
         return await self._whole(request, resp, route, provider, headers_out)
 
-    async def fetch(self, request: Request, *, route: str, provider: str, path: str, content: bytes,
-                    extra_headers: dict[str, str] | None = None) -> Response:
+    async def fetch(
+        self,
+        request: Request,
+        *,
+        route: str,
+        provider: str,
+        path: str,
+        content: bytes,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Response:
         """Like ``forward``, but a stream is read whole before it is returned (as one body with the
         stream's content type), so that the caller can look at it. Like ``forward``'s JSON bodies,
         the read is bounded only by the upstream's own response (its ``max_tokens``)."""
@@ -300,8 +369,9 @@ class Upstream:
         headers_out.update(extra_headers or {})
         return await self._whole(request, resp, route, provider, headers_out)
 
-    async def _whole(self, request: Request, resp: aiohttp.ClientResponse, route: str, provider: str,
-                     headers_out: dict[str, str]) -> Response:
+    async def _whole(
+        self, request: Request, resp: aiohttp.ClientResponse, route: str, provider: str, headers_out: dict[str, str]
+    ) -> Response:
         try:
             body = await until_disconnect(request, self._read_all(resp.content))
         except TimeoutError:
@@ -333,11 +403,13 @@ class Upstream:
         finally:
             _finish(resp)
 
-    async def _send(self, provider: str, method: str, url: str | yarl.URL, content: bytes | None,
-                    headers: dict[str, str]) -> aiohttp.ClientResponse:
-        async with asyncio.timeout(self.timeout):          # until the response headers
-            return await self.session.request(method, url, data=content, headers=headers, allow_redirects=False,
-                                              proxy=self._proxies[provider])
+    async def _send(
+        self, provider: str, method: str, url: str | yarl.URL, content: bytes | None, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        async with asyncio.timeout(self.timeout):  # until the response headers
+            return await self.session.request(
+                method, url, data=content, headers=headers, allow_redirects=False, proxy=self._proxies[provider]
+            )
 
     async def _read_all(self, reader: aiohttp.StreamReader) -> bytes:
         parts = []
@@ -368,5 +440,4 @@ class Upstream:
 
     @staticmethod
     def error(provider: str, status: int, message: str, param: str | None = None) -> Response:
-        return Response(error_body(provider, status, message, param), status_code=status,
-                        media_type="application/json")
+        return Response(error_body(provider, status, message, param), status_code=status, media_type="application/json")

@@ -25,10 +25,16 @@ log = logging.getLogger("ctxgate.windows")
 
 TTL = 600.0
 WAIT = 1.0
-FETCH_TIMEOUT = 10.0          # the background fetch gives up after this
-MAX_REPORTED = 4096            # models remembered per upstream (a hostile upstream cannot grow memory)
-REPORTED_FIELDS = ("max_model_len", "context_length", "context_window", "max_context_length",
-                   "max_input_tokens", "input_token_limit")
+FETCH_TIMEOUT = 10.0  # the background fetch gives up after this
+MAX_REPORTED = 4096  # models remembered per upstream (a hostile upstream cannot grow memory)
+REPORTED_FIELDS = (
+    "max_model_len",
+    "context_length",
+    "context_window",
+    "max_context_length",
+    "max_input_tokens",
+    "input_token_limit",
+)
 
 # Ordered: the first glob that matches wins, so specific names come before families.
 BUILTIN: tuple[tuple[str, int], ...] = (
@@ -58,7 +64,7 @@ BUILTIN: tuple[tuple[str, int], ...] = (
 @dataclass(frozen=True)
 class Window:
     tokens: int
-    source: str        # config | upstream | builtin
+    source: str  # config | upstream | builtin
 
 
 def builtin_window(model: str) -> int | None:
@@ -99,9 +105,9 @@ class Windows:
         self._pending: dict[str, asyncio.Task] = {}
 
     async def window(self, provider: str, model: str, headers) -> Window | None:
-        for glob, n in self.overrides:
+        for glob, configured in self.overrides:
             if fnmatch.fnmatchcase(model or "", glob):
-                return Window(n, "config")
+                return Window(configured, "config")
         await self._refresh(provider, headers)
         n = self._reported.get(provider, {}).get(model)
         if n is not None:
@@ -121,14 +127,14 @@ class Windows:
         try:
             await asyncio.wait_for(asyncio.shield(task), self.wait)
         except TimeoutError:
-            pass                         # the table answers now; the fetch still lands for later requests
+            pass  # the table answers now; the fetch still lands for later requests
 
     async def _fetch(self, provider: str, headers) -> None:
         path = "/v1/models" if provider == "anthropic" else "/models"
         try:
             async with asyncio.timeout(FETCH_TIMEOUT):
                 body = await self.upstream.get_json(provider, path, headers)
-        except Exception as exc:         # an upstream without /v1/models is normal
+        except Exception as exc:  # an upstream without /v1/models is normal
             log.debug("no model list from the %s upstream: %s", provider, type(exc).__name__)
             return
         if body is not None:

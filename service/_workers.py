@@ -34,9 +34,10 @@ def worker_app():
     from ._server import WorkerProtocol
 
     settings = msgspec.json.decode(os.environ[ENV], type=Settings)
-    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s [{os.getpid()}] "
-                        "%(name)s: %(message)s")
-    WorkerProtocol.limits = settings.limits          # read by connections, which start after this
+    logging.basicConfig(
+        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s"
+    )
+    WorkerProtocol.limits = settings.limits  # read by connections, which start after this
     return create_app(settings)
 
 
@@ -48,8 +49,15 @@ def run_workers(settings: Settings) -> int:
     os.environ[ENV] = msgspec.json.encode(settings).decode()
     # counters from every worker, summed at /metrics; the folder must start empty
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ctxgate-metrics-")
-    config = server_config("ctxgate.service._workers:worker_app", settings, factory=True, workers=settings.workers,
-                           log_level=settings.log_level, timeout_graceful_shutdown=5, http=WorkerProtocol)
+    config = server_config(
+        "ctxgate.service._workers:worker_app",
+        settings,
+        factory=True,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        http=WorkerProtocol,
+    )
     sock = config.bind_socket()
     try:
         Multiprocess(config, sockets=[sock]).run()

@@ -23,15 +23,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ctxgate.compressor import CompressRequest
 
 from . import _expand, _local
-from ._context import Context
 from ._config import Policy
+from ._context import Context
 from ._control import Control, parse_control
 from ._errors import ProxyError
 from ._labels import header_value, model_label
 from ._policy import Plan, plan_for, strip_slots, strip_tags
 from ._rewrite import Fit, Outcome, resolve_tokenizer
-from ._windows import request_reserve
 from ._upstream import ClientGone, until_disconnect
+from ._windows import request_reserve
 from .fidelity import ROUTES as FIDELITY_ROUTES
 from .fidelity import Candidate
 
@@ -58,7 +58,7 @@ def _decode(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ProxyError(400, f"the request body is not valid JSON ({exc})") from None
-    except RecursionError:      # msgspec's own guard, at ~1,000 levels
+    except RecursionError:  # msgspec's own guard, at ~1,000 levels
         raise ProxyError(400, MAX_DEPTH_MESSAGE) from None
     if not isinstance(body, dict):
         raise ProxyError(400, "the request body must be a JSON object")
@@ -88,7 +88,7 @@ def _outcome_headers(o: Outcome) -> dict[str, str]:
         h["x-ctxgate-segments"] = ", ".join(f"{k.replace('_', '-')}={v}" for k, v in sorted(o.segments.items()))
         h["x-ctxgate-compress-seconds"] = f"{o.seconds:.3f}"
     if o.fit is not None:
-        h["x-ctxgate-fit-context"] = o.fit.replace("_", "-")       # fitted | too-long
+        h["x-ctxgate-fit-context"] = o.fit.replace("_", "-")  # fitted | too-long
         h["x-ctxgate-context-window"] = str(o.window)
     return h
 
@@ -98,7 +98,7 @@ class _Prepared:
     """A proxied request after the CPU-bound part: decoded, validated, planned."""
 
     body: dict[str, Any]
-    forward: bytes | None            # set when nothing is compressed: the bytes to send as they are
+    forward: bytes | None  # set when nothing is compressed: the bytes to send as they are
     ctl: Control | None = None
     model: str = ""
     configured: Policy | None = None
@@ -113,17 +113,18 @@ def _prepare(ctx: Context, route: str, raw: bytes, headers) -> _Prepared:
     ctl = parse_control(headers, body)
     model = model_label(body.get("model"))
     configured = ctx.settings.policy_for(route, model)
-    policy = ctl.apply(ctx.fidelity.policy(route, model, configured))   # a request's own rate beats the controller
+    policy = ctl.apply(ctx.fidelity.policy(route, model, configured))  # a request's own rate beats the controller
     if ctl.bypass or not policy.enabled:
         if strip_tags(route, body, raw) or had_field:
             return _Prepared(body, msgspec.json.encode(body))
-        return _Prepared(body, raw)    # byte-for-byte: nothing of ours inside
+        return _Prepared(body, raw)  # byte-for-byte: nothing of ours inside
     plan = plan_for(route, body, ctl.question)
     return _Prepared(body, None, ctl, model, configured, policy, plan, ctx.rewriter.prepare(plan, policy))
 
 
-async def _rewrite_body(ctx: Context, route: str, raw: bytes,
-                        headers) -> tuple[bytes, dict[str, str], Candidate | None, dict[str, Any] | None]:
+async def _rewrite_body(
+    ctx: Context, route: str, raw: bytes, headers
+) -> tuple[bytes, dict[str, str], Candidate | None, dict[str, Any] | None]:
     """The body to forward (compressed per policy, ctxgate field and tags removed), our headers,
     the shadow-check candidate when this request was drawn for one, and the decoded body when the
     ctxgate_expand tool was added to it (the proxy then answers that tool's calls)."""
@@ -137,16 +138,29 @@ async def _rewrite_body(ctx: Context, route: str, raw: bytes,
         window = await ctx.windows.window("anthropic" if route == "messages" else "openai", prep.model, headers)
         if window is not None:
             fit = Fit(window.tokens, request_reserve(route, prep.body))
-    outcome = await ctx.rewriter.rewrite(route, prep.plan, policy, explicit_question=ctl.question,
-                                         tokenizer=policy.tokenizer or resolve_tokenizer(prep.model),
-                                         items=prep.items, fit=fit)
-    cand = ctx.fidelity.candidate(route, prep.model, ctx.rewriter.method_name(policy.method), policy,
-                                  prep.configured.rate, ctl.rate is not None, outcome.tokens_before,
-                                  outcome.tokens_after)
+    outcome = await ctx.rewriter.rewrite(
+        route,
+        prep.plan,
+        policy,
+        explicit_question=ctl.question,
+        tokenizer=policy.tokenizer or resolve_tokenizer(prep.model),
+        items=prep.items,
+        fit=fit,
+    )
+    cand = ctx.fidelity.candidate(
+        route,
+        prep.model,
+        ctx.rewriter.method_name(policy.method),
+        policy,
+        prep.configured.rate,
+        ctl.rate is not None,
+        outcome.tokens_before,
+        outcome.tokens_after,
+    )
     expanding = prep.body if policy.expand and outcome.expand_refs and _expand.offer(route, prep.body) else None
     content = await _off_loop(len(raw), msgspec.json.encode, prep.body)
     headers = _outcome_headers(outcome)
-    headers["x-ctxgate-question"] = prep.plan.question_source      # explicit | found | none
+    headers["x-ctxgate-question"] = prep.plan.question_source  # explicit | found | none
     return content, headers, cand, expanding
 
 
@@ -159,8 +173,9 @@ async def _proxy(request: Request, route: str, provider: str, path: str) -> Resp
         if expanding is not None:
             response = await _with_expand(ctx, request, route, provider, path, expanding, content, extra)
         else:
-            response = await ctx.upstream.forward(request, route=route, provider=provider, path=path,
-                                                  content=content, extra_headers=extra)
+            response = await ctx.upstream.forward(
+                request, route=route, provider=provider, path=path, content=content, extra_headers=extra
+            )
     except ClientGone:
         return Response(b"", status_code=499)
     if cand is not None:
@@ -168,15 +183,24 @@ async def _proxy(request: Request, route: str, provider: str, path: str) -> Resp
     return response
 
 
-async def _with_expand(ctx: Context, request: Request, route: str, provider: str, path: str,
-                       body: dict[str, Any], content: bytes, extra: dict[str, str]) -> Response:
+async def _with_expand(
+    ctx: Context,
+    request: Request,
+    route: str,
+    provider: str,
+    path: str,
+    body: dict[str, Any],
+    content: bytes,
+    extra: dict[str, str],
+) -> Response:
     """Upstream calls until the model stops calling ctxgate_expand (at most MAX_ROUNDS answered).
     Each response is read whole (a stream too: it is then returned as one buffered body, so the
     client still parses an ordinary stream), which is the latency this option costs."""
     streamed = body.get("stream") is True
     for round_ in range(_expand.MAX_ROUNDS + 1):
-        response = await ctx.upstream.fetch(request, route=route, provider=provider, path=path, content=content,
-                                            extra_headers=extra)
+        response = await ctx.upstream.fetch(
+            request, route=route, provider=provider, path=path, content=content, extra_headers=extra
+        )
         if response.status_code != 200 or round_ == _expand.MAX_ROUNDS:
             return response
         raw = response.content if isinstance(response.content, bytes) else b""
@@ -247,13 +271,16 @@ def _allowed_tokenizer(ctx: Context, name: str | None, param: str) -> str | None
         return None
     if resolve_tokenizer(name) is not None or name in ctx.settings.configured_tokenizers():
         return name
-    raise ProxyError(400, f"{param} must be an embedded model, an OpenAI/Anthropic model or encoding name, or one "
-                          "the config names", param=param)
+    raise ProxyError(
+        400,
+        f"{param} must be an embedded model, an OpenAI/Anthropic model or encoding name, or one the config names",
+        param=param,
+    )
 
 
 async def _compress_rag(ctx: Context, body: dict[str, Any]) -> Response:
     try:
-        req = msgspec.convert(body, CompressRequest)              # __post_init__ validates the budget
+        req = msgspec.convert(body, CompressRequest)  # __post_init__ validates the budget
     except msgspec.ValidationError as exc:
         raise ProxyError(400, f"bad RAG compress request: {exc}") from None
     _allowed_tokenizer(ctx, req.tokenizer, "tokenizer")
@@ -309,19 +336,21 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
         raise ProxyError(400, "config.provider must be 'openai' or 'anthropic'", param="config.provider")
     budget = body.get("token_budget")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ProxyError(400, f"token_budget must be a positive integer, got {str(budget)[:40]!r}",
-                         param="token_budget")
+        raise ProxyError(
+            400, f"token_budget must be a positive integer, got {str(budget)[:40]!r}", param="token_budget"
+        )
     ctl = parse_control({}, {"ctxgate": config}) if config else Control()
     route = "messages" if provider == "anthropic" else "chat"
     model = model_label(body.get("model"))
     policy = ctl.apply(ctx.settings.policy_for("compress", model))
     tokenizer = _allowed_tokenizer(ctx, policy.tokenizer, "config.tokenizer") or resolve_tokenizer(model)
     doc = {"messages": body.get("messages"), **({"system": body["system"]} if "system" in body else {})}
+
     # a long message's last paragraph is never taken for the question here: LiteLLM's guardrail, for
     # one, withholds the user's question and sends only the documents
     def planned() -> tuple[Plan, list]:
         plan = plan_for(route, doc, ctl.question, guess_tail=False)
-        return plan, ctx.rewriter.prepare(plan, policy)                 # validates markup
+        return plan, ctx.rewriter.prepare(plan, policy)  # validates markup
 
     plan, items = await asyncio.to_thread(planned)
     if budget is not None and not ctl.bypass:
@@ -335,30 +364,39 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
         strip_slots(plan.slots)
         outcome = Outcome()
     else:
-        outcome = await ctx.rewriter.rewrite("compress", plan, policy, tokenizer=tokenizer,
-                                             explicit_question=ctl.question, items=items)
+        outcome = await ctx.rewriter.rewrite(
+            "compress", plan, policy, tokenizer=tokenizer, explicit_question=ctl.question, items=items
+        )
     if outcome.tokens_before is None or outcome.tokens_after is None:
         # bypassed, or failed open (some text went back uncompressed): count what is returned
         total, _ = await asyncio.to_thread(ctx.rewriter.count_plan, plan, policy, tokenizer)
         outcome.tokens_before = outcome.tokens_after = total
     before, after = outcome.tokens_before, outcome.tokens_after
     out: dict[str, Any] = {
-        "messages": doc["messages"], "tokens_before": before, "tokens_after": after,
+        "messages": doc["messages"],
+        "tokens_before": before,
+        "tokens_after": after,
         "tokens_saved": before - after,
         # headroom's convention: after / before (0.25 = 4x smaller); `ratio` is ours, before / after
         "compression_ratio": round(after / before, 4) if before else 1.0,
         "ratio": round(before / after, 4) if before and after else 1.0,
-        "transforms_applied": [] if ctl.bypass or outcome.cache == "off"
+        "transforms_applied": []
+        if ctl.bypass or outcome.cache == "off"
         else [f"ctxgate:{ctx.rewriter.method_name(policy.method)}"],
-        "method": ctx.rewriter.method_name(policy.method), "rate": policy.rate, "cache": outcome.cache,
-        "fail_open": outcome.fail_open, "seconds": round(outcome.seconds, 6),
+        "method": ctx.rewriter.method_name(policy.method),
+        "rate": policy.rate,
+        "cache": outcome.cache,
+        "fail_open": outcome.fail_open,
+        "seconds": round(outcome.seconds, 6),
         "question": plan.question_source,
     }
     if "system" in doc:
         out["system"] = doc["system"]
     if budget is not None and after > budget:
-        out["warnings"] = [f"{after} tokens is over token_budget={budget}: the system prompt, questions and "
-                           "short messages are never compressed"]
+        out["warnings"] = [
+            f"{after} tokens is over token_budget={budget}: the system prompt, questions and "
+            "short messages are never compressed"
+        ]
     return _json(out)
 
 
@@ -367,8 +405,9 @@ def _guess_provider(body: dict[str, Any]) -> str:
         return "anthropic"
     for m in body.get("messages") or []:
         content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") in ("tool_result", "tool_use")
-                                             for b in content):
+        if isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") in ("tool_result", "tool_use") for b in content
+        ):
             return "anthropic"
     return "openai"
 
@@ -412,8 +451,9 @@ async def _local_generate(request: Request, provider: str) -> Response:
     local = _local_model(request, provider)
     body = _decode(await request.body())
     msgs = _local.anthropic_messages(body) if provider == "anthropic" else _local.openai_messages(body)
-    requested = body.get("max_tokens") if provider == "anthropic" else body.get(
-        "max_completion_tokens", body.get("max_tokens"))
+    requested = (
+        body.get("max_tokens") if provider == "anthropic" else body.get("max_completion_tokens", body.get("max_tokens"))
+    )
     max_new = local.budget(requested)
     ids = await asyncio.to_thread(local.prompt_ids, msgs, max_new)
     stop = threading.Event()
@@ -430,8 +470,11 @@ async def _local_generate(request: Request, provider: str) -> Response:
     except ClientGone:
         stop.set()
         return Response(b"", status_code=499)
-    out = _local.anthropic_response(result, local.name) if provider == "anthropic" else _local.openai_response(
-        result, local.name)
+    out = (
+        _local.anthropic_response(result, local.name)
+        if provider == "anthropic"
+        else _local.openai_response(result, local.name)
+    )
     return _json(out)
 
 
@@ -451,12 +494,36 @@ async def local_models(request: Request) -> Response:
     if local is None:
         raise ProxyError(404, "no embedded model: an upstream is configured")
     if "anthropic-version" in request.headers:
-        return _json({"data": [{"type": "model", "id": local.name, "display_name": local.name,
-                                "created_at": "2024-11-01T00:00:00Z"}],
-                      "has_more": False, "first_id": local.name, "last_id": local.name})
-    return _json({"object": "list", "data": [{"id": local.name, "object": "model", "created": 0,
-                                              "owned_by": "ctxgate-local"}]})
+        return _json(
+            {
+                "data": [
+                    {
+                        "type": "model",
+                        "id": local.name,
+                        "display_name": local.name,
+                        "created_at": "2024-11-01T00:00:00Z",
+                    }
+                ],
+                "has_more": False,
+                "first_id": local.name,
+                "last_id": local.name,
+            }
+        )
+    return _json(
+        {"object": "list", "data": [{"id": local.name, "object": "model", "created": 0, "owned_by": "ctxgate-local"}]}
+    )
 
 
-ROUTES = [chat_completions, messages, models, compress, healthz, readyz, metrics,
-          local_chat, local_messages, local_models, *FIDELITY_ROUTES]
+ROUTES = [
+    chat_completions,
+    messages,
+    models,
+    compress,
+    healthz,
+    readyz,
+    metrics,
+    local_chat,
+    local_messages,
+    local_models,
+    *FIDELITY_ROUTES,
+]

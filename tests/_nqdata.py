@@ -32,8 +32,12 @@ def squad_article(index: int = 0, paragraphs: int = 5) -> tuple[str, tuple[tuple
     """The first paragraphs of a SQuAD article as one text, with (question, answer) pairs on it."""
     data = json.loads((DATA / "squad" / "squad_v2_dev_subset_san_mrc.json").read_text(encoding="utf-8"))
     paras = data["data"][index]["paragraphs"][:paragraphs]
-    qas = tuple((qa["question"], qa["answers"][0]["text"]) for p in paras for qa in p["qas"]
-                if not qa.get("is_impossible") and qa["answers"])
+    qas = tuple(
+        (qa["question"], qa["answers"][0]["text"])
+        for p in paras
+        for qa in p["qas"]
+        if not qa.get("is_impossible") and qa["answers"]
+    )
     return "\n\n".join(p["context"] for p in paras), qas
 
 
@@ -45,8 +49,13 @@ PROTECTED = (
     'The config is {"retries": 3, "backoff": [1, 2, 4]} and <ctxgate:keep>NEVER DROP THIS LINE</ctxgate:keep>.\n\n'
 )
 # protected atom -> a fragment of it: wherever the fragment shows up, the whole atom must be there
-ATOMS = {"https://api.example.com/v2/items?limit=50": "api.example", "123e4567-e89b-12d3-a456-426614174000": "123e4567",
-         "$1,299.99": "1,299", "12.5%": "12.5", "2023-01-05": "2023-01"}
+ATOMS = {
+    "https://api.example.com/v2/items?limit=50": "api.example",
+    "123e4567-e89b-12d3-a456-426614174000": "123e4567",
+    "$1,299.99": "1,299",
+    "12.5%": "12.5",
+    "2023-01-05": "2023-01",
+}
 
 
 def check_protected(out: str, filler: str) -> None:

@@ -25,8 +25,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Environment a test run may take from the shell: where data, models and optional tools are.
 # Every other CTXGATE_* variable (a policy override, a cache URL) would change what is tested.
-_KEEP_ENV = {"CTXGATE_DATA", "CTXGATE_MODELS", "CTXGATE_LAYOUT_ROWS", "CTXGATE_LITELLM", "CTXGATE_DEVICE",
-             "CTXGATE_CHROMIUM"}
+_KEEP_ENV = {
+    "CTXGATE_DATA",
+    "CTXGATE_MODELS",
+    "CTXGATE_LAYOUT_ROWS",
+    "CTXGATE_LITELLM",
+    "CTXGATE_DEVICE",
+    "CTXGATE_CHROMIUM",
+}
 
 
 def _models_dir() -> str:
@@ -35,7 +41,7 @@ def _models_dir() -> str:
     return str(models_dir())
 
 
-_MODELS = _models_dir()         # resolved once, before any test moves CTXGATE_HOME
+_MODELS = _models_dir()  # resolved once, before any test moves CTXGATE_HOME
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +69,7 @@ def serve(app, port: int | None = None, timeout: float = 60.0) -> Iterator[str]:
     port = port or free_port()
     opts = dict(host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     settings = getattr(getattr(app, "state", None), "settings", None)
-    if settings is not None:          # the sidecar: with its own connection limits, as `ctxgate serve` runs it
+    if settings is not None:  # the sidecar: with its own connection limits, as `ctxgate serve` runs it
         from ctxgate.service._server import server_config
 
         config = server_config(app, settings, **opts)
@@ -111,8 +117,11 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
         pytest.skip("redis-server is not installed (make system-deps installs it)")
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:

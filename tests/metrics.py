@@ -30,7 +30,7 @@ def value(text: str, name: str, **labels: str) -> float:
         m = _SAMPLE.fullmatch(line)
         if m and m[1] == name and dict(_LABEL.findall(m[2] or "")) == labels:
             return float(m[3])
-    family = re.sub(r"_(count|sum|bucket)$", "", name)         # a histogram's samples
+    family = re.sub(r"_(count|sum|bucket)$", "", name)  # a histogram's samples
     assert name in families or family in families, f"no metric {name} in /metrics"
     return 0.0
 

@@ -57,22 +57,37 @@ class NeedleUpstream:
         n_in, n_out = len(prompt.split()), len(answer.split())
         anthropic_api = scope["path"].endswith("/messages")
         if body.get("stream"):
-            events = anthropic_sse(answer, n_in, n_out) if anthropic_api else openai_sse(
-                answer, n_in, n_out, bool((body.get("stream_options") or {}).get("include_usage")))
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
+            events = (
+                anthropic_sse(answer, n_in, n_out)
+                if anthropic_api
+                else openai_sse(answer, n_in, n_out, bool((body.get("stream_options") or {}).get("include_usage")))
+            )
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+            )
             for ev in events:
                 await send({"type": "http.response.body", "body": ev, "more_body": True})
             return await send({"type": "http.response.body", "body": b""})
         if anthropic_api:
-            out = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
-                   "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn", "stop_sequence": None,
-                   "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+            out = {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [{"type": "text", "text": answer}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": n_in, "output_tokens": n_out},
+            }
         else:
-            out = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                "finish_reason": "stop"}],
-                   "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+            out = {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+            }
         data = json.dumps(out).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": data})
@@ -85,28 +100,65 @@ def _sse(obj, event=None) -> bytes:
 def openai_sse(answer: str, n_in: int, n_out: int, usage: bool) -> list[bytes]:
     base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
     words = answer.split(" ")
-    evs = [_sse({**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w},
-                                      "finish_reason": None}]}) for i, w in enumerate(words)]
+    evs = [
+        _sse({**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w}, "finish_reason": None}]})
+        for i, w in enumerate(words)
+    ]
     evs.append(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if usage:
-        evs.append(_sse({**base, "choices": [], "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                                                            "total_tokens": n_in + n_out}}))
+        evs.append(
+            _sse(
+                {
+                    **base,
+                    "choices": [],
+                    "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+                }
+            )
+        )
     return [*evs, b"data: [DONE]\n\n"]
 
 
 def anthropic_sse(answer: str, n_in: int, n_out: int) -> list[bytes]:
-    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
-           "stop_sequence": None, "usage": {"input_tokens": n_in, "output_tokens": 1}}
-    evs = [_sse({"type": "message_start", "message": msg}, "message_start"),
-           _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                "content_block_start")]
-    evs += [_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta",
-                                                                        "text": w if i == 0 else " " + w}},
-                 "content_block_delta") for i, w in enumerate(answer.split(" "))]
-    return evs + [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-                  _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": n_out}}, "message_delta"),
-                  _sse({"type": "message_stop"}, "message_stop")]
+    msg = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": n_in, "output_tokens": 1},
+    }
+    evs = [
+        _sse({"type": "message_start", "message": msg}, "message_start"),
+        _sse(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            "content_block_start",
+        ),
+    ]
+    evs += [
+        _sse(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": w if i == 0 else " " + w},
+            },
+            "content_block_delta",
+        )
+        for i, w in enumerate(answer.split(" "))
+    ]
+    return evs + [
+        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        _sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": n_out},
+            },
+            "message_delta",
+        ),
+        _sse({"type": "message_stop"}, "message_stop"),
+    ]
 
 
 def context(item: dict, needle_at: str | None, n_docs: int = 6) -> str:

@@ -7,15 +7,40 @@ import pytest
 from ctxgate.compressor import InvalidRequest
 from ctxgate.eval.bench import main
 
-FIELDS = {"method", "status", "n", "input_tokens", "output_tokens", "seconds", "mean_seconds", "tokens_per_s",
-          "ratio", "warmup_seconds", "peak_rss_mib", "model", "warnings"}
+FIELDS = {
+    "method",
+    "status",
+    "n",
+    "input_tokens",
+    "output_tokens",
+    "seconds",
+    "mean_seconds",
+    "tokens_per_s",
+    "ratio",
+    "warmup_seconds",
+    "peak_rss_mib",
+    "model",
+    "warnings",
+}
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    rc = main(["--methods", "passthrough,truncate,longllmlingua", "--items", "1", "--docs", "3",
-               "--rate", "0.3", "--out", str(out)])
+    rc = main(
+        [
+            "--methods",
+            "passthrough,truncate,longllmlingua",
+            "--items",
+            "1",
+            "--docs",
+            "3",
+            "--rate",
+            "0.3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     return json.loads(out.read_text())
 
@@ -26,8 +51,11 @@ def test_report_describes_machine_and_command(report):
         assert key in m
     assert m["cores"] >= 1 and m["device"] in ("cpu", "cuda") or m["device"].startswith("cuda")
     assert report["command"].startswith("ctxgate bench --methods passthrough,truncate,longllmlingua")
-    assert report["rate"] == 0.3 and report["input"] == {"dataset": "nq/nq-open-20docs-derived_first500.jsonl",
-                                                        "items": 1, "docs": 3}
+    assert report["rate"] == 0.3 and report["input"] == {
+        "dataset": "nq/nq-open-20docs-derived_first500.jsonl",
+        "items": 1,
+        "docs": 3,
+    }
 
 
 def test_every_method_is_measured_in_its_own_process(report):

@@ -10,7 +10,7 @@ import pytest
 from ctxgate.eval import bench_proxy
 from tests.conftest import serve
 
-CHUNKS, CHUNK_MS = 10, 20          # a 0.2 s stream
+CHUNKS, CHUNK_MS = 10, 20  # a 0.2 s stream
 
 
 def _recording_upstream(arrivals: list[float]):
@@ -29,9 +29,12 @@ def _first_round_spread(arrival_mode: str, concurrency: int = 5) -> tuple[float,
     arrivals: list[float] = []
     with serve(_recording_upstream(arrivals)) as url:
         expected = b"".join(bench_proxy._events(CHUNKS))
-        res = asyncio.run(bench_proxy._run(url + "/v1/chat/completions", b"{}", {}, concurrency, 40, 1.0, expected,
-                                           warmup=1, arrivals=arrival_mode))
-    after_warmup = sorted(arrivals[concurrency:concurrency * 2])
+        res = asyncio.run(
+            bench_proxy._run(
+                url + "/v1/chat/completions", b"{}", {}, concurrency, 40, 1.0, expected, warmup=1, arrivals=arrival_mode
+            )
+        )
+    after_warmup = sorted(arrivals[concurrency : concurrency * 2])
     return after_warmup[-1] - after_warmup[0], res
 
 
@@ -50,8 +53,24 @@ def test_burst_arrivals_start_together():
 
 def test_a_tiny_run_reports_every_scenario(tmp_path):
     out = tmp_path / "bench_proxy.json"
-    rc = bench_proxy.main(["--requests", "6", "--seconds", "2", "--concurrency", "1,3", "--chunks", "3",
-                           "--chunk-ms", "5", "--warmup", "1", "--out", str(out)])
+    rc = bench_proxy.main(
+        [
+            "--requests",
+            "6",
+            "--seconds",
+            "2",
+            "--concurrency",
+            "1,3",
+            "--chunks",
+            "3",
+            "--chunk-ms",
+            "5",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["settings"]["arrivals"] == "staggered"
@@ -63,7 +82,7 @@ def test_a_tiny_run_reports_every_scenario(tmp_path):
         assert r["ttfb_p50_ms"] > 0 and r["total_p50_ms"] >= r["ttfb_p50_ms"]
         assert ("added_ttfb_p50_ms" in r) == (scenario != "direct")
         assert ("sidecar_cpu_ms_per_request" in r) == (scenario != "direct")
-        assert r["served"] >= r["requests"] + 1          # the warm-up request counts for CPU, not for latency
+        assert r["served"] >= r["requests"] + 1  # the warm-up request counts for CPU, not for latency
     assert report["machine"]["cores"] >= 1
     assert report["settings"]["pin"] is None
 
@@ -76,10 +95,30 @@ def test_pin_puts_the_sidecar_and_the_upstream_on_their_own_cpus(tmp_path):
         pytest.skip("needs 2 CPUs")
     out = tmp_path / "bench_proxy.json"
     try:
-        assert bench_proxy.main(["--requests", "3", "--seconds", "1", "--concurrency", "1", "--chunks", "2",
-                                 "--chunk-ms", "5", "--warmup", "1", "--pin", "--out", str(out)]) == 0
+        assert (
+            bench_proxy.main(
+                [
+                    "--requests",
+                    "3",
+                    "--seconds",
+                    "1",
+                    "--concurrency",
+                    "1",
+                    "--chunks",
+                    "2",
+                    "--chunk-ms",
+                    "5",
+                    "--warmup",
+                    "1",
+                    "--pin",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
-        os.sched_setaffinity(0, before)             # the load generator pinned this process
+        os.sched_setaffinity(0, before)  # the load generator pinned this process
     cpus = sorted(before)
     pin = json.loads(out.read_text())["settings"]["pin"]
     assert pin["sidecar"] == [cpus[0]] and pin["upstream"] == [cpus[1]]
@@ -101,4 +140,4 @@ def test_cpu_seconds_reads_a_process_own_cpu_time():
         pass
     after = bench_proxy._cpu_seconds(os.getpid())
     assert before is not None and 0.2 <= after - before <= 2.0
-    assert bench_proxy._cpu_seconds(2 ** 22 + 12345) is None       # no such process
+    assert bench_proxy._cpu_seconds(2**22 + 12345) is None  # no such process

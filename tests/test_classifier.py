@@ -75,7 +75,7 @@ def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(monkeypatch)
         _, together, rel_all, _ = method.score(segs, item["question"])
         _, alone, rel_one, _ = method.score(segs[3:4], item["question"])
         n0 = sum(len(s.units) for s in segs[:3])
-        assert np.allclose(together[n0:n0 + len(segs[3].units)], alone, atol=1e-4)
+        assert np.allclose(together[n0 : n0 + len(segs[3].units)], alone, atol=1e-4)
         assert abs(rel_all[3] - rel_one[0]) < 1e-4
     finally:
         clear_loaded()
@@ -98,7 +98,7 @@ def test_output_is_the_input_words_in_order(comp):
     out = comp.compress(context=src, question=item["question"], rate=0.2).compressed
     words, pos = src.split(), 0
     for w in out.split():
-        pos = words.index(w, pos) + 1      # raises ValueError if a word is new or out of order
+        pos = words.index(w, pos) + 1  # raises ValueError if a word is new or out of order
 
 
 @pytest.mark.parametrize("question", [None, "What does the service cost per month?"])
@@ -111,8 +111,10 @@ def test_protected_spans_survive_whole(comp, question):
 
 def test_gold_answer_survives_4x_on_held_out_nq(comp):
     items = _held_out()
-    kept = [answer_kept(comp.compress(context=nq_docs(it), question=it["question"], rate=0.25).compressed,
-                        it["answers"]) for it in items]
+    kept = [
+        answer_kept(comp.compress(context=nq_docs(it), question=it["question"], rate=0.25).compressed, it["answers"])
+        for it in items
+    ]
     assert sum(kept) >= len(items) - 1, kept
 
 

@@ -14,8 +14,14 @@ NQ = DATA / "nq" / "nq-open-20docs-derived_first500.jsonl"
 
 
 def ctxgate(*args, stdin: bytes | None = None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "ctxgate", *map(str, args)], input=stdin, capture_output=True,
-                          cwd=ROOT, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxgate", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     if check:
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     return proc
@@ -41,9 +47,13 @@ def test_compress_docs_from_dataset_row_json():
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_bytes("ok text ".encode() * 3 + b"\xc3\x28 tail")
-    for args in (["compress", bad], ["compress", tmp_path / "missing.txt"], ["compress", bad, "--rate", "2"],
-                 ["models", "prepare", "no-such-model"]):
+    bad.write_bytes(b"ok text " * 3 + b"\xc3\x28 tail")
+    for args in (
+        ["compress", bad],
+        ["compress", tmp_path / "missing.txt"],
+        ["compress", bad, "--rate", "2"],
+        ["models", "prepare", "no-such-model"],
+    ):
         p = ctxgate(*args, check=False)
         err = p.stderr.decode()
         assert p.returncode != 0 and "Traceback" not in err, err
@@ -60,8 +70,12 @@ def test_batch_mode_streams_rows_and_resumes(tmp_path):
     src = tmp_path / "in.jsonl"
     with src.open("w") as f:
         for i, row in enumerate(rows):
-            f.write(json.dumps({"id": f"q{i}", "question": row["question"],
-                                "context": [c["text"] for c in row["ctxs"][:6]]}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": f"q{i}", "question": row["question"], "context": [c["text"] for c in row["ctxs"][:6]]}
+                )
+                + "\n"
+            )
         f.write("{not json\n")
         f.write(json.dumps({"context": "x " * 50, "rate": 7}) + "\n")
     out = tmp_path / "out.jsonl"
@@ -73,8 +87,9 @@ def test_batch_mode_streams_rows_and_resumes(tmp_path):
     assert "invalid JSON" in got[3]["error"] and "rate" in got[4]["error"]
     # a crash mid-run: drop the last two rows and resume; finished rows are not redone
     out.write_text("\n".join(out.read_text().splitlines()[:2]) + "\n" + '{"row": 2, "compre')
-    ctxgate("compress", "--input", src, "--output", out, "--rate", "0.3", "--method", "truncate", "--resume",
-            check=False)
+    ctxgate(
+        "compress", "--input", src, "--output", out, "--rate", "0.3", "--method", "truncate", "--resume", check=False
+    )
     again = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted({g["row"] for g in again}) == [0, 1, 2, 3, 4]
     assert got[0]["compressed"] == again[0]["compressed"]

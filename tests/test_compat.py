@@ -42,7 +42,9 @@ def test_constructor_never_calls_tiktoken(monkeypatch, pc):
     fresh = compat._compressor_class()(pc.model, pc.tokenizer, "cpu")
     import bpe_openai
 
-    assert fresh.oai_tokenizer.encode("Fuel Dilution 42") == bpe_openai.get_encoding("cl100k_base").encode("Fuel Dilution 42")
+    assert fresh.oai_tokenizer.encode("Fuel Dilution 42") == bpe_openai.get_encoding("cl100k_base").encode(
+        "Fuel Dilution 42"
+    )
     assert fresh.device == "cpu" and fresh.max_position_embeddings == pc.model.config.max_position_embeddings
 
 
@@ -82,9 +84,16 @@ def test_upstream_get_ppl_breaks_on_this_transformers(pc, text):
         pytest.skip("transformers 4.x still accepts legacy tuples")
     enc = pc.tokenizer(text, return_tensors="pt")
     _, kv = pc.get_ppl("", "token", enc["input_ids"], enc["attention_mask"], return_kv=True, end=8)
-    with pytest.raises(AttributeError, match="get_seq_length"):      # a legacy list is not a Cache
-        PromptCompressor.get_ppl(pc, "", "token", enc["input_ids"], enc["attention_mask"],
-                                 past_key_values=[list(p) for p in kv], return_kv=True)
+    with pytest.raises(AttributeError, match="get_seq_length"):  # a legacy list is not a Cache
+        PromptCompressor.get_ppl(
+            pc,
+            "",
+            "token",
+            enc["input_ids"],
+            enc["attention_mask"],
+            past_key_values=[list(p) for p in kv],
+            return_kv=True,
+        )
 
 
 def test_cache_conversion_round_trip():
@@ -130,8 +139,9 @@ def test_compress_prompt_rejects_online_and_unsafe_settings_before_any_work(pc, 
     with pytest.raises(InvalidRequest, match="rank_method"):
         pc.compress_prompt([text, text], question="q?", rank_method="sentbert")
     with pytest.raises(InvalidRequest, match="context_budget"):
-        pc.compress_prompt([text, text], question="q?", rank_method="longllmlingua",
-                           context_budget="+__import__('os').getpid()")
+        pc.compress_prompt(
+            [text, text], question="q?", rank_method="longllmlingua", context_budget="+__import__('os').getpid()"
+        )
 
 
 def test_sentence_level_filter_is_a_clear_error_without_punkt_tab(pc, text):
@@ -142,8 +152,14 @@ def test_sentence_level_filter_is_a_clear_error_without_punkt_tab(pc, text):
 
 
 def test_compress_prompt_runs_offline_end_to_end(pc, text):
-    out = pc.compress_prompt([text], question="Who won the first Nobel Prize in Physics?", rate=0.5,
-                             rank_method="longllmlingua", condition_in_question="after_condition",
-                             condition_compare=True, iterative_size=64)
+    out = pc.compress_prompt(
+        [text],
+        question="Who won the first Nobel Prize in Physics?",
+        rate=0.5,
+        rank_method="longllmlingua",
+        condition_in_question="after_condition",
+        condition_compare=True,
+        iterative_size=64,
+    )
     assert 0 < out["compressed_tokens"] < out["origin_tokens"]
     assert pc.last_tokens is not None and len(pc.last_tokens[2]) > 0

@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from ctxgate.compressor import (CompressRequest, Compressor, Document, InputTooLarge, InvalidRequest, MemoryCache,
-                        SQLiteCache, get_counter)
+from ctxgate.compressor import (
+    Compressor,
+    CompressRequest,
+    Document,
+    InputTooLarge,
+    InvalidRequest,
+    MemoryCache,
+    SQLiteCache,
+    get_counter,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -33,8 +41,9 @@ def test_context_within_budget_is_untouched(comp):
     assert r.compressed == "Short text, 42 words at most." and r.ratio == 1.0
 
 
-@pytest.mark.parametrize("bad", [dict(rate=0), dict(rate=1.5), dict(target_tokens=0),
-                                 dict(rate=0.5, target_tokens=10), dict(method="nope")])
+@pytest.mark.parametrize(
+    "bad", [dict(rate=0), dict(rate=1.5), dict(target_tokens=0), dict(rate=0.5, target_tokens=10), dict(method="nope")]
+)
 def test_bad_options_are_clear_errors(comp, bad):
     with pytest.raises(InvalidRequest):
         comp.compress(context="some text " * 50, **bad)
@@ -56,8 +65,10 @@ def test_budget_is_honoured_within_15_percent(comp, text, rate):
 
 
 def test_documents_keep_metadata_and_report_drops(comp):
-    docs = [Document(text="first document " * 40, id="a", metadata={"src": 1}),
-            Document(text="second document " * 40, id="b", metadata={"src": 2})]
+    docs = [
+        Document(text="first document " * 40, id="a", metadata={"src": 1}),
+        Document(text="second document " * 40, id="b", metadata={"src": 2}),
+    ]
     r = comp.compress(CompressRequest(context=docs, rate=0.3))
     assert [d.metadata for d in r.documents] == [{"src": 1}, {"src": 2}]
     assert [d.id for d in r.documents] == ["a", "b"]
@@ -104,7 +115,10 @@ def test_sqlite_cache_survives_reopen_and_is_bounded(tmp_path):
 
 def test_memory_cache_ttl_and_lru():
     c = MemoryCache(max_entries=2, ttl=1000)
-    c.set("a", b"1"); c.set("b", b"2"); c.get("a"); c.set("c", b"3")
+    c.set("a", b"1")
+    c.set("b", b"2")
+    c.get("a")
+    c.set("c", b"3")
     assert c.get("b") is None and c.get("a") == b"1"
     expired = MemoryCache(ttl=-1)
     expired.set("x", b"1")

@@ -25,7 +25,7 @@ def test_nq20_keeps_file_order_and_lost_in_the_middle_format():
     assert [i.meta["gold_index"] for i in items] == [0, 4, 9, 14, 19]
     assert items[0].context[0].startswith("Document [1](Title: List of Nobel laureates in Physics) The first")
     assert len(items[0].context) == 20 and items[0].references == ["Wilhelm Conrad Röntgen"]
-    later = load_dataset("nq20", limit=3, offset=100)            # clear of the rows methods were tuned on
+    later = load_dataset("nq20", limit=3, offset=100)  # clear of the rows methods were tuned on
     assert [i.id for i in later] == ["nq20-100", "nq20-101", "nq20-102"]
     assert [i.meta["gold_index"] for i in later] == [0, 4, 9]
 
@@ -67,7 +67,7 @@ def test_gsm8k_compresses_the_demonstrations_not_the_question():
     assert len(it.context) == 8 and all(d.startswith("Question:") and d.count("Question:") == 1 for d in it.context)
     assert it.compression_question is None
     full = (DATA / "gsm8k" / "cot_prompts" / "prompt_hardest.txt").read_text().strip()
-    assert it.separator.join(it.context) == full         # the uncompressed prompt is the file, byte for byte
+    assert it.separator.join(it.context) == full  # the uncompressed prompt is the file, byte for byte
     assert it.prompt("DEMOS").startswith("DEMOS\n\nQuestion: " + it.question)
 
 

@@ -73,10 +73,21 @@ def test_report_times_are_medians_so_a_paused_item_does_not_skew_them():
     from ctxgate.eval.report import aggregate
 
     def row(item: str, seconds: float) -> Row:
-        return Row(dataset="nq20", item=item, method="hybrid", rate=0.25, task="qa", reader="r", prediction="a",
-                   reference_answer="a", accuracy=1.0, compress_seconds=seconds, reader_seconds=seconds)
+        return Row(
+            dataset="nq20",
+            item=item,
+            method="hybrid",
+            rate=0.25,
+            task="qa",
+            reader="r",
+            prediction="a",
+            reference_answer="a",
+            accuracy=1.0,
+            compress_seconds=seconds,
+            reader_seconds=seconds,
+        )
 
-    cells = aggregate([row("a", 2.0), row("b", 3.0), row("c", 2400.0)])   # c: the run was suspended
+    cells = aggregate([row("a", 2.0), row("b", 3.0), row("c", 2400.0)])  # c: the run was suspended
     hybrid = [c for c in cells if c.method == "hybrid"][0]
     assert hybrid.reader_s == 3.0 and hybrid.compress_s == 3.0
 
@@ -87,6 +98,6 @@ def test_supports_kept_needs_every_hop():
     supports = [[0, "Poison is an American rock band."], [2, "Shut Up, Make Love was released in 2000."]]
     docs = ["Poison is an American rock band formed in 1983.", "noise", "Shut Up Make Love released 2000."]
     assert supports_kept(supports, docs) == 1.0
-    assert supports_kept(supports, [docs[0], "noise", "released"]) == 0.0       # second hop lost
-    assert supports_kept(supports, ["", "noise", docs[2]]) == 0.0               # first hop lost
-    assert supports_kept(supports, docs[:2]) == 0.0                             # a document missing
+    assert supports_kept(supports, [docs[0], "noise", "released"]) == 0.0  # second hop lost
+    assert supports_kept(supports, ["", "noise", docs[2]]) == 0.0  # first hop lost
+    assert supports_kept(supports, docs[:2]) == 0.0  # a document missing

@@ -7,14 +7,27 @@ import httpx
 import msgspec
 import pytest
 
-from ctxgate.eval.cli import main
 from ctxgate.eval._batching import _prefill_groups
+from ctxgate.eval.cli import main
 from ctxgate.eval.readers import Ask, HTTPReader, LocalReader, cut_at_stop
 from ctxgate.eval.report import _machine_lines
 from ctxgate.eval.runner import CHUNK_BATCHES, _chunks, compute_dtype, load_rows, load_sessions
 
-ARGS = ["--dataset", "nq", "--option", "docs=5", "--limit", "2", "--reader", "smollm2", "--rates", "0.25",
-        "--max-new-tokens", "8", "--quiet"]
+ARGS = [
+    "--dataset",
+    "nq",
+    "--option",
+    "docs=5",
+    "--limit",
+    "2",
+    "--reader",
+    "smollm2",
+    "--rates",
+    "0.25",
+    "--max-new-tokens",
+    "8",
+    "--quiet",
+]
 
 
 @pytest.mark.slow
@@ -78,8 +91,9 @@ def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys, monkeypatch):
 
 def test_cut_at_stop_uses_the_earliest_match():
     assert cut_at_stop("  Paris\nBecause", [r"\S[^\n]*\n"]) == ("  Paris\n", True)
-    assert cut_at_stop("x = 2\nThe answer is 4\nQuestion: next", [r"The answer is[^\n]*\d[^\n]*\n", r"\n\s*Question:"]) \
-        == ("x = 2\nThe answer is 4\n", True)
+    assert cut_at_stop(
+        "x = 2\nThe answer is 4\nQuestion: next", [r"The answer is[^\n]*\d[^\n]*\n", r"\n\s*Question:"]
+    ) == ("x = 2\nThe answer is 4\n", True)
     assert cut_at_stop("no stop", [r"\n"]) == ("no stop", False)
 
 
@@ -91,9 +105,13 @@ def test_http_reader_speaks_openai_chat_and_reports_cap_hits():
         seen.append(body)
         content = "Paris\nIt is the capital." if body["max_tokens"] > 5 else "Well, the answer"
         finish = "stop" if body["max_tokens"] > 5 else "length"
-        return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": content},
-                                                      "finish_reason": finish}],
-                                         "usage": {"prompt_tokens": 42, "completion_tokens": 7}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 42, "completion_tokens": 7},
+            },
+        )
 
     reader = HTTPReader("http://test/v1", "gpt-x", transport=httpx.MockTransport(handler))
     a = reader.answer("Be brief.", "Capital of France?", max_new_tokens=32, stop=[r"\S[^\n]*\n"])
@@ -129,7 +147,7 @@ class _FakeCache:
         return self.n
 
     def crop(self, k: int) -> None:
-        self.n += k             # negative k removes tokens from the end
+        self.n += k  # negative k removes tokens from the end
 
 
 def test_prefix_cache_keeps_a_reused_prompt_through_an_items_other_conditions():
@@ -138,15 +156,15 @@ def test_prefix_cache_keeps_a_reused_prompt_through_an_items_other_conditions():
     full prompt in GSM8K), however many conditions came in between."""
     from ctxgate.eval.readers import LocalReader
 
-    reader = object.__new__(LocalReader)          # the retention policy only; no model loaded
+    reader = object.__new__(LocalReader)  # the retention policy only; no model loaded
     reader.prefix_cache, reader._caches, reader.reused_tokens = True, [], 0
     demos = list(range(1000, 3000))
     for item in range(3):
         full = demos + [item, 7, 7]
         cache, reused = reader._cached_prefix(full)
-        assert reused == (0 if item == 0 else len(demos)), item      # the previous item's full prompt
+        assert reused == (0 if item == 0 else len(demos)), item  # the previous item's full prompt
         reader._remember(full, _FakeCache(len(full)))
-        for cond in range(6):                     # six other conditions, no long prefix in common
+        for cond in range(6):  # six other conditions, no long prefix in common
             other = [item * 100 + cond] * 200
             assert reader._cached_prefix(other) == (None, 0)
             reader._remember(other, _FakeCache(len(other)))
@@ -158,13 +176,22 @@ def test_prefix_cache_keeps_a_reused_prompt_through_an_items_other_conditions():
 
 def test_a_run_resumed_on_another_machine_says_which_rows_ran_where(tmp_path):
     # the file as written before sessions were kept: one machine, from row 0
-    amd = {"cpu": "AMD EPYC", "cores": "2", "simd": "avx2", "torch": "2.13.0+cpu", "dtype": "float32",
-           "date": "2026-11-28 10:00"}
+    amd = {
+        "cpu": "AMD EPYC",
+        "cores": "2",
+        "simd": "avx2",
+        "torch": "2.13.0+cpu",
+        "dtype": "float32",
+        "date": "2026-11-28 10:00",
+    }
     (tmp_path / "machine.json").write_text(json.dumps(amd))
     assert load_sessions(tmp_path) == [{**amd, "first_row": 0}]
     xeon = {**amd, "cpu": "Intel Xeon", "simd": "avx512_bf16,amx_bf16", "compute_dtype": "float32"}
-    sessions = [{**amd, "first_row": 0, "last_row": 9}, {**amd, "first_row": 10, "last_row": 19},
-                {**xeon, "first_row": 20, "last_row": 24}]
+    sessions = [
+        {**amd, "first_row": 0, "last_row": 9},
+        {**amd, "first_row": 10, "last_row": 19},
+        {**xeon, "first_row": 20, "last_row": 24},
+    ]
     lines = _machine_lines(sessions)
     assert lines[0].startswith("Machines (the run was resumed")
     assert [ln.split(":")[0] for ln in lines[2:]] == ["- rows 1-20", "- rows 21-25"]
@@ -176,18 +203,21 @@ def test_continuous_batching_answers_as_one_at_a_time_does(monkeypatch):
     # fp32: padded batches are exact up to rounding there (bf16 may flip a greedy choice)
     monkeypatch.setenv("CTXGATE_DTYPE", "fp32")
     reader = LocalReader("smollm2", prefix_cache=False)
-    asks = [Ask("Answer briefly.", "What is the capital of France?", 6, []),                   # hits its cap
-            Ask("Answer briefly.", "Count from one to twenty in words, separated by commas.", 40, []),
-            Ask("Answer briefly.", "Name three colours.", 40, [r"blue"]),                        # stops early
-            Ask("Answer briefly.", "What is 2+2? " + "Think it through. " * 30, 24, []),   # 5x the others
-            Ask("Answer briefly.", "Say yes.", 1, []),                             # done at its prefill
-            Ask("Answer briefly.", "Name a large city in Spain, and say why it is famous.", 12, [])]
+    asks = [
+        Ask("Answer briefly.", "What is the capital of France?", 6, []),  # hits its cap
+        Ask("Answer briefly.", "Count from one to twenty in words, separated by commas.", 40, []),
+        Ask("Answer briefly.", "Name three colours.", 40, [r"blue"]),  # stops early
+        Ask("Answer briefly.", "What is 2+2? " + "Think it through. " * 30, 24, []),  # 5x the others
+        Ask("Answer briefly.", "Say yes.", 1, []),  # done at its prefill
+        Ask("Answer briefly.", "Name a large city in Spain, and say why it is famous.", 12, []),
+    ]
     one = [reader.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop) for a in asks]
     assert one[0].hit_cap and one[2].text.endswith("blue") and one[4].new_tokens == 1
     for most in (8, 2):  # 2: rows leave and others join mid-way, the long prompt's columns dropped
         many = reader.answer_many(asks, most)
-        assert [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in many] == \
-            [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in one]
+        assert [(a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in many] == [
+            (a.text, a.new_tokens, a.hit_cap, a.prompt_tokens) for a in one
+        ]
         assert many[4].batch == 1 and all(2 <= a.batch <= most for k, a in enumerate(many) if k != 4)
 
 
@@ -203,23 +233,36 @@ def test_prefill_groups_and_chunks_keep_items_whole():
             self.id = f"item-{i}"
 
     items = [It(i) for i in range(6)]
-    todo = [(it, m, 0.1) for it in items for m in "abcdefg"]     # 7 conditions per item
-    chunks = _chunks(todo, 8)                                    # up to 32 conditions: 4 whole items
+    todo = [(it, m, 0.1) for it in items for m in "abcdefg"]  # 7 conditions per item
+    chunks = _chunks(todo, 8)  # up to 32 conditions: 4 whole items
     assert [len(c) for c in chunks] == [28, 14] and CHUNK_BATCHES == 4
     assert [e for c in chunks for e in c] == todo
     assert {e[0].id for e in chunks[0]} == {f"item-{i}" for i in range(4)}
-    assert [len(c) for c in _chunks(todo[:7], 1)] == [4, 3]     # an item larger than a chunk spans two
+    assert [len(c) for c in _chunks(todo[:7], 1)] == [4, 3]  # an item larger than a chunk spans two
 
 
 def test_rescore_recomputes_metrics_from_the_stored_answers(tmp_path, capsys):
     from ctxgate.eval._types import Row
 
-    (tmp_path / "config.json").write_text(json.dumps({"dataset": "gsm8k", "limit": 2, "seed": 0,
-                                                      "methods": ["truncate"], "reader": "qwen-1.5b"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"dataset": "gsm8k", "limit": 2, "seed": 0, "methods": ["truncate"], "reader": "qwen-1.5b"})
+    )
     full = "So she pays \\(\\boxed{100}\\) dollars for 2 items."  # its last number is 2: scored 0 before
-    rows = [Row(dataset="gsm8k", item="gsm8k-788", method=m, rate=r, task="math", reader="qwen-1.5b",
-                prediction=full if m == "passthrough" else "The answer is 100.", reference_answer=full,
-                accuracy=0.0, fidelity_em=0.0) for m, r in (("passthrough", 1.0), ("truncate", 0.1))]
+    rows = [
+        Row(
+            dataset="gsm8k",
+            item="gsm8k-788",
+            method=m,
+            rate=r,
+            task="math",
+            reader="qwen-1.5b",
+            prediction=full if m == "passthrough" else "The answer is 100.",
+            reference_answer=full,
+            accuracy=0.0,
+            fidelity_em=0.0,
+        )
+        for m, r in (("passthrough", 1.0), ("truncate", 0.1))
+    ]
     (tmp_path / "results.jsonl").write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in rows))
     assert main(["--report-only", "--rescore", "--out", str(tmp_path), "--no-plots"]) == 0
     fixed = load_rows(tmp_path / "results.jsonl")

@@ -39,8 +39,9 @@ def test_ranking_puts_the_relevant_text_first_and_ties_keep_order(embedder):
 
 
 def test_near_duplicates_drop_the_lower_ranked_copy(embedder):
-    v = embedder.embed(["The Normans were a people of France.", "Bananas are yellow.",
-                        "The Normans were a people of France!"])
+    v = embedder.embed(
+        ["The Normans were a people of France.", "Bananas are yellow.", "The Normans were a people of France!"]
+    )
     assert near_duplicates(v, [0, 1, 2]) == {2}
     assert near_duplicates(v, [2, 1, 0]) == {0}
 
@@ -70,8 +71,7 @@ def test_kept_sentences_are_verbatim_and_in_original_order(comp):
 def test_question_decides_what_is_kept(comp):
     text, qas = squad_article()
     qas = qas[:5]
-    kept = sum(ans.lower() in comp.compress(context=text, question=q, rate=0.25).compressed.lower()
-               for q, ans in qas)
+    kept = sum(ans.lower() in comp.compress(context=text, question=q, rate=0.25).compressed.lower() for q, ans in qas)
     assert kept >= 4, (kept, len(qas))
 
 

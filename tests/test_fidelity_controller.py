@@ -11,38 +11,43 @@ from ctxgate.service.fidelity import Controller
 
 def make(**kw) -> tuple[Controller, list]:
     changes: list = []
-    cfg = FidelitySettings(**{"threshold": 0.8, "min_samples": 1, "window": 2, "step_up": 0.4, "step_down": 0.25,
-                              "probe_after": 3, **kw})
+    cfg = FidelitySettings(
+        **{"threshold": 0.8, "min_samples": 1, "window": 2, "step_up": 0.4, "step_down": 0.25, "probe_after": 3, **kw}
+    )
     return Controller(cfg, changes.append), changes
 
 
 def test_steps_up_to_one_then_probes_down_where_nothing_is_sampled():
     c, changes = make()
-    assert c.rate("chat", "m", 0.3) == 0.3                  # no state yet: the configured rate
+    assert c.rate("chat", "m", 0.3) == 0.3  # no state yet: the configured rate
     c.observe("chat", "m", 0.3, 0.3, False, 0.1)
     assert c.rate("chat", "m", 0.3) == pytest.approx(0.7)
     c.observe("chat", "m", 0.3, 0.7, False, 0.1)
-    assert c.rate("chat", "m", 0.3) == 1.0                  # bounded at 1.0
+    assert c.rate("chat", "m", 0.3) == 1.0  # bounded at 1.0
     assert c.observe("chat", "m", 0.3, 1.0, False, 0.0) is None
     # the third request at 1.0 (the first was asked above) probes one step down
     assert [c.rate("chat", "m", 0.3) for _ in range(3)] == [1.0, 0.75, 0.75]
-    assert [(ch.reason, ch.new) for ch in changes] == [("start", 0.3), ("low_fidelity", 0.7),
-                                                        ("low_fidelity", 1.0), ("probe", 0.75)]
+    assert [(ch.reason, ch.new) for ch in changes] == [
+        ("start", 0.3),
+        ("low_fidelity", 0.7),
+        ("low_fidelity", 1.0),
+        ("probe", 0.75),
+    ]
 
 
 def test_samples_at_another_rate_or_overridden_do_not_steer():
     c, changes = make(min_samples=1)
-    c.observe("messages", "m", 0.5, 0.5, True, 0.0)           # a request's own rate: stored, not steering
-    c.observe("messages", "m", 0.5, 0.2, False, 0.0)          # taken before a change: stale
+    c.observe("messages", "m", 0.5, 0.5, True, 0.0)  # a request's own rate: stored, not steering
+    c.observe("messages", "m", 0.5, 0.2, False, 0.0)  # taken before a change: stale
     assert c.rate("messages", "m", 0.5) == 0.5 and c.rolling("messages", "m") is None
-    c.observe("messages", "m", 0.5, 0.5, False, 0.9)          # good at the configured rate: nothing to do
+    c.observe("messages", "m", 0.5, 0.5, False, 0.9)  # good at the configured rate: nothing to do
     c.observe("messages", "m", 0.5, 0.5, False, 0.9)
     assert c.rate("messages", "m", 0.5) == 0.5 and [ch.reason for ch in changes] == ["start"]
 
 
 def test_never_below_the_configured_rate_and_off_when_not_adaptive():
     c, _ = make()
-    c.restore({("chat", "m"): 0.2})                          # left by a run with a lower configured rate
+    c.restore({("chat", "m"): 0.2})  # left by a run with a lower configured rate
     assert c.rate("chat", "m", 0.4) == 0.4
     c2, changes = make(adaptive=False)
     for _ in range(5):

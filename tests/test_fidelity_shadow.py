@@ -22,7 +22,6 @@ from tests.conftest import free_port, run_sidecar, serve
 from tests.metrics import metric
 from tests.needle import NEEDLE, RIGHT, WRONG, NeedleUpstream, anthropic_sse, context
 
-
 # ----------------------------------------------------------------------------- fixtures and helpers
 
 
@@ -48,9 +47,15 @@ def fid_sidecar(needle, tmp_path):
 
     def make(*, port: int | None = None, **fid):
         fid.setdefault("path", str(tmp_path / "fidelity.sqlite"))
-        s = Settings(upstream=needle.url + "/v1", anthropic_upstream=needle.url, port=port or free_port(),
-                     default_method="truncate", cache=CacheSettings(backend="memory"),
-                     policy=Policy(min_tokens=50, rate=0.3), fidelity=FidelitySettings(**fid))
+        s = Settings(
+            upstream=needle.url + "/v1",
+            anthropic_upstream=needle.url,
+            port=port or free_port(),
+            default_method="truncate",
+            cache=CacheSettings(backend="memory"),
+            policy=Policy(min_tokens=50, rate=0.3),
+            fidelity=FidelitySettings(**fid),
+        )
         return run_sidecar(s)
 
     return make
@@ -66,7 +71,8 @@ def ant(url: str) -> anthropic.Anthropic:
 
 def ask(url: str, item: dict, needle_at: str | None = "end", model: str = "gpt-4o-mini", **kw):
     return oai(url).chat.completions.with_raw_response.create(
-        model=model, temperature=0, messages=[{"role": "user", "content": context(item, needle_at)}], **kw)
+        model=model, temperature=0, messages=[{"role": "user", "content": context(item, needle_at)}], **kw
+    )
 
 
 def report(url: str) -> dict:
@@ -107,23 +113,34 @@ def shadows(up: NeedleUpstream) -> list[dict]:
 def test_every_compressed_request_is_shadowed_and_stored_without_text(fid_sidecar, needle, nq_items, tmp_path):
     with fid_sidecar(sample_rate=1.0) as url:
         raw = ask(url, nq_items[0])
-        assert raw.parse().choices[0].message.content == WRONG        # the client got the compressed answer
+        assert raw.parse().choices[0].message.content == WRONG  # the client got the compressed answer
         assert int(raw.headers["x-ctxgate-tokens-after"]) < int(raw.headers["x-ctxgate-tokens-before"])
-        ant(url).messages.create(model="claude-3-5-haiku-latest", max_tokens=32,
-                                 messages=[{"role": "user", "content": context(nq_items[1], "end")}])
+        ant(url).messages.create(
+            model="claude-3-5-haiku-latest",
+            max_tokens=32,
+            messages=[{"role": "user", "content": context(nq_items[1], "end")}],
+        )
         short = oai(url).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi?"}])
         assert short.choices[0].message.content == WRONG
         rep = wait_samples(url, 2)
     # 3 client requests + 2 shadows: the short one was not compressed, so there was nothing to check
     assert len(needle.requests) == 5
-    full_chat, full_msgs = [r for r in needle.requests if NEEDLE in json.dumps(r["body"]["messages"])
-                            and "Document [6]" in json.dumps(r["body"]["messages"])]
-    assert full_chat["body"] == {"model": "gpt-4o-mini", "temperature": 0, "stream": False,
-                                 "messages": [{"role": "user", "content": context(nq_items[0], "end")}]}
-    assert full_chat["headers"]["authorization"] == "Bearer sk-fid-secret"            # the client's auth, reused
+    full_chat, full_msgs = [
+        r
+        for r in needle.requests
+        if NEEDLE in json.dumps(r["body"]["messages"]) and "Document [6]" in json.dumps(r["body"]["messages"])
+    ]
+    assert full_chat["body"] == {
+        "model": "gpt-4o-mini",
+        "temperature": 0,
+        "stream": False,
+        "messages": [{"role": "user", "content": context(nq_items[0], "end")}],
+    }
+    assert full_chat["headers"]["authorization"] == "Bearer sk-fid-secret"  # the client's auth, reused
     assert full_msgs["path"] == "/v1/messages" and full_msgs["body"]["max_tokens"] == 32
-    assert "sk-ant-fid-secret" in (full_msgs["headers"].get("x-api-key", "") + full_msgs["headers"].get(
-        "authorization", ""))
+    assert "sk-ant-fid-secret" in (
+        full_msgs["headers"].get("x-api-key", "") + full_msgs["headers"].get("authorization", "")
+    )
     assert not any(k.startswith("x-ctxgate") for r in needle.requests for k in r["headers"])
 
     stored = rows(tmp_path / "fidelity.sqlite", "SELECT * FROM samples ORDER BY route")
@@ -150,15 +167,25 @@ def test_every_compressed_request_is_shadowed_and_stored_without_text(fid_sideca
 def test_streaming_answers_are_teed_unchanged_and_text_kept_when_asked(fid_sidecar, needle, nq_items, tmp_path):
     with fid_sidecar(sample_rate=1.0, store_text=True) as url:
         stream = oai(url).chat.completions.create(
-            model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": context(nq_items[0], "start")}])
+            model="gpt-4o-mini",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": context(nq_items[0], "start")}],
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == RIGHT
-        with ant(url).messages.stream(model="claude-3-5-haiku-latest", max_tokens=16,
-                                      messages=[{"role": "user", "content": context(nq_items[1], "end")}]) as s:
+        with ant(url).messages.stream(
+            model="claude-3-5-haiku-latest",
+            max_tokens=16,
+            messages=[{"role": "user", "content": context(nq_items[1], "end")}],
+        ) as s:
             assert "".join(s.text_stream) == WRONG
         # the bytes relayed are exactly the upstream's
-        body = {"model": "m", "stream": True, "max_tokens": 8,
-                "messages": [{"role": "user", "content": context(nq_items[2], "end")}]}
+        body = {
+            "model": "m",
+            "stream": True,
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": context(nq_items[2], "end")}],
+        }
         with httpx.stream("POST", url + "/v1/messages", json=body, timeout=30) as r:
             got = b"".join(r.iter_raw())
         n_in = len(json.dumps([None, next(b for b in needle.bodies()[::-1] if b.get("stream"))["messages"]]).split())
@@ -169,18 +196,18 @@ def test_streaming_answers_are_teed_unchanged_and_text_kept_when_asked(fid_sidec
     assert set(by_answer) == {RIGHT, WRONG} and all(r["stream"] == 1 for r in stored)
     good = by_answer[RIGHT]
     assert good["cosine"] > 0.99 and good["f1"] == 1.0 and good["em"] == 1.0 and good["answer_full"] == RIGHT
-    assert good["saved_source"] == "usage"                      # include_usage: the stream reported its usage
+    assert good["saved_source"] == "usage"  # include_usage: the stream reported its usage
     assert NEEDLE in json.loads(good["prompt"])["messages"][0]["content"]
     bad = [r for r in stored if r["route"] == "messages"]
     assert len(bad) == 2 and all(r["answer_full"] == RIGHT and r["em"] == 0.0 for r in bad)
-    assert all(r["prompt_tokens_compressed"] is not None for r in bad)      # message_start carries input_tokens
+    assert all(r["prompt_tokens_compressed"] is not None for r in bad)  # message_start carries input_tokens
 
 
 def test_sample_rate_zero_shadows_nothing(fid_sidecar, needle, nq_items, tmp_path):
     with fid_sidecar(sample_rate=0.0) as url:
         for item in nq_items[:3]:
             ask(url, item)
-        time.sleep(1.0)                 # a shadow call, had one been started, reaches this upstream at once
+        time.sleep(1.0)  # a shadow call, had one been started, reaches this upstream at once
         rep = report(url)
     assert len(needle.requests) == 3 and shadows(needle) == []
     assert rep["routes"][0]["requests"] == 3 and rep["routes"][0]["samples"] == 0 and rep["budget"]["calls"] == 0
@@ -196,7 +223,7 @@ def test_daily_call_cap_holds_and_survives_a_restart(fid_sidecar, needle, nq_ite
         rep = wait_samples(url, 2)
         assert metric(url, "ctxgate_fidelity_shadow_total", route="chat", result="budget") == 2
     assert len(shadows(needle)) == 2 and rep["budget"]["calls"] == 2 and rep["budget"]["max_calls"] == 2
-    with fid_sidecar(sample_rate=1.0, daily_max_calls=2, port=port) as url:   # same store: today's count is kept
+    with fid_sidecar(sample_rate=1.0, daily_max_calls=2, port=port) as url:  # same store: today's count is kept
         ask(url, nq_items[4])
         time.sleep(0.5)
         assert report(url)["budget"]["calls"] == 2
@@ -218,8 +245,10 @@ def test_the_client_never_waits_for_the_shadow_call(fid_sidecar, needle, nq_item
     with fid_sidecar(sample_rate=1.0) as url:
         t0 = time.perf_counter()
         raw = oai(url).chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": context(nq_items[0], "end")}],
-            extra_headers={"x-needle-slow": "3"})
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": context(nq_items[0], "end")}],
+            extra_headers={"x-needle-slow": "3"},
+        )
         took = time.perf_counter() - t0
         assert raw.parse().choices[0].message.content == WRONG
         assert took < 2.0, f"the client waited {took:.2f}s: the shadow call (3 s) was on its path"
@@ -239,11 +268,11 @@ def test_controller_compresses_less_on_low_fidelity_and_recovers(fid_sidecar, ne
         ask(url, nq_items[1], "end")
         rep = wait_samples(url, 2)
         chat = rep["routes"][0]
-        assert chat["rate"] == pytest.approx(0.6) and chat["adjustments"] == 1       # two wrong answers: step up
+        assert chat["rate"] == pytest.approx(0.6) and chat["adjustments"] == 1  # two wrong answers: step up
         assert metric(url, "ctxgate_fidelity_rate", **labels) == pytest.approx(0.6)
         assert metric(url, "ctxgate_fidelity_adjustments_total", **labels, direction="up") == 1
         # the new rate reaches the next request's compression ...
-        later = ask(url, nq_items[0], "start")           # (needle kept at 0.6: a good sample)
+        later = ask(url, nq_items[0], "start")  # (needle kept at 0.6: a good sample)
         ratio_before, ratio_after = float(first.headers["x-ctxgate-ratio"]), float(later.headers["x-ctxgate-ratio"])
         assert ratio_after < ratio_before * 0.7
         assert float(later.headers["x-ctxgate-tokens-after"]) > 1.6 * float(first.headers["x-ctxgate-tokens-after"])
@@ -263,14 +292,16 @@ def test_controller_compresses_less_on_low_fidelity_and_recovers(fid_sidecar, ne
         assert chat["rate"] == pytest.approx(0.3) and chat["adjustments"] == 3
         assert metric(url, "ctxgate_fidelity_adjustments_total", **labels, direction="down") == 2
         assert metric(url, "ctxgate_fidelity_rate", **labels) == pytest.approx(0.3)
-        for item in nq_items[:3]:                # at the configured rate, good samples change nothing
+        for item in nq_items[:3]:  # at the configured rate, good samples change nothing
             ask(url, item, "start")
         assert wait_samples(url, 13)["routes"][0]["adjustments"] == 3
     changes = rows(tmp_path / "fidelity.sqlite", "SELECT * FROM adjustments ORDER BY rowid")
     assert [(c["reason"], c["old_rate"], c["new_rate"]) for c in changes] == [
-        ("start", 0.3, 0.3), ("low_fidelity", 0.3, pytest.approx(0.6)), ("recovered", pytest.approx(0.6),
-                                                                          pytest.approx(0.4)),
-        ("recovered", pytest.approx(0.4), 0.3)]
+        ("start", 0.3, 0.3),
+        ("low_fidelity", 0.3, pytest.approx(0.6)),
+        ("recovered", pytest.approx(0.6), pytest.approx(0.4)),
+        ("recovered", pytest.approx(0.4), 0.3),
+    ]
     assert changes[1]["fidelity"] < 0.8 and changes[2]["fidelity"] > 0.99
     override = rows(tmp_path / "fidelity.sqlite", "SELECT * FROM samples WHERE override = 1")
     assert len(override) == 1 and override[0]["rate"] == 0.3 and override[0]["configured_rate"] == 0.3
@@ -284,8 +315,8 @@ def test_adapted_rate_survives_a_restart_and_series_reports_it(fid_sidecar, need
         assert wait_samples(url, 1)["routes"][0]["rate"] == pytest.approx(0.8)
     with fid_sidecar(port=port, **fid) as url:
         raw = ask(url, nq_items[1], "start")
-        assert float(raw.headers["x-ctxgate-ratio"]) < 1.5              # compressed at 0.8, not 0.3
-        wait_samples(url, 2)                                            # both runs' samples: one store
+        assert float(raw.headers["x-ctxgate-ratio"]) < 1.5  # compressed at 0.8, not 0.3
+        wait_samples(url, 2)  # both runs' samples: one store
         # millisecond buckets: a fast restart can put both samples in the same default (1 s) bucket
         series = httpx.get(url + "/v1/fidelity/series", params={"since": 600, "bucket": 0.001}, timeout=30).json()
         bad = httpx.get(url + "/v1/fidelity/series", params={"since": -1}, timeout=30)

@@ -20,9 +20,11 @@ class _CountingStore(Store):
         conn = super()._connect()
         self._opened += 1
         if self._opened == 2:
+
             def trace(sql: str) -> None:
                 if sql.strip().upper() == "COMMIT":
                     self.commits += 1
+
             conn.set_trace_callback(trace)
         return conn
 
@@ -30,7 +32,7 @@ class _CountingStore(Store):
 def test_rows_queued_within_the_window_share_one_commit_and_reads_flush(tmp_path):
     store = _CountingStore(tmp_path / "fidelity.sqlite")
     try:
-        for i in range(60):                       # a request every millisecond, well inside one window
+        for i in range(60):  # a request every millisecond, well inside one window
             store.add_traffic(time.time(), "chat", "m", "hybrid", 0.25, 1000 + i, 250)
             time.sleep(0.001)
         t0 = time.perf_counter()

@@ -76,10 +76,10 @@ def test_concurrent_samples_from_two_replicas_step_the_shared_rate_once(redis_ur
         await asyncio.gather(*[(ca, cb)[i % 2].observe_shared("chat", "m", 0.3, 0.3, False, 0.1) for i in range(10)])
         assert [(c.reason, c.new) for c in changes if c.reason != "start"] == [("low_fidelity", 0.4)]
         assert sum(c.reason == "start" for c in changes) == 1
-        for c, f in ((ca, fa), (cb, fb)):                      # what every replica reads back
+        for c, f in ((ca, fa), (cb, fb)):  # what every replica reads back
             c.mirror(await f.states())
             assert c.rate("chat", "m", 0.3) == pytest.approx(0.4)
-            assert c.rate("chat", "m", 0.5) == 0.5             # never below a replica's configured rate
+            assert c.rate("chat", "m", 0.5) == 0.5  # never below a replica's configured rate
         for f in (fa, fb):
             await f.close()
 
@@ -88,15 +88,15 @@ def test_concurrent_samples_from_two_replicas_step_the_shared_rate_once(redis_ur
 
 def test_a_redis_outage_fails_open():
     async def go():
-        port = free_port()                                     # nothing listens there
+        port = free_port()  # nothing listens there
         cfg = FidelitySettings(daily_max_calls=5)
         f = FleetState(_state(timeout=0.5), f"redis://127.0.0.1:{port}/0", cfg)
         c = SharedController(cfg, lambda change: None, f, asyncio.ensure_future)
-        assert await f.reserve(DAY) is None                    # no shadow call while the budget is unknown
+        assert await f.reserve(DAY) is None  # no shadow call while the budget is unknown
         assert await c.observe_shared("chat", "m", 0.3, 0.3, False, 0.1) is None
         assert c.rate("chat", "m", 0.3) == 0.3
         f.count_traffic(time.time(), "chat", "m", 100, 30)
-        await f.flush()                                        # kept for a later flush, not lost
+        await f.flush()  # kept for a later flush, not lost
         assert f._pending and not f.healthy
         await f.redis.aclose()
 
@@ -105,10 +105,13 @@ def test_a_redis_outage_fails_open():
 
 def test_a_sidecar_with_redis_down_still_serves(sidecar, upstream):
     port = free_port()
-    with sidecar(state=StateSettings(backend="redis", url=f"redis://127.0.0.1:{port}/0", timeout=0.5),
-                 fidelity=FidelitySettings(sample_rate=1.0)) as url:
-        r = openai.OpenAI(base_url=url + "/v1", api_key="sk-x", max_retries=0).chat.completions.with_raw_response \
-            .create(model="m", messages=[{"role": "user", "content": "word " * 400}])
+    with sidecar(
+        state=StateSettings(backend="redis", url=f"redis://127.0.0.1:{port}/0", timeout=0.5),
+        fidelity=FidelitySettings(sample_rate=1.0),
+    ) as url:
+        r = openai.OpenAI(
+            base_url=url + "/v1", api_key="sk-x", max_retries=0
+        ).chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "word " * 400}])
         assert r.http_response.status_code == 200 and int(r.headers["x-ctxgate-tokens-after"]) < 400
         rep = httpx.get(url + "/v1/fidelity", timeout=10)
         assert rep.status_code == 503 and "shared state" in rep.json()["error"]["message"]
@@ -121,8 +124,12 @@ def _start(cfg: dict, tmp_path, name: str) -> tuple[subprocess.Popen, str]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--config", str(path), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.log", "wb"), env=os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctxgate.service", "--config", str(path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / f"{name}.log", "wb"),
+        env=os.environ,
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -142,7 +149,8 @@ def _ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 def _ask(url: str, item: dict):
     client = openai.OpenAI(base_url=url + "/v1", api_key="sk-fleet", max_retries=0, timeout=60)
     return client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": context(item, "end")}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": context(item, "end")}]
+    )
 
 
 def _until(url: str, check, timeout: float = 60) -> dict:
@@ -166,14 +174,27 @@ def test_two_sidecar_processes_share_one_budget_and_one_rate(redis_url, nq_items
     up = NeedleUpstream()
     with serve(up) as up_url:
         up.url = up_url
-        base = {"upstream": up_url + "/v1", "anthropic_upstream": up_url, "default_method": "truncate",
-                "warm_up": False, "policy": {"min_tokens": 50, "rate": 0.3},
-                "cache": {"backend": "redis", "url": redis_url},
-                "state": {"prefix": f"fleet-{uuid.uuid4().hex[:8]}:", "refresh": 0.2},
-                "fidelity": {"sample_rate": 1.0, "daily_max_calls": 4, "threshold": 0.8, "min_samples": 2,
-                             "window": 3, "step_up": 0.3}}
-        procs = [_start({**base, "fidelity": {**base["fidelity"], "path": str(tmp_path / f"{n}.sqlite")}},
-                        tmp_path, n) for n in ("a", "b")]
+        base = {
+            "upstream": up_url + "/v1",
+            "anthropic_upstream": up_url,
+            "default_method": "truncate",
+            "warm_up": False,
+            "policy": {"min_tokens": 50, "rate": 0.3},
+            "cache": {"backend": "redis", "url": redis_url},
+            "state": {"prefix": f"fleet-{uuid.uuid4().hex[:8]}:", "refresh": 0.2},
+            "fidelity": {
+                "sample_rate": 1.0,
+                "daily_max_calls": 4,
+                "threshold": 0.8,
+                "min_samples": 2,
+                "window": 3,
+                "step_up": 0.3,
+            },
+        }
+        procs = [
+            _start({**base, "fidelity": {**base["fidelity"], "path": str(tmp_path / f"{n}.sqlite")}}, tmp_path, n)
+            for n in ("a", "b")
+        ]
         try:
             for proc, url in procs:
                 _ready(url, proc)
@@ -197,11 +218,13 @@ def test_two_sidecar_processes_share_one_budget_and_one_rate(redis_url, nq_items
                 _ask(url, nq_items[2])
             rep = _until(a, lambda r: r["routes"][0]["requests"] == 8)
             assert rep["routes"][0]["requests"] == 8 and rep["budget"]["calls"] == 4
-            for url in (a, b):                        # every check has been decided: refused ones too
+            for url in (a, b):  # every check has been decided: refused ones too
                 assert _until(url, lambda r: r["in_flight"] == 0)["in_flight"] == 0
-            shadows = [body for body in up.bodies() if NEEDLE in json.dumps(body) and "Document [6]" in json.dumps(body)]
+            shadows = [
+                body for body in up.bodies() if NEEDLE in json.dumps(body) and "Document [6]" in json.dumps(body)
+            ]
             assert len(shadows) == 4
-            assert _samples(_until(b, lambda r: _samples(r) >= 4)) == 4     # a's last counters: one refresh away
+            assert _samples(_until(b, lambda r: _samples(r) >= 4)) == 4  # a's last counters: one refresh away
         finally:
             for proc, _ in procs:
                 proc.terminate()
@@ -216,7 +239,7 @@ def _cmdline(pid: str) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
-    except OSError:                                   # gone between pgrep and here
+    except OSError:  # gone between pgrep and here
         return b""
 
 
@@ -228,20 +251,31 @@ def _workers(pid: int) -> set[int]:
 
 def _requests_total(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith('ctxgate_requests_total{route="chat",status="200"}')]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('ctxgate_requests_total{route="chat",status="200"}')
+    ]
     assert len(values) == 1, "the series is missing or not merged across workers"
     return values[0]
 
 
 def test_serve_workers_share_one_port_and_one_metrics_view_and_replace_a_dead_worker(upstream, tmp_path):
-    cfg = {"upstream": upstream.url + "/v1", "default_method": "truncate", "warm_up": False,
-           "policy": {"min_tokens": 50, "rate": 0.3}, "fidelity": {"path": str(tmp_path / "fid.sqlite")}}
+    cfg = {
+        "upstream": upstream.url + "/v1",
+        "default_method": "truncate",
+        "warm_up": False,
+        "policy": {"min_tokens": 50, "rate": 0.3},
+        "fidelity": {"path": str(tmp_path / "fid.sqlite")},
+    }
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(cfg))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--config", str(path), "--port", str(port),
-                             "--workers", "2"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "w.log", "wb"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctxgate.service", "--config", str(path), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "w.log", "wb"),
+    )
     url = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=url + "/v1", api_key="sk-w", max_retries=0, timeout=30)
     try:
@@ -253,17 +287,19 @@ def test_serve_workers_share_one_port_and_one_metrics_view_and_replace_a_dead_wo
         assert len(first) == 2
         for _ in range(12):
             r = client.chat.completions.with_raw_response.create(
-                model="m", messages=[{"role": "user", "content": "word " * 300}])
+                model="m", messages=[{"role": "user", "content": "word " * 300}]
+            )
             assert r.http_response.status_code == 200 and int(r.headers["x-ctxgate-tokens-after"]) < 300
-        assert _requests_total(url) == 12                     # summed over both workers, whichever answers
+        assert _requests_total(url) == 12  # summed over both workers, whichever answers
         os.kill(min(first), 9)
         deadline = time.monotonic() + 60
         while (len(_workers(proc.pid)) < 2 or min(first) in _workers(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(_workers(proc.pid)) == 2 and min(first) not in _workers(proc.pid)   # replaced
+        assert len(_workers(proc.pid)) == 2 and min(first) not in _workers(proc.pid)  # replaced
         for _ in range(4):
             ok = client.chat.completions.with_raw_response.create(
-                model="m", messages=[{"role": "user", "content": "word " * 300}])
+                model="m", messages=[{"role": "user", "content": "word " * 300}]
+            )
             assert ok.http_response.status_code == 200
     finally:
         proc.terminate()

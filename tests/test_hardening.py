@@ -13,7 +13,6 @@ import time
 import httpx
 import pytest
 
-
 PROMPT = "context " * 400 + "\n\nWhat is the context?"
 
 
@@ -29,12 +28,18 @@ def hard(test_upstream, tmp_path_factory):
     from tests.conftest import free_port, run_sidecar
 
     state = tmp_path_factory.mktemp("state")
-    s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),
-                 default_method="truncate", policy=Policy(min_tokens=50, rate=0.3), compress_timeout=5,
-                 cache=CacheSettings(backend="sqlite", path=str(state / "cache" / "segments.sqlite")),
-                 fidelity=FidelitySettings(path=str(state / "cache" / "fidelity.sqlite")),
-                 limits=Limits(header_timeout=1.0, body_timeout=1.0, max_headers=50, max_header_bytes=16 * 1024),
-                 admin_token="s3cret-admin")
+    s = Settings(
+        upstream=test_upstream.url + "/v1",
+        anthropic_upstream=test_upstream.url,
+        port=free_port(),
+        default_method="truncate",
+        policy=Policy(min_tokens=50, rate=0.3),
+        compress_timeout=5,
+        cache=CacheSettings(backend="sqlite", path=str(state / "cache" / "segments.sqlite")),
+        fidelity=FidelitySettings(path=str(state / "cache" / "fidelity.sqlite")),
+        limits=Limits(header_timeout=1.0, body_timeout=1.0, max_headers=50, max_header_bytes=16 * 1024),
+        admin_token="s3cret-admin",
+    )
     with run_sidecar(s) as url:
         yield url, state
 
@@ -70,18 +75,24 @@ def test_a_k40_tag_request_is_answered_at_once_while_healthz_stays_fast(proxy, u
     if where == "system":
         messages = [{"role": "system", "content": evil}, {"role": "user", "content": "hi"}]
     elif where == "tool":
-        messages = [{"role": "user", "content": "hi"},
-                    {"role": "assistant", "content": None,
-                     "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-                    {"role": "tool", "tool_call_id": "c1", "content": evil + " >"}]
+        messages = [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": evil + " >"},
+        ]
     elif where == "bypass":
         headers["x-ctxgate-bypass"] = "1"
     done: dict[str, float] = {}
 
     def send():
         t0 = time.perf_counter()
-        r = httpx.post(proxy + "/v1/chat/completions", json={"model": "m", "messages": messages}, headers=headers,
-                       timeout=30)
+        r = httpx.post(
+            proxy + "/v1/chat/completions", json={"model": "m", "messages": messages}, headers=headers, timeout=30
+        )
         done["status"], done["seconds"] = r.status_code, time.perf_counter() - t0
 
     t = threading.Thread(target=send)
@@ -154,7 +165,7 @@ def test_client_model_strings_are_normalised_before_they_are_kept_or_echoed(prox
     for key, value in r.headers.items():
         if key.startswith("x-ctxgate"):
             assert len(value) <= 256 and value.isascii() and value.isprintable(), (key, value)
-    assert upstream.last().json["model"] == name                 # what goes upstream is the client's own
+    assert upstream.last().json["model"] == name  # what goes upstream is the client's own
 
 
 def test_model_labels_are_short_distinct_and_safe():
@@ -176,7 +187,7 @@ def test_the_fidelity_store_has_a_retention_period(tmp_path):
     store.add_adjustment(now - 50 * 86400, "chat", "m", 0.3, 0.4, "low_fidelity", 0.5, 5)
     store.prune(now - 30 * 86400)
     assert [r[0] for r in store.query("SELECT ts FROM traffic")] == [now - 10]
-    assert len(store.query("SELECT * FROM adjustments")) == 1          # the controller's last state stays
+    assert len(store.query("SELECT * FROM adjustments")) == 1  # the controller's last state stays
     store.close()
 
 
@@ -194,14 +205,20 @@ def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]
     try:
         while chunk := sock.recv(65536):
             data += chunk
-    except (TimeoutError, ConnectionResetError):     # a reset: closed with our bytes unread
+    except (TimeoutError, ConnectionResetError):  # a reset: closed with our bytes unread
         pass
     return data, time.monotonic() - t0
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-                                  b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                  b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"mo"])
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"mo',
+    ],
+)
 def test_idle_and_half_sent_connections_are_closed(proxy, sent):
     with socket.create_connection(("127.0.0.1", _port(proxy))) as s:
         s.sendall(sent)
@@ -212,8 +229,9 @@ def test_idle_and_half_sent_connections_are_closed(proxy, sent):
 
 
 def test_too_many_headers_are_431_and_never_forwarded(proxy, upstream):
-    r = httpx.post(proxy + "/v1/chat/completions", json=_chat("hi"), headers={f"x-h{i}": "v" for i in range(200)},
-                   timeout=10)
+    r = httpx.post(
+        proxy + "/v1/chat/completions", json=_chat("hi"), headers={f"x-h{i}": "v" for i in range(200)}, timeout=10
+    )
     assert r.status_code == 431
     assert not upstream.requests
 
@@ -226,7 +244,7 @@ def test_a_huge_header_is_refused_before_it_is_buffered(proxy, upstream, size):
         try:
             s.sendall(head + b"v" * size + b"\r\ncontent-length: 2\r\n\r\n{}")
         except OSError:
-            pass                            # refused and closed while we were still sending
+            pass  # refused and closed while we were still sending
         data, _ = _read_until_closed(s, 5)
     assert data.startswith(b"HTTP/1.1 431") or data == b"", data[:80]
     assert not upstream.requests
@@ -252,8 +270,13 @@ def slow_engine(test_upstream, monkeypatch):
         return real(self, request, **fields)
 
     monkeypatch.setattr(Compressor, "compress", slow)
-    s = Settings(upstream=test_upstream.url + "/v1", port=free_port(), default_method="truncate",
-                 cache=CacheSettings(backend="off"), compress_timeout=0.5)
+    s = Settings(
+        upstream=test_upstream.url + "/v1",
+        port=free_port(),
+        default_method="truncate",
+        cache=CacheSettings(backend="off"),
+        compress_timeout=0.5,
+    )
     with run_sidecar(s) as url:
         yield url, calls
 
@@ -261,8 +284,11 @@ def slow_engine(test_upstream, monkeypatch):
 def test_v1_compress_fails_open_at_its_budget_with_counted_tokens(slow_engine):
     url, calls = slow_engine
     t0 = time.perf_counter()
-    r = httpx.post(url + "/v1/compress", json={"context": ["alpha " * 300, "beta " * 300], "question": "q",
-                                               "rate": 0.3}, timeout=10)
+    r = httpx.post(
+        url + "/v1/compress",
+        json={"context": ["alpha " * 300, "beta " * 300], "question": "q", "rate": 0.3},
+        timeout=10,
+    )
     assert r.status_code == 200 and r.headers["x-ctxgate-fail-open"] == "timeout"
     out = r.json()
     assert time.perf_counter() - t0 < 2.5
@@ -272,13 +298,13 @@ def test_v1_compress_fails_open_at_its_budget_with_counted_tokens(slow_engine):
 
 def test_abandoned_v1_compress_requests_leave_no_queued_work(slow_engine):
     url, calls = slow_engine
-    time.sleep(3.2)                       # let an earlier test's call finish
+    time.sleep(3.2)  # let an earlier test's call finish
     calls.clear()
     for _ in range(3):
         with pytest.raises(httpx.TimeoutException):
             httpx.post(url + "/v1/compress", json={"context": "gamma " * 500, "rate": 0.3}, timeout=0.2)
     time.sleep(4)
-    assert len(calls) == 1, calls          # the first ran; the two queued behind it were dropped
+    assert len(calls) == 1, calls  # the first ran; the two queued behind it were dropped
 
 
 # ------------------------------------------------------------------ 6. client errors are 4xx
@@ -288,26 +314,36 @@ def _deep(n: int) -> bytes:
     return b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * n + b"]" * n + b"}"
 
 
-@pytest.mark.parametrize("path,headers", [("/v1/chat/completions", {}), ("/v1/messages", {}),
-                                          ("/v1/chat/completions", {"x-ctxgate-bypass": "1"}),
-                                          ("/v1/compress", {})])
+@pytest.mark.parametrize(
+    "path,headers",
+    [
+        ("/v1/chat/completions", {}),
+        ("/v1/messages", {}),
+        ("/v1/chat/completions", {"x-ctxgate-bypass": "1"}),
+        ("/v1/compress", {}),
+    ],
+)
 def test_json_nested_1000_deep_is_400(proxy, upstream, path, headers):
-    r = httpx.post(proxy + path, content=_deep(1000), headers={"content-type": "application/json", **headers},
-                   timeout=10)
+    r = httpx.post(
+        proxy + path, content=_deep(1000), headers={"content-type": "application/json", **headers}, timeout=10
+    )
     assert r.status_code == 400 and "nested too deeply" in r.text
     assert not upstream.requests
 
 
-@pytest.mark.parametrize("body,needle", [
-    ({"messages": 5}, "messages"),
-    ({"messages": [], "config": []}, "config"),
-    ({"context": "x " * 50, "tokenizer": "/etc"}, "tokenizer"),
-    ({"context": "x " * 50, "tokenizer": "/no/such/path"}, "tokenizer"),
-    ({"context": "x " * 50, "tokenizer": "org/model"}, "tokenizer"),
-    ({"context": "x " * 500, "method": "random", "rate": 0.2, "options": {"seed": "abc"}}, "seed"),
-    ({"context": ["x"] * 3, "options": {"separator": "s" * 10_000}}, "separator"),
-    ({"messages": [{"role": "user", "content": "hi"}], "config": {"rate": True}}, "rate"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ({"messages": 5}, "messages"),
+        ({"messages": [], "config": []}, "config"),
+        ({"context": "x " * 50, "tokenizer": "/etc"}, "tokenizer"),
+        ({"context": "x " * 50, "tokenizer": "/no/such/path"}, "tokenizer"),
+        ({"context": "x " * 50, "tokenizer": "org/model"}, "tokenizer"),
+        ({"context": "x " * 500, "method": "random", "rate": 0.2, "options": {"seed": "abc"}}, "seed"),
+        ({"context": ["x"] * 3, "options": {"separator": "s" * 10_000}}, "separator"),
+        ({"messages": [{"role": "user", "content": "hi"}], "config": {"rate": True}}, "rate"),
+    ],
+)
 def test_bad_v1_compress_input_is_400(proxy, body, needle):
     r = httpx.post(proxy + "/v1/compress", json=body, timeout=30)
     assert r.status_code == 400, r.text
@@ -323,11 +359,13 @@ def test_a_boolean_rate_is_rejected_on_the_proxy(proxy, upstream):
 # ------------------------------------------------------------------ 8. relayed content types
 
 
-@pytest.mark.parametrize("ctype", ["text/event-stream; charset=utf-8", "text/plain", "text/plain; charset=latin-1",
-                                   "application/json"])
+@pytest.mark.parametrize(
+    "ctype", ["text/event-stream; charset=utf-8", "text/plain", "text/plain; charset=latin-1", "application/json"]
+)
 def test_the_upstream_content_type_is_relayed_exactly(proxy, ctype):
-    r = httpx.post(proxy + "/v1/chat/completions", json=_chat("hi"), headers={"x-test-behavior": "ctype:" + ctype},
-                   timeout=10)
+    r = httpx.post(
+        proxy + "/v1/chat/completions", json=_chat("hi"), headers={"x-test-behavior": "ctype:" + ctype}, timeout=10
+    )
     assert r.headers.get_list("content-type") == [ctype]
 
 
@@ -347,7 +385,7 @@ def test_admin_routes_need_the_admin_token(proxy):
         assert httpx.get(proxy + path, headers={"authorization": "Bearer wrong"}, timeout=10).status_code == 401
         assert httpx.get(proxy + path, headers={"authorization": "Bearer s3cret-admin"}, timeout=10).status_code == 200
     assert httpx.get(proxy + "/dashboard?token=s3cret-admin", timeout=10).status_code == 200
-    assert httpx.get(proxy + "/healthz", timeout=10).status_code == 200       # probes stay open
+    assert httpx.get(proxy + "/healthz", timeout=10).status_code == 200  # probes stay open
 
 
 def test_an_unknown_host_is_refused_on_loopback(proxy, upstream):
@@ -410,7 +448,7 @@ def test_the_circuit_breaker_skips_a_failing_backend_then_retries_it():
     assert backend.calls == 3 and cache.breaker.open
     time.sleep(0.6)
     cache.get("k")
-    assert backend.calls == 4                   # half-open: one trial, which failed: open again
+    assert backend.calls == 4  # half-open: one trial, which failed: open again
     cache.get("k")
     assert backend.calls == 4
 
@@ -428,14 +466,21 @@ def test_a_frozen_redis_costs_milliseconds_not_seconds(tmp_path, test_upstream):
     if exe is None:
         pytest.skip("redis-server is not installed (make system-deps installs it)")
     port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.3)
-        s = Settings(upstream=test_upstream.url + "/v1", port=free_port(), default_method="truncate",
-                     policy=Policy(min_tokens=50, rate=0.3),
-                     cache=CacheSettings(backend="redis", url=f"redis://127.0.0.1:{port}/0", memory_entries=0,
-                                         timeout=0.25, breaker_cooldown=30))
+        s = Settings(
+            upstream=test_upstream.url + "/v1",
+            port=free_port(),
+            default_method="truncate",
+            policy=Policy(min_tokens=50, rate=0.3),
+            cache=CacheSettings(
+                backend="redis", url=f"redis://127.0.0.1:{port}/0", memory_entries=0, timeout=0.25, breaker_cooldown=30
+            ),
+        )
         with run_sidecar(s) as url:
             proc.send_signal(signal.SIGSTOP)
             times = []
@@ -460,7 +505,7 @@ def test_a_text_far_over_max_input_tokens_is_refused_before_it_is_tokenized():
     c = Compressor(default_method="truncate", cache=None, max_input_tokens=100)
     with pytest.raises(InputTooLarge, match="3300 characters, over the limit of 100 tokens"):
         c.compress(context="abc " * 825, rate=0.5)
-    with pytest.raises(InputTooLarge, match="tokens, over the limit of 100"):     # near the limit: counted
+    with pytest.raises(InputTooLarge, match="tokens, over the limit of 100"):  # near the limit: counted
         c.compress(context="abc " * 300, rate=0.5)
 
 

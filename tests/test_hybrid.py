@@ -43,10 +43,10 @@ def test_scorer_matches_the_full_forward_pass_and_batching_does_not_change_it(fp
     text, _ = squad_article(0, 1)
     short = "The Normans gave their name to Normandy, a region in France."
     ref = _reference_nll(scorer, text)
-    long_alone, = scorer.score([text])
+    (long_alone,) = scorer.score([text])
     both = scorer.score([text, short, ""])
     assert len(long_alone.nll) == len(ref) and np.abs(long_alone.nll - ref).max() < 1e-3
-    assert np.abs(both[0].nll - ref).max() < 1e-3                    # padded next to a shorter text
+    assert np.abs(both[0].nll - ref).max() < 1e-3  # padded next to a shorter text
     assert np.abs(both[1].nll - _reference_nll(scorer, short)).max() < 1e-3
     assert len(both[2].nll) == 0
     # offsets index the text: every token's span is inside it and they are in order
@@ -58,17 +58,17 @@ def test_windows_bound_the_context_but_score_every_token(fp32_scorer):
     scorer = fp32_scorer
     text, _ = squad_article(0, 1)
     small = LMScorer(scorer.name, window=48, overlap=16, batch_tokens=128)
-    windowed, = small.score([text])
+    (windowed,) = small.score([text])
     ref = _reference_nll(scorer, text)
     assert len(windowed.nll) == len(ref) > 150 and np.isfinite(windowed.nll).all()
-    assert np.abs(windowed.nll[:48] - ref[:48]).max() < 1e-3          # the first window is exact
-    assert np.corrcoef(windowed.nll, ref)[0, 1] > 0.8                  # later ones see 16-63 tokens
+    assert np.abs(windowed.nll[:48] - ref[:48]).max() < 1e-3  # the first window is exact
+    assert np.corrcoef(windowed.nll, ref)[0, 1] > 0.8  # later ones see 16-63 tokens
 
 
 def test_condition_changes_the_scores(scorer):
     text = "Normandy is a region in France."
-    plain, = scorer.score([text])
-    cond, = scorer.score([text], condition="In what country is Normandy located?")
+    (plain,) = scorer.score([text])
+    (cond,) = scorer.score([text], condition="In what country is Normandy located?")
     assert plain.nll.shape == cond.nll.shape and not np.allclose(plain.nll, cond.nll)
 
 
@@ -110,8 +110,7 @@ def test_budget_on_documents_and_other_tokenizers(comp):
 def test_question_decides_what_is_kept(comp, article):
     text, qas = article
     qas = qas[:5]
-    kept = sum(ans.lower() in comp.compress(context=text, question=q, rate=0.25).compressed.lower()
-               for q, ans in qas)
+    kept = sum(ans.lower() in comp.compress(context=text, question=q, rate=0.25).compressed.lower() for q, ans in qas)
     assert kept >= 4, (kept, len(qas))
 
 
@@ -136,7 +135,7 @@ def test_without_question_documents_are_kept_whole_not_all_shredded(comp):
     # depends on the precision (bf16 on AMX picks demo 4, 201 words, a little over the budget: 140 kept)
     assert len(kept[0].text.split()) >= 0.65 * len(demos[kept[0].index].split())
     assert abs(r.compressed_tokens - 0.1 * r.original_tokens) <= 0.15 * 0.1 * r.original_tokens
-    assert all(d.score is not None for d in r.documents)       # typicality, for the caller to see
+    assert all(d.score is not None for d in r.documents)  # typicality, for the caller to see
 
 
 def test_deterministic(comp):

@@ -34,17 +34,20 @@ def _imports(path: Path) -> list[str]:
     out = []
     for name in _raw_imports(path):
         parts = name.split(".")
-        out.append(".".join(parts[1:]) if len(parts) > 1 and parts[0] == "ctxgate" and parts[1] in PACKAGES
-                   else name)
+        out.append(".".join(parts[1:]) if len(parts) > 1 and parts[0] == "ctxgate" and parts[1] in PACKAGES else name)
     return out
 
 
 def test_every_import_uses_the_installed_namespace():
     """``compressor``, ``service`` and ``eval`` are installed as ``ctxgate.*`` only (pyproject's package-dir):
     a bare ``import service`` would work in the checkout and break in a wheel."""
-    bad = [f"{path.relative_to(ROOT)} imports {name}"
-           for folder in (*PACKAGES, "tests", "examples") for path in sorted((ROOT / folder).rglob("*.py"))
-           for name in _raw_imports(path) if name.split(".")[0] in ("compressor", "service", "eval")]
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for folder in (*PACKAGES, "tests", "examples")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for name in _raw_imports(path)
+        if name.split(".")[0] in ("compressor", "service", "eval")
+    ]
     assert bad == []
 
 
@@ -69,8 +72,9 @@ def test_service_does_not_depend_on_eval_even_lazily():
         assert not any(n.split(".")[0] == "eval" for n in _imports(path)), path
 
 
-@pytest.mark.parametrize("module", ["ctxgate.compressor", "ctxgate.compressor.models", "ctxgate.compressor.training",
-                                    "ctxgate.service"])
+@pytest.mark.parametrize(
+    "module", ["ctxgate.compressor", "ctxgate.compressor.models", "ctxgate.compressor.training", "ctxgate.service"]
+)
 def test_exported_names_exist_and_are_listed(module):
     import importlib
 
@@ -78,7 +82,12 @@ def test_exported_names_exist_and_are_listed(module):
     assert sorted(set(mod.__all__)) == sorted(mod.__all__), "duplicates in __all__"
     for name in mod.__all__:
         assert hasattr(mod, name), f"{module}.__all__ names {name}, which does not exist"
-    public = {n for n, v in vars(mod).items() if not n.startswith("_") and not isinstance(v, type(ast))
-              and getattr(v, "__module__", module).startswith(".".join(module.split(".")[:2]))
-              and n not in ("annotations",)}
+    public = {
+        n
+        for n, v in vars(mod).items()
+        if not n.startswith("_")
+        and not isinstance(v, type(ast))
+        and getattr(v, "__module__", module).startswith(".".join(module.split(".")[:2]))
+        and n not in ("annotations",)
+    }
     assert public <= set(mod.__all__) | {n for n in public if isinstance(vars(mod)[n], type(importlib))}

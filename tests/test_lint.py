@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pyflakes_finds_nothing():
-    out = subprocess.run([sys.executable, "-m", "pyflakes", "compressor", "service", "eval", "ctxgate", "tests"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyflakes", "compressor", "service", "eval", "ctxgate", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout + out.stderr == "", out.stdout + out.stderr

@@ -49,8 +49,12 @@ guardrails:
 general_settings: {{master_key: {KEY}}}
 """)
         env = {**os.environ, "LITELLM_LOG": "ERROR", "NO_DOCS": "True"}
-        proc = subprocess.Popen([LITELLM, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [LITELLM, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
@@ -78,8 +82,11 @@ def test_as_the_headroom_guardrail_the_question_is_withheld_and_stays_verbatim(l
     item = nq_items(3)[2]
     docs = "\n\n".join(nq_docs(item))
     question = item["question"] + "?"
-    messages = [{"role": "system", "content": "Answer from the documents."},
-                {"role": "user", "content": docs}, {"role": "user", "content": question}]
+    messages = [
+        {"role": "system", "content": "Answer from the documents."},
+        {"role": "user", "content": docs},
+        {"role": "user", "content": question},
+    ]
     r = _client(base).chat.completions.create(model="direct", messages=messages, extra_body={"guardrails": ["ctxgate"]})
     assert r.choices[0].message.content
     compress_calls = httpx.get(ctx_url + "/metrics").text
@@ -87,7 +94,7 @@ def test_as_the_headroom_guardrail_the_question_is_withheld_and_stays_verbatim(l
     sent = upstream.last("/chat/completions").json["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "user"]
     assert sent[2]["content"] == question and sent[0]["content"] == "Answer from the documents."
-    assert len(sent[1]["content"]) < 0.5 * len(docs)           # the documents were compressed
+    assert len(sent[1]["content"]) < 0.5 * len(docs)  # the documents were compressed
 
 
 def test_as_the_api_base_ctxgate_compresses_for_the_question(litellm_proxy, upstream):

@@ -107,10 +107,20 @@ def test_without_a_question_it_is_question_agnostic_and_promises_no_protection(c
 def test_unsafe_or_online_options_are_clear_errors(comp, items):
     docs, q = items[0]
     with pytest.raises(InvalidRequest, match="context_budget"):
-        comp.compress(context=docs, question=q, rate=0.3, method="longllmlingua",
-                      options={"context_budget": "+__import__('os').getpid()"})
+        comp.compress(
+            context=docs,
+            question=q,
+            rate=0.3,
+            method="longllmlingua",
+            options={"context_budget": "+__import__('os').getpid()"},
+        )
     with pytest.raises(InvalidRequest, match="rank_method"):
         comp.compress(context=docs, question=q, rate=0.3, method="longllmlingua", options={"rank_method": "bge"})
     with pytest.raises(InvalidRequest, match="dynamic_context_compression_ratio"):
-        comp.compress(context=docs, question=q, rate=0.3, method="longllmlingua",
-                      options={"dynamic_context_compression_ratio": "lots"})
+        comp.compress(
+            context=docs,
+            question=q,
+            rate=0.3,
+            method="longllmlingua",
+            options={"dynamic_context_compression_ratio": "lots"},
+        )

@@ -18,9 +18,16 @@ def _fake_package(tmp_path, monkeypatch, payload: bytes) -> ModelSpec:
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     import hashlib
 
-    return ModelSpec(name="fake", kind="gguf-causal-lm", description="test", packages=("fake==1",),
-                     parts=(("fake_model_pkg", "data/part01.bin"), ("fake_model_pkg", "data/part02.bin")),
-                     sha256=hashlib.sha256(b"something else").hexdigest(), checked_file="fake.gguf", size_mb=0)
+    return ModelSpec(
+        name="fake",
+        kind="gguf-causal-lm",
+        description="test",
+        packages=("fake==1",),
+        parts=(("fake_model_pkg", "data/part01.bin"), ("fake_model_pkg", "data/part02.bin")),
+        sha256=hashlib.sha256(b"something else").hexdigest(),
+        checked_file="fake.gguf",
+        size_mb=0,
+    )
 
 
 def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypatch):
@@ -81,12 +88,12 @@ def test_a_copied_cache_verifies_without_the_package_and_a_changed_file_is_caugh
     import shutil
 
     spec = models.lookup("minilm")
-    models.prepare(spec, log=lambda m: None)                 # records the prepared files' hashes
+    models.prepare(spec, log=lambda m: None)  # records the prepared files' hashes
     src = models.model_dir("minilm")
     monkeypatch.setenv("CTXGATE_HOME", str(tmp_path))
     monkeypatch.delenv("CTXGATE_MODELS")
     shutil.copytree(src, models.model_dir("minilm"))
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])   # package out of reach
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])  # package out of reach
     assert models.missing_packages(spec)
     ok, msg = models.verify(spec)
     assert ok, msg

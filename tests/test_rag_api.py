@@ -28,7 +28,7 @@ def test_kept_documents_are_compressed_with_metadata_untouched_and_drops_reporte
     assert 1 <= len(r.documents) < len(docs) and r.dropped
     assert sorted(d.index for d in r.documents + r.dropped) == list(range(len(docs)))
     for d in r.documents + r.dropped:
-        assert d.metadata is docs[d.index]["metadata"]       # the caller's own object
+        assert d.metadata is docs[d.index]["metadata"]  # the caller's own object
         assert d.id == docs[d.index]["id"] and d.original_text == docs[d.index]["text"]
     assert all(d.text == "" and d.compressed_tokens == 0 for d in r.dropped)
     assert r.original_tokens == sum(d.original_tokens for d in r.documents + r.dropped)
@@ -66,9 +66,13 @@ def test_relevance_order_follows_the_methods_scores(docs):
 
 def test_accepts_strings_documents_and_mappings(engine):
     r = RAGCompressor(method=METHOD, rate=1.0, compressor=engine).compress(
-        ["plain string", Document(text="a Document", id="x", metadata={"k": 1}),
-         {"page_content": "a LangChain-style dict", "metadata": {"m": 2}, "id": 7},
-         {"text": "a flat dict", "source": "https://example.com/a", "metadata": {"m": 3}}])
+        [
+            "plain string",
+            Document(text="a Document", id="x", metadata={"k": 1}),
+            {"page_content": "a LangChain-style dict", "metadata": {"m": 2}, "id": 7},
+            {"text": "a flat dict", "source": "https://example.com/a", "metadata": {"m": 3}},
+        ]
+    )
     assert [d.text for d in r.documents] == ["plain string", "a Document", "a LangChain-style dict", "a flat dict"]
     assert [d.id for d in r.documents] == [None, "x", "7", None]
     assert [d.metadata for d in r.documents] == [{}, {"k": 1}, {"m": 2}, {"source": "https://example.com/a", "m": 3}]
@@ -80,21 +84,34 @@ def test_empty_document_list_is_an_empty_result(engine):
     assert not r.over_budget and r.text() == ""
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([{"text": None}], "text must be str"),
-    ([{"page_content": b"bytes"}], "text must be str"),
-    ([42], "must be a str"),
-    ("a single string", "not a single str"),
-    ([{"text": "ok", "metadata": ["not", "a", "dict"]}], "metadata must be a dict"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([{"text": None}], "text must be str"),
+        ([{"page_content": b"bytes"}], "text must be str"),
+        ([42], "must be a str"),
+        ("a single string", "not a single str"),
+        ([{"text": "ok", "metadata": ["not", "a", "dict"]}], "metadata must be a dict"),
+    ],
+)
 def test_bad_documents_are_clear_type_errors(engine, bad, match):
     with pytest.raises(TypeError, match=match):
         RAGCompressor(method=METHOD, compressor=engine).compress(bad)
 
 
-@pytest.mark.parametrize("kwargs", [dict(rate=0), dict(rate=2.0), dict(rate=0.5, target_tokens=10),
-                                    dict(target_tokens=0), dict(mode="gpu"), dict(mode="remote"),
-                                    dict(order="random"), dict(timeout=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(rate=0),
+        dict(rate=2.0),
+        dict(rate=0.5, target_tokens=10),
+        dict(target_tokens=0),
+        dict(mode="gpu"),
+        dict(mode="remote"),
+        dict(order="random"),
+        dict(timeout=0),
+    ],
+)
 def test_bad_settings_fail_at_construction(kwargs):
     with pytest.raises(InvalidRequest):
         RAGCompressor(**kwargs)
@@ -119,13 +136,13 @@ def test_mixed_languages_code_and_json_keep_their_protected_spans(engine):
     assert {1, 2, 3} <= {d.index for d in r.documents}
     for d in r.documents:
         spans = find_protected(MIXED[d.index])
-        original = {MIXED[d.index][s.start:s.end] for s in spans}
-        structural = {MIXED[d.index][s.start:s.end] for s in spans if s.structural}
-        kept = {d.text[s.start:s.end] for s in find_protected(d.text)}
-        assert structural <= kept                  # code blocks and JSON verbatim
-        assert kept <= original, kept - original   # no mangled number, URL, identifier or e-mail
+        original = {MIXED[d.index][s.start : s.end] for s in spans}
+        structural = {MIXED[d.index][s.start : s.end] for s in spans if s.structural}
+        kept = {d.text[s.start : s.end] for s in find_protected(d.text)}
+        assert structural <= kept  # code blocks and JSON verbatim
+        assert kept <= original, kept - original  # no mangled number, URL, identifier or e-mail
         assert d.index not in (1, 2) or structural
-    for d in r.dropped:                            # reported with the original text, never lost
+    for d in r.dropped:  # reported with the original text, never lost
         assert d.original_text == MIXED[d.index] and d.text == ""
 
 
@@ -133,8 +150,8 @@ def test_chinese_document_is_compressed_not_dropped(engine):
     r = RAGCompressor(method="random", rate=0.5, compressor=engine).compress([MIXED[0]])
     assert not r.dropped and 0 < r.compressed_tokens < r.original_tokens
     out = r.documents[0].text
-    assert " " not in out                                     # no spaces invented between characters
-    for number in ("2185.8", "1406", "1420", "21196.18"):     # numbers whole or absent
+    assert " " not in out  # no spaces invented between characters
+    for number in ("2185.8", "1406", "1420", "21196.18"):  # numbers whole or absent
         assert out.count(number[:3]) == out.count(number)
 
 

@@ -27,8 +27,9 @@ K = 6
 @pytest.fixture(scope="module")
 def store():
     vs = InMemoryVectorStore(langchain_embeddings())
-    vs.add_documents([Document(page_content=p["text"], metadata=dict(p["metadata"]), id=p["id"])
-                      for p in nq_passages(1)])
+    vs.add_documents(
+        [Document(page_content=p["text"], metadata=dict(p["metadata"]), id=p["id"]) for p in nq_passages(1)]
+    )
     return vs
 
 
@@ -43,8 +44,8 @@ def check_pipeline_output(raw: list[Document], out: list[Document], *, compresse
     for d in out:
         src = by_id[d.id]
         info = d.metadata.pop("ctxgate")
-        assert d.metadata == src.metadata                       # the user's keys, untouched
-        assert "ctxgate" not in src.metadata                    # and the input documents not mutated
+        assert d.metadata == src.metadata  # the user's keys, untouched
+        assert "ctxgate" not in src.metadata  # and the input documents not mutated
         assert info["method"] == METHOD and info["original_tokens"] >= info["compressed_tokens"] > 0
         assert raw[info["index"]].id == d.id
         if compressed:
@@ -57,8 +58,9 @@ def check_pipeline_output(raw: list[Document], out: list[Document], *, compresse
 def test_contextual_compression_retriever_compresses_each_document(store, local_rag):
     q, answers = question()
     base = store.as_retriever(search_kwargs={"k": K})
-    retriever = ContextualCompressionRetriever(base_compressor=CtxgateDocumentCompressor(rag=local_rag),
-                                               base_retriever=base)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=CtxgateDocumentCompressor(rag=local_rag), base_retriever=base
+    )
     raw, out = base.invoke(q), retriever.invoke(q)
     assert len(raw) == K and any(a in raw[0].page_content for a in answers)  # MiniLM retrieves the gold passage
     check_pipeline_output(raw, out)
@@ -67,8 +69,10 @@ def test_contextual_compression_retriever_compresses_each_document(store, local_
 
 def test_async_retriever_matches_sync(store, local_rag):
     q, _ = question()
-    retriever = ContextualCompressionRetriever(base_compressor=CtxgateDocumentCompressor(rag=local_rag),
-                                               base_retriever=store.as_retriever(search_kwargs={"k": K}))
+    retriever = ContextualCompressionRetriever(
+        base_compressor=CtxgateDocumentCompressor(rag=local_rag),
+        base_retriever=store.as_retriever(search_kwargs={"k": K}),
+    )
     a, b = retriever.invoke(q), asyncio.run(retriever.ainvoke(q))
     assert [(d.id, d.page_content, d.metadata) for d in a] == [(d.id, d.page_content, d.metadata) for d in b]
 

@@ -25,8 +25,15 @@ K = 6
 
 @pytest.fixture(scope="module")
 def index():
-    nodes = [TextNode(text=p["text"], id_=p["id"], metadata=dict(p["metadata"]),
-                      excluded_llm_metadata_keys=["source_question_idx"]) for p in nq_passages(1)]
+    nodes = [
+        TextNode(
+            text=p["text"],
+            id_=p["id"],
+            metadata=dict(p["metadata"]),
+            excluded_llm_metadata_keys=["source_question_idx"],
+        )
+        for p in nq_passages(1)
+    ]
     return VectorStoreIndex(nodes, embed_model=llamaindex_embedding())
 
 
@@ -59,8 +66,11 @@ def test_query_engine_with_postprocessor(index, local_rag):
     assert len(raw) == K and any(a in raw[0].node.text for a in answers)  # the gold passage is retrieved
     originals = [n.node.text for n in raw]
     # NoText built directly: llama-index's factory drops llm= for "no_text" and falls back to OpenAI
-    engine = RetrieverQueryEngine(retriever, response_synthesizer=NoText(llm=smollm2_llm()),
-                                  node_postprocessors=[CtxgateNodePostprocessor(rag=local_rag)])
+    engine = RetrieverQueryEngine(
+        retriever,
+        response_synthesizer=NoText(llm=smollm2_llm()),
+        node_postprocessors=[CtxgateNodePostprocessor(rag=local_rag)],
+    )
     response = engine.query(q)
     check_nodes(raw, response.source_nodes)
     assert [n.node.text for n in retriever.retrieve(q)] == originals  # the index itself is untouched
@@ -77,11 +87,12 @@ def test_no_query_needed_and_async_matches_sync(index, local_rag):
 
 
 def test_fields_configure_the_compressor():
-    nodes = [NodeWithScore(node=TextNode(text="gamma delta " * 80, metadata={"k": i}), score=1.0 - i / 10)
-             for i in range(3)]
+    nodes = [
+        NodeWithScore(node=TextNode(text="gamma delta " * 80, metadata={"k": i}), score=1.0 - i / 10) for i in range(3)
+    ]
     out = CtxgateNodePostprocessor(method=METHOD, target_tokens=100).postprocess_nodes(nodes)
     assert sum(n.node.metadata["ctxgate"]["compressed_tokens"] for n in out) <= 115
-    assert [n.node.metadata["k"] for n in out] == [n.node.metadata["k"] for n in nodes[:len(out)]]
+    assert [n.node.metadata["k"] for n in out] == [n.node.metadata["k"] for n in nodes[: len(out)]]
 
 
 def test_empty_and_non_string_text(local_rag):

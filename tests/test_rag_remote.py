@@ -38,8 +38,13 @@ def sidecar(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("sidecar") / "sidecar.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ctxgate.service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, log_path)
@@ -57,16 +62,20 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the sidecar (python -m ctxgate.service) exited with {proc.returncode}:\n"
-                        f"{log_path.read_text(errors='replace')[-2000:]}")
+            pytest.fail(
+                f"the sidecar (python -m ctxgate.service) exited with {proc.returncode}:\n"
+                f"{log_path.read_text(errors='replace')[-2000:]}"
+            )
         try:
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"the sidecar was not ready at {url}/readyz within {STARTUP_S}s:\n"
-                f"{log_path.read_text(errors='replace')[-2000:]}")
+    pytest.fail(
+        f"the sidecar was not ready at {url}/readyz within {STARTUP_S}s:\n"
+        f"{log_path.read_text(errors='replace')[-2000:]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +95,23 @@ def test_remote_mode_matches_local_mode(sidecar, docs):
     assert not remote.fallback, remote.warnings  # e.g. "sidecar answered HTTP 500": see the sidecar's log
     assert remote.mode == "remote" and not remote.warnings
     for r in (remote, again):
-        assert [(d.index, d.text, d.compressed_tokens) for d in r.documents] == \
-               [(d.index, d.text, d.compressed_tokens) for d in local.documents]
+        assert [(d.index, d.text, d.compressed_tokens) for d in r.documents] == [
+            (d.index, d.text, d.compressed_tokens) for d in local.documents
+        ]
         assert [d.index for d in r.dropped] == [d.index for d in local.dropped]
-        assert (r.original_tokens, r.compressed_tokens, r.method) == (local.original_tokens, local.compressed_tokens,
-                                                                      METHOD)
+        assert (r.original_tokens, r.compressed_tokens, r.method) == (
+            local.original_tokens,
+            local.compressed_tokens,
+            METHOD,
+        )
         assert all(d.metadata is docs[d.index]["metadata"] for d in r.documents + r.dropped)
 
 
 def test_metadata_never_leaves_the_process(sidecar):
     marker = object()  # not JSON-serialisable: the request would fail if metadata were sent
     r = RAGCompressor(mode="remote", url=sidecar, method=METHOD, rate=0.5).compress(
-        [{"text": "alpha beta gamma delta " * 40, "metadata": {"obj": marker}, "id": "d1"}])
+        [{"text": "alpha beta gamma delta " * 40, "metadata": {"obj": marker}, "id": "d1"}]
+    )
     assert not r.fallback, r.warnings
     assert r.documents[0].metadata["obj"] is marker and r.documents[0].id == "d1"
 
@@ -112,12 +126,14 @@ def test_langchain_retriever_in_remote_mode(sidecar):
 
     q, _ = question()
     store = InMemoryVectorStore(langchain_embeddings())
-    store.add_documents([Document(page_content=p["text"], metadata=dict(p["metadata"]), id=p["id"])
-                         for p in nq_passages(1)])
+    store.add_documents(
+        [Document(page_content=p["text"], metadata=dict(p["metadata"]), id=p["id"]) for p in nq_passages(1)]
+    )
     base = store.as_retriever(search_kwargs={"k": 6})
     retriever = ContextualCompressionRetriever(
         base_compressor=CtxgateDocumentCompressor(mode="remote", url=sidecar, method=METHOD, rate=0.4),
-        base_retriever=base)
+        base_retriever=base,
+    )
     raw, out, aout = base.invoke(q), retriever.invoke(q), asyncio.run(retriever.ainvoke(q))
     assert [(d.id, d.page_content) for d in out] == [(d.id, d.page_content) for d in aout]
     assert 0 < len(out) < len(raw)
@@ -133,8 +149,10 @@ def test_llamaindex_postprocessor_in_remote_mode(sidecar):
 
     from ctxgate.llamaindex import CtxgateNodePostprocessor
 
-    nodes = [NodeWithScore(node=TextNode(text=p["text"], id_=p["id"], metadata=dict(p["metadata"])), score=1 - i / 10)
-             for i, p in enumerate(nq_passages(1)[:6])]
+    nodes = [
+        NodeWithScore(node=TextNode(text=p["text"], id_=p["id"], metadata=dict(p["metadata"])), score=1 - i / 10)
+        for i, p in enumerate(nq_passages(1)[:6])
+    ]
     out = CtxgateNodePostprocessor(mode="remote", url=sidecar, method=METHOD, rate=0.4).postprocess_nodes(nodes)
     assert 0 < len(out) < len(nodes)
     for n in out:
@@ -161,8 +179,8 @@ def check_fallback(r, docs, reason: str, caplog):
     assert records and all(rec.levelno == logging.WARNING for rec in records)
     logged = " ".join(rec.getMessage() for rec in records)
     assert reason in logged and "uncompressed" in logged
-    assert "Zebra" not in logged and "launch code" not in logged   # no document text in logs
-    assert KEY not in logged and "Bearer" not in logged              # nor the credentials sent
+    assert "Zebra" not in logged and "launch code" not in logged  # no document text in logs
+    assert KEY not in logged and "Bearer" not in logged  # nor the credentials sent
 
 
 KEY = "sk-remote-must-never-be-logged"
@@ -211,10 +229,24 @@ class _Faulty(http.server.BaseHTTPRequestHandler):
             "503": (503, b'{"detail": "models loading"}'),
             "garbage": (200, b"<html>" + SECRET.encode() + b"</html>"),
             "422": (422, b'{"detail": "rate must be in (0, 1]"}'),
-            "short": (200, json.dumps({"compressed": "", "documents": [], "original_tokens": 0,
-                                        "compressed_tokens": 0, "ratio": 1.0, "rate": 1.0, "method": "x",
-                                        "model": None, "seconds": 0.0, "cache": "off",
-                                        "tokenizer": "t"}).encode()),
+            "short": (
+                200,
+                json.dumps(
+                    {
+                        "compressed": "",
+                        "documents": [],
+                        "original_tokens": 0,
+                        "compressed_tokens": 0,
+                        "ratio": 1.0,
+                        "rate": 1.0,
+                        "method": "x",
+                        "model": None,
+                        "seconds": 0.0,
+                        "cache": "off",
+                        "tokenizer": "t",
+                    }
+                ).encode(),
+            ),
         }[kind]
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -236,8 +268,9 @@ def faulty():
     server.server_close()
 
 
-@pytest.mark.parametrize("path, reason", [("503", "HTTP 503"), ("garbage", "not a CompressResult"),
-                                          ("short", "answered 0 documents for 2")])
+@pytest.mark.parametrize(
+    "path, reason", [("503", "HTTP 503"), ("garbage", "not a CompressResult"), ("short", "answered 0 documents for 2")]
+)
 def test_bad_answers_fail_open(faulty, caplog, path, reason):
     caplog.set_level(logging.WARNING, logger="ctxgate.rag")
     r = RAGCompressor(mode="remote", url=f"{faulty}/{path}", rate=0.3, headers=AUTH).compress(FALLBACK_DOCS)

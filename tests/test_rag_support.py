@@ -35,9 +35,17 @@ def nq_passages(n_rows: int = 3) -> tuple[dict[str, Any], ...]:
             if c["text"] in seen:
                 continue
             seen.add(c["text"])
-            out.append({"id": f"nq-{len(out)}", "text": c["text"],
-                        "metadata": {"title": c["title"], "hasanswer": c["hasanswer"],
-                                     "source_question_idx": c["source_question_idx"]}})
+            out.append(
+                {
+                    "id": f"nq-{len(out)}",
+                    "text": c["text"],
+                    "metadata": {
+                        "title": c["title"],
+                        "hasanswer": c["hasanswer"],
+                        "source_question_idx": c["source_question_idx"],
+                    },
+                }
+            )
     return tuple(out)
 
 
@@ -116,11 +124,12 @@ def smollm2_llm(max_new_tokens: int = 12):
             from ctxgate.compressor.models import load_causal_lm
 
             model, tok, _ = load_causal_lm("smollm2")
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
             with torch.inference_mode():
                 out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-            return CompletionResponse(text=tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+            return CompletionResponse(text=tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
         @llm_completion_callback()
         def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):

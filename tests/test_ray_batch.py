@@ -36,10 +36,30 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--num-cpus", "2", "--include-dashboard", "false", "--object-store-memory", str(300 * 2**20),
-                    "--temp-dir", str(tmp / "t"), "--disable-usage-stats"], check=True, capture_output=True,
-                   timeout=120, env=env)
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--object-store-memory",
+            str(300 * 2**20),
+            "--temp-dir",
+            str(tmp / "t"),
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -53,12 +73,14 @@ def batch(tmp_path_factory) -> tuple[Path, bytes]:
     src = tmp / "in.jsonl"
     with (DATA / "nq" / "nq-open-20docs-derived_first500.jsonl").open(encoding="utf-8") as f:
         rows = [json.loads(line) for _, line in zip(range(ROWS), f)]
-    lines = [json.dumps({"id": f"q{i}", "question": r["question"], "context": [c["text"] for c in r["ctxs"][:8]]})
-             for i, r in enumerate(rows)]
+    lines = [
+        json.dumps({"id": f"q{i}", "question": r["question"], "context": [c["text"] for c in r["ctxs"][:8]]})
+        for i, r in enumerate(rows)
+    ]
     lines.insert(5, "{not json")
     src.write_text("\n".join(lines) + "\n")
     out = tmp / "local.jsonl"
-    assert _cli("--input", src, "--output", out, "--rate", "0.25").returncode == 1      # the bad row
+    assert _cli("--input", src, "--output", out, "--rate", "0.25").returncode == 1  # the bad row
     return src, out.read_bytes()
 
 
@@ -82,9 +104,24 @@ def _actors() -> list[int]:
 def test_a_worker_killed_mid_run_is_replaced_and_its_rows_retried(cluster, batch, tmp_path):
     src, local = batch
     out = tmp_path / "ray.jsonl"
-    proc = subprocess.Popen([str(BIN / "ctxgate"), "compress", "--input", str(src), "--output", str(out),
-                             "--rate", "0.25", "--ray", cluster, "--ray-batch", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ctxgate"),
+            "compress",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--rate",
+            "0.25",
+            "--ray",
+            cluster,
+            "--ray-batch",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= 2 and _actors():
@@ -102,9 +139,9 @@ def test_a_resumed_run_does_only_the_rows_left(cluster, batch, tmp_path):
     src, local = batch
     out = tmp_path / "ray.jsonl"
     done = local.splitlines(keepends=True)[:6]
-    out.write_bytes(b"".join(done) + b'{"row": 6, "compre')                 # a crash mid-line
+    out.write_bytes(b"".join(done) + b'{"row": 6, "compre')  # a crash mid-line
     p = _cli("--input", src, "--output", out, "--rate", "0.25", "--resume", "--ray", cluster)
-    assert p.returncode == 0, p.stderr.decode()[-2000:]       # the bad row was already done
+    assert p.returncode == 0, p.stderr.decode()[-2000:]  # the bad row was already done
     assert f"{ROWS + 1 - 6} row(s)" in p.stderr.decode()
     assert out.read_bytes() == local
     again = _cli("--input", src, "--output", out, "--rate", "0.25", "--resume", "--ray", cluster)
@@ -114,7 +151,7 @@ def test_a_resumed_run_does_only_the_rows_left(cluster, batch, tmp_path):
 def test_without_the_ray_extra_the_error_says_how_to_install_it(batch, tmp_path):
     shim = tmp_path / "shim" / "ray"
     shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("raise ImportError('no ray here')\n")      # fault: the extra is missing
+    (shim / "__init__.py").write_text("raise ImportError('no ray here')\n")  # fault: the extra is missing
     env = {**os.environ, "PYTHONPATH": f"{shim.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     p = _cli("--input", batch[0], "--output", tmp_path / "o.jsonl", "--ray", check=False, env=env)
     assert p.returncode == 2 and "pip install 'ctxgate[ray]'" in p.stderr.decode()
@@ -132,13 +169,13 @@ class _Cluster:
 
 
 def test_the_actor_pool_follows_the_cluster():
-    from ctxgate.compressor import CtxgateError
     from ctxgate._ray_batch import _pool
+    from ctxgate.compressor import CtxgateError
 
-    assert _pool(_Cluster(CPU=8), None, None) == (8, 0.0, 1.0)              # one single-threaded actor per CPU
-    assert _pool(_Cluster(CPU=16, GPU=2), None, None) == (2, 1.0, 0.5)      # one per GPU
-    assert _pool(_Cluster(CPU=16, GPU=2), None, 0.5) == (4, 0.5, 0.5)       # fractional GPUs
-    assert _pool(_Cluster(CPU=16, GPU=2), 3, 0) == (3, 0, 1.0)              # CPU actors on a GPU cluster
+    assert _pool(_Cluster(CPU=8), None, None) == (8, 0.0, 1.0)  # one single-threaded actor per CPU
+    assert _pool(_Cluster(CPU=16, GPU=2), None, None) == (2, 1.0, 0.5)  # one per GPU
+    assert _pool(_Cluster(CPU=16, GPU=2), None, 0.5) == (4, 0.5, 0.5)  # fractional GPUs
+    assert _pool(_Cluster(CPU=16, GPU=2), 3, 0) == (3, 0, 1.0)  # CPU actors on a GPU cluster
     with pytest.raises(CtxgateError, match="has 0 GPU"):
         _pool(_Cluster(CPU=4), None, 1)
     with pytest.raises(CtxgateError, match="at least 1"):

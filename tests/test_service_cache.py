@@ -12,7 +12,8 @@ from tests.test_service_proxy import oai, rag_prompt
 
 def _send(url: str, prompt: str):
     return oai(url).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    )
 
 
 def test_sqlite_cache_survives_a_restart(sidecar, upstream, nq_item, tmp_path):
@@ -41,7 +42,7 @@ def test_redis_cache_is_shared_by_two_instances(sidecar, upstream, nq_item, redi
         assert value(httpx.get(b + "/metrics").text, "ctxgate_cache_misses_total") == 0
     client = redis.Redis.from_url(redis_url)
     keys = client.keys("ctxgate:c:*")
-    assert keys and all(0 < client.ttl(k) <= 3600 for k in keys)           # bounded by TTL
+    assert keys and all(0 < client.ttl(k) <= 3600 for k in keys)  # bounded by TTL
 
 
 def test_redis_down_degrades_to_misses_not_errors(sidecar, upstream, nq_item):

@@ -14,17 +14,29 @@ from tests.test_structured import _search_payload
 
 QUESTION = "When was the Eiffel Tower completed? Use the search results."
 BEHAVIOUR = {"x-test-behavior": "expand"}
-CLIENT_TOOL = {"type": "function", "function": {"name": "search", "description": "web search",
-                                                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
+CLIENT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "web search",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    },
+}
 
 
 def _sidecar(test_upstream, **policy):
     from ctxgate.service import CacheSettings, Policy, Settings
     from tests.conftest import free_port, run_sidecar
 
-    s = Settings(upstream=test_upstream.url + "/v1", anthropic_upstream=test_upstream.url, port=free_port(),
-                 default_method="truncate", cache=CacheSettings(backend="memory"),
-                 policy=Policy(min_tokens=50, rate=0.2, **policy), compress_timeout=120)
+    s = Settings(
+        upstream=test_upstream.url + "/v1",
+        anthropic_upstream=test_upstream.url,
+        port=free_port(),
+        default_method="truncate",
+        cache=CacheSettings(backend="memory"),
+        policy=Policy(min_tokens=50, rate=0.2, **policy),
+        compress_timeout=120,
+    )
     return run_sidecar(s)
 
 
@@ -41,17 +53,28 @@ def proxy(test_upstream):
 
 
 def _openai_messages(payload: str) -> list[dict]:
-    return [{"role": "user", "content": QUESTION},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "tower"}'}}]},
-            {"role": "tool", "tool_call_id": "call_c1", "content": payload}]
+    return [
+        {"role": "user", "content": QUESTION},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_c1", "type": "function", "function": {"name": "search", "arguments": '{"q": "tower"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_c1", "content": payload},
+    ]
 
 
 def _anthropic_messages(payload: str) -> list[dict]:
-    return [{"role": "user", "content": QUESTION},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_c1", "name": "search",
-                                               "input": {"q": "tower"}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_c1", "content": payload}]}]
+    return [
+        {"role": "user", "content": QUESTION},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_c1", "name": "search", "input": {"q": "tower"}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_c1", "content": payload}]},
+    ]
 
 
 def _check_round_trip(upstream, payload: str, anthropic_route: bool) -> None:
@@ -59,7 +82,7 @@ def _check_round_trip(upstream, payload: str, anthropic_route: bool) -> None:
     assert len(calls) == 2
     first, second = calls[0].json, calls[1].json
     names = [t.get("name") or t["function"]["name"] for t in first["tools"]]
-    assert names == ["search", "ctxgate_expand"]                         # the client's tool first, untouched
+    assert names == ["search", "ctxgate_expand"]  # the client's tool first, untouched
     sent = json.dumps(first["messages"])
     assert "ctxgate_expand ref=" in sent and len(sent) < len(payload) / 2
     if anthropic_route:
@@ -71,14 +94,15 @@ def _check_round_trip(upstream, payload: str, anthropic_route: bool) -> None:
         assert second["messages"][-2]["tool_calls"][0]["function"]["name"] == "ctxgate_expand"
         original = second["messages"][-1]["content"]
         assert second["messages"][-1]["tool_call_id"] == "call_x1"
-    assert json.loads(original) == json.loads(payload)                  # the whole original came back
+    assert json.loads(original) == json.loads(payload)  # the whole original came back
 
 
 def test_openai_tool_output_is_crushed_and_expanded_on_demand(expand_proxy, upstream):
     payload, _ = _search_payload()
     client = openai.OpenAI(base_url=expand_proxy + "/v1", api_key="sk-test", max_retries=0, timeout=120)
-    r = client.chat.completions.create(model="test-model", messages=_openai_messages(payload), tools=[CLIENT_TOOL],
-                                       extra_headers=BEHAVIOUR)
+    r = client.chat.completions.create(
+        model="test-model", messages=_openai_messages(payload), tools=[CLIENT_TOOL], extra_headers=BEHAVIOUR
+    )
     msg = r.choices[0].message
     assert msg.tool_calls is None and msg.content.startswith("expanded ")
     _check_round_trip(upstream, payload, anthropic_route=False)
@@ -90,8 +114,13 @@ def test_openai_stream_round_trip(expand_proxy, upstream):
     payload, _ = _search_payload()
     client = openai.OpenAI(base_url=expand_proxy + "/v1", api_key="sk-test", max_retries=0, timeout=120)
     text = ""
-    with client.chat.completions.create(model="test-model", messages=_openai_messages(payload), tools=[CLIENT_TOOL],
-                                        stream=True, extra_headers=BEHAVIOUR) as stream:
+    with client.chat.completions.create(
+        model="test-model",
+        messages=_openai_messages(payload),
+        tools=[CLIENT_TOOL],
+        stream=True,
+        extra_headers=BEHAVIOUR,
+    ) as stream:
         for chunk in stream:
             for ch in chunk.choices:
                 assert not ch.delta.tool_calls
@@ -105,8 +134,9 @@ def test_anthropic_round_trip(expand_proxy, upstream, stream):
     payload, _ = _search_payload()
     client = anthropic.Anthropic(base_url=expand_proxy, api_key="sk-ant-test", max_retries=0, timeout=120)
     tools = [{"name": "search", "description": "web search", "input_schema": {"type": "object", "properties": {}}}]
-    kw = dict(model="test-model", max_tokens=64, messages=_anthropic_messages(payload), tools=tools,
-              extra_headers=BEHAVIOUR)
+    kw = dict(
+        model="test-model", max_tokens=64, messages=_anthropic_messages(payload), tools=tools, extra_headers=BEHAVIOUR
+    )
     if stream:
         with client.messages.stream(**kw) as s:
             msg = s.get_final_message()
@@ -122,7 +152,7 @@ def test_without_expand_no_tool_is_added_and_json_stays_valid(proxy, upstream):
     client.chat.completions.create(model="test-model", messages=_openai_messages(payload), tools=[CLIENT_TOOL])
     body = upstream.last("/chat/completions").json
     assert [t["function"]["name"] for t in body["tools"]] == ["search"]
-    sent = json.loads(body["messages"][-1]["content"])                 # still JSON, smaller, with the answer
+    sent = json.loads(body["messages"][-1]["content"])  # still JSON, smaller, with the answer
     assert 137 in [x.get("id") for x in sent["results"]] and len(body["messages"][-1]["content"]) < len(payload) / 3
     assert "ctxgate_expand" not in body["messages"][-1]["content"]
 
@@ -133,8 +163,10 @@ def test_tool_output_is_byte_identical_on_the_next_turn(proxy, upstream):
     msgs = _openai_messages(payload)
     client.chat.completions.create(model="test-model", messages=msgs, tools=[CLIENT_TOOL])
     first = upstream.last("/chat/completions").json["messages"][-1]["content"]
-    later = msgs + [{"role": "assistant", "content": "It was completed in 1889."},
-                    {"role": "user", "content": "And who designed it? Answer briefly, please."}]
+    later = msgs + [
+        {"role": "assistant", "content": "It was completed in 1889."},
+        {"role": "user", "content": "And who designed it? Answer briefly, please."},
+    ]
     client.chat.completions.create(model="test-model", messages=later, tools=[CLIENT_TOOL])
     again = upstream.last("/chat/completions").json["messages"][2]["content"]
     assert again == first
@@ -148,6 +180,7 @@ def test_v1_compress_applies_the_same_compressors(proxy):
     out = r.json()
     sent = json.loads(out["messages"][-1]["content"])
     assert 137 in [x.get("id") for x in sent["results"]] and out["tokens_after"] < out["tokens_before"] / 2
-    rag = httpx.post(proxy + "/v1/compress", json={"context": payload, "question": QUESTION, "rate": 0.2},
-                     timeout=120).json()
+    rag = httpx.post(
+        proxy + "/v1/compress", json={"context": payload, "question": QUESTION, "rate": 0.2}, timeout=120
+    ).json()
     assert rag["kinds"] == ["json"] and json.loads(rag["compressed"])["total"] == 200

@@ -25,10 +25,12 @@ def test_health_ready_and_metrics(sidecar, upstream, nq_item):
     with sidecar(policy={"rate": 0.25}) as url, sidecar() as other:
         assert httpx.get(url + "/healthz").json() == {"status": "ok"}
         assert httpx.get(url + "/readyz").json() == {"status": "ready"}
-        oai(url).chat.completions.create(model="gpt-4o-mini",
-                                         messages=[{"role": "user", "content": rag_prompt(nq_item)}])
-        oai(url).chat.completions.create(model="gpt-4o-mini",
-                                         messages=[{"role": "user", "content": rag_prompt(nq_item)}])
+        oai(url).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": rag_prompt(nq_item)}]
+        )
+        oai(url).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": rag_prompt(nq_item)}]
+        )
         r = httpx.get(url + "/metrics")
         assert r.headers["content-type"].startswith("text/plain")
         m = r.text
@@ -60,9 +62,17 @@ def test_settings_from_yaml_toml_env_and_rules(tmp_path):
     yaml_file.write_text(
         "upstream: https://llm.example/v1\npolicy:\n  rate: 0.4\n  min_tokens: 100\n"
         "rules:\n  - route: messages\n    rate: 0.2\n  - model: 'gpt-4o*'\n    method: extractive\n"
-        "  - model: secret-*\n    enabled: false\ncache:\n  backend: memory\n")
-    s = load_settings(yaml_file, env={"CTXGATE_PORT": "9001", "CTXGATE_POLICY__MIN_TOKENS": "64",
-                                      "CTXGATE_HOME": "/ignored", "CTXGATE_CACHE__TTL": "60"})
+        "  - model: secret-*\n    enabled: false\ncache:\n  backend: memory\n"
+    )
+    s = load_settings(
+        yaml_file,
+        env={
+            "CTXGATE_PORT": "9001",
+            "CTXGATE_POLICY__MIN_TOKENS": "64",
+            "CTXGATE_HOME": "/ignored",
+            "CTXGATE_CACHE__TTL": "60",
+        },
+    )
     assert (s.port, s.policy.min_tokens, s.policy.rate, s.cache.backend, s.cache.ttl) == (9001, 64, 0.4, "memory", 60)
     assert s.upstream_urls() == ("https://llm.example/v1", "https://llm.example")
     assert s.policy_for("messages", "claude-x").rate == 0.2
@@ -73,27 +83,41 @@ def test_settings_from_yaml_toml_env_and_rules(tmp_path):
     t = load_settings(toml_file, env={}, overrides={"port": 1234, "host": None})
     assert (t.port, t.host, t.cache.path) == (1234, "127.0.0.1", "c.db")
     assert t.upstream_urls() == (None, "https://a.example")
-    assert load_settings(env={}).embedded and load_settings(env={}).upstream_urls()[0] == "http://127.0.0.1:8340/local/v1"
-    for bad, match in [("policy:\n  rate: 3\n", "rate"), ("cache:\n  backend: redis\n", "cache.url"),
-                       ("upstream: ftp://x\n", "http"), ("nonsense_key: 1\n", "nonsense_key")]:
+    assert (
+        load_settings(env={}).embedded and load_settings(env={}).upstream_urls()[0] == "http://127.0.0.1:8340/local/v1"
+    )
+    for bad, match in [
+        ("policy:\n  rate: 3\n", "rate"),
+        ("cache:\n  backend: redis\n", "cache.url"),
+        ("upstream: ftp://x\n", "http"),
+        ("nonsense_key: 1\n", "nonsense_key"),
+    ]:
         yaml_file.write_text(bad)
         with pytest.raises(ConfigError, match=match):
             load_settings(yaml_file, env={})
 
 
 def test_compress_rag_form_returns_a_compress_result(sidecar, upstream, nq_item):
-    docs = [{"text": c["text"], "id": f"d{i}", "metadata": {"title": c["title"]}}
-            for i, c in enumerate(nq_item["ctxs"][:10])]
+    docs = [
+        {"text": c["text"], "id": f"d{i}", "metadata": {"title": c["title"]}}
+        for i, c in enumerate(nq_item["ctxs"][:10])
+    ]
     with sidecar() as url:
-        r = httpx.post(url + "/v1/compress", timeout=60, json={
-            "context": docs, "question": nq_item["question"], "rate": 0.3, "method": "truncate"})
+        r = httpx.post(
+            url + "/v1/compress",
+            timeout=60,
+            json={"context": docs, "question": nq_item["question"], "rate": 0.3, "method": "truncate"},
+        )
         assert r.status_code == 200
         res = msgspec.json.decode(r.content, type=CompressResult)
         assert res.method == "truncate" and res.ratio > 2.5 and res.cache == "miss" and len(res.documents) == 10
         assert [d.id for d in res.documents] == [f"d{i}" for i in range(10)]
         assert res.documents[0].metadata == {"title": nq_item["ctxs"][0]["title"]} and res.documents[-1].dropped
-        again = httpx.post(url + "/v1/compress", timeout=60, json={
-            "context": docs, "question": nq_item["question"], "rate": 0.3, "method": "truncate"}).json()
+        again = httpx.post(
+            url + "/v1/compress",
+            timeout=60,
+            json={"context": docs, "question": nq_item["question"], "rate": 0.3, "method": "truncate"},
+        ).json()
         assert again["cache"] == "hit" and again["compressed"] == res.compressed
         text = httpx.post(url + "/v1/compress", json={"context": "short text", "target_tokens": 100}).json()
         assert text["compressed"] == "short text" and text["ratio"] == 1.0
@@ -110,7 +134,8 @@ def test_rag_remote_mode_against_the_sidecar(sidecar, upstream, nq_item):
     docs = [{"text": c["text"], "metadata": {"title": c["title"]}} for c in nq_item["ctxs"][:8]]
     with sidecar() as url:
         result = RAGCompressor(mode="remote", url=url, method="truncate", rate=0.4).compress(
-            docs, question=nq_item["question"])
+            docs, question=nq_item["question"]
+        )
     assert not result.fallback and result.ratio > 2 and result.mode == "remote"
     assert result.documents[0].metadata is docs[0]["metadata"]
 
@@ -118,22 +143,25 @@ def test_rag_remote_mode_against_the_sidecar(sidecar, upstream, nq_item):
 def test_compress_messages_form_is_headroom_compatible(sidecar, upstream, nq_item):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": rag_prompt(nq_item)}]
     with sidecar() as url:
-        out = httpx.post(url + "/v1/compress", timeout=60,
-                         json={"messages": msgs, "model": "gpt-4o-mini", "token_budget": 600}).json()
+        out = httpx.post(
+            url + "/v1/compress", timeout=60, json={"messages": msgs, "model": "gpt-4o-mini", "token_budget": 600}
+        ).json()
         assert out["tokens_before"] > 600 and out["tokens_after"] <= 600 * 1.1
         assert out["tokens_saved"] == out["tokens_before"] - out["tokens_after"]
         assert out["compression_ratio"] == pytest.approx(out["tokens_after"] / out["tokens_before"], abs=1e-3)
         assert out["messages"][0] == msgs[0] and out["messages"][1]["content"].endswith("Answer:")
         assert out["transforms_applied"] == ["ctxgate:truncate"]
-        same = httpx.post(url + "/v1/compress", json={"messages": msgs, "model": "gpt-4o-mini",
-                                                     "token_budget": 100_000}).json()
+        same = httpx.post(
+            url + "/v1/compress", json={"messages": msgs, "model": "gpt-4o-mini", "token_budget": 100_000}
+        ).json()
         assert same["messages"] == msgs and same["tokens_saved"] == 0 and same["transforms_applied"] == []
-        cfg = httpx.post(url + "/v1/compress", json={"messages": msgs, "model": "gpt-4o-mini",
-                                                    "config": {"rate": 0.2}}).json()
+        cfg = httpx.post(
+            url + "/v1/compress", json={"messages": msgs, "model": "gpt-4o-mini", "config": {"rate": 0.2}}
+        ).json()
         assert cfg["rate"] == 0.2 and cfg["tokens_after"] < out["tokens_after"]
         bad = httpx.post(url + "/v1/compress", json={"messages": msgs, "config": {"rate": 7}})
         assert bad.status_code == 400 and "ctxgate.rate" in bad.json()["error"]["message"]
-    assert upstream.requests == []                                   # /v1/compress never calls upstream
+    assert upstream.requests == []  # /v1/compress never calls upstream
 
 
 def test_serve_entry_point_starts_and_answers(tmp_path, upstream):
@@ -141,9 +169,25 @@ def test_serve_entry_point_starts_and_answers(tmp_path, upstream):
 
     port = free_port()
     env = {**os.environ, "CTXGATE_HOME": str(tmp_path), "CTXGATE_WARM_UP": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "ctxgate.service", "--port", str(port), "--upstream", upstream.url + "/v1",
-                             "--cache", "memory", "--log-level", "warning"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctxgate.service",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream.url + "/v1",
+            "--cache",
+            "memory",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

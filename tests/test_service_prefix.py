@@ -23,12 +23,21 @@ def _client(url: str) -> openai.OpenAI:
 def _turns(items: list[dict]) -> list[list[dict]]:
     docs = "\n\n".join(c["text"] for c in items[2]["ctxs"][:6])
     t1 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": rag_prompt(items[0], 10)}]
-    t2 = t1 + [{"role": "assistant", "content": "Wilhelm Conrad Röntgen."},
-               {"role": "user", "content": rag_prompt(items[1], 10)}]
-    t3 = t2 + [{"role": "assistant", "content": None, "tool_calls": [
-                   {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}]},
-               {"role": "tool", "tool_call_id": "call_1", "content": docs},
-               {"role": "user", "content": items[2]["question"] + "?"}]
+    t2 = t1 + [
+        {"role": "assistant", "content": "Wilhelm Conrad Röntgen."},
+        {"role": "user", "content": rag_prompt(items[1], 10)},
+    ]
+    t3 = t2 + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"q": "x"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": docs},
+        {"role": "user", "content": items[2]["question"] + "?"},
+    ]
     return [t1, t2, t3]
 
 
@@ -43,13 +52,14 @@ def test_earlier_turns_keep_their_exact_bytes(sidecar, upstream, nq_items):
         # every earlier message went out byte for byte as before
         for i in range(1, len(sent)):
             prev, cur = sent[i - 1], sent[i]
-            assert [json.dumps(m, ensure_ascii=False) for m in cur[: len(prev)]] == \
-                   [json.dumps(m, ensure_ascii=False) for m in prev]
+            assert [json.dumps(m, ensure_ascii=False) for m in cur[: len(prev)]] == [
+                json.dumps(m, ensure_ascii=False) for m in prev
+            ]
         # and every new context message was compressed when it first appeared
         assert len(sent[0][1]["content"]) < 0.6 * len(turns[0][1]["content"])
         assert len(sent[1][3]["content"]) < 0.6 * len(turns[1][3]["content"])
         assert len(sent[2][5]["content"]) < 0.6 * len(turns[2][5]["content"])
-        assert sent[2][4] == turns[2][4] and sent[2][6] == turns[2][6]     # tool call and short question
+        assert sent[2][4] == turns[2][4] and sent[2][6] == turns[2][6]  # tool call and short question
         # the raw request bytes share the prefix too (what provider prompt caches hash)
         raw3 = upstream.last().raw
         first = json.dumps(sent[0][1], ensure_ascii=False, separators=(",", ":")).encode()
@@ -60,6 +70,7 @@ def test_earlier_turns_keep_their_exact_bytes(sidecar, upstream, nq_items):
         _client(fresh).chat.completions.create(model="gpt-4o-mini", messages=turns[1])
         assert upstream.last().json["messages"][1]["content"] == sent[0][1]["content"]
         # control: forced to turn 2's question, the same first message compresses differently
-        _client(fresh).chat.completions.create(model="gpt-4o-mini", messages=turns[1],
-                                               extra_body={"ctxgate": {"question": turns[1][3]["content"]}})
+        _client(fresh).chat.completions.create(
+            model="gpt-4o-mini", messages=turns[1], extra_body={"ctxgate": {"question": turns[1][3]["content"]}}
+        )
         assert upstream.last().json["messages"][1]["content"] != sent[0][1]["content"]

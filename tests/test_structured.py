@@ -25,10 +25,18 @@ def comp() -> Compressor:
 def _records(n: int = 200, seed: int = 0) -> list[dict]:
     rnd = random.Random(seed)
     words = "alpha beta gamma delta omega river stone bridge market garden".split()
-    return [{"id": i, "title": f"Result {i}", "url": f"https://example.com/r/{i}",
-             "snippet": " ".join(rnd.choice(words) for _ in range(30)),
-             "status": "ok", "latency_ms": rnd.randint(10, 30), "score": float(f"{rnd.random():.3f}")}
-            for i in range(n)]
+    return [
+        {
+            "id": i,
+            "title": f"Result {i}",
+            "url": f"https://example.com/r/{i}",
+            "snippet": " ".join(rnd.choice(words) for _ in range(30)),
+            "status": "ok",
+            "latency_ms": rnd.randint(10, 30),
+            "score": float(f"{rnd.random():.3f}"),
+        }
+        for i in range(n)
+    ]
 
 
 def _search_payload() -> tuple[str, list[dict]]:
@@ -57,7 +65,9 @@ def test_kinds_are_detected_and_rag_documents_stay_prose(nq_items):
     assert kind_of("| a | b |\n|---|---|\n" + "\n".join(f"| {i} | {i * 2} |" for i in range(6))) == "table"
     assert kind_of("name,size,owner\n" + "\n".join(f"f{i}.txt,{i},bob" for i in range(8))) == "table"
     assert kind_of(_code(3)) == "code"
-    assert kind_of("diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,3 +1,3 @@\n a\n-b\n+c\n d\n e\n f") == "diff"
+    assert (
+        kind_of("diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,3 +1,3 @@\n a\n-b\n+c\n d\n e\n f") == "diff"
+    )
     assert kind_of("<!doctype html><html><body><p>hi</p></body></html>") == "html"
     for item in nq_items:
         docs = nq_docs(item)
@@ -74,10 +84,10 @@ def test_json_search_result_stays_valid_keeps_paths_the_answer_and_the_anomalies
     assert set(out) == {"query", "total", "results"} and out["query"] == "tower"
     kept = [x for x in out["results"] if "_ctxgate_omitted" not in x]
     ids = [x["id"] for x in kept]
-    assert {137, 50, 90, 0, 199} <= set(ids)                 # answer, error status, outlier, first, last
-    assert ids == sorted(ids)                                 # original order
+    assert {137, 50, 90, 0, 199} <= set(ids)  # answer, error status, outlier, first, last
+    assert ids == sorted(ids)  # original order
     for x in kept:
-        assert x == items[x["id"]]                            # every kept record is the input's, whole
+        assert x == items[x["id"]]  # every kept record is the input's, whole
     note = out["results"][-1]["_ctxgate_omitted"]
     assert note.startswith(f"{200 - len(kept)} of 200 items omitted")
     original_paths = set(_leaves(json.loads(text)))
@@ -85,10 +95,18 @@ def test_json_search_result_stays_valid_keeps_paths_the_answer_and_the_anomalies
 
 
 def test_json_numbers_keep_their_spelling_and_output_is_deterministic(comp):
-    rows = [{"id": f"item-{i:04d}", "price": "1.0" if i % 2 else "2.50", "big": "1e5", "when": f"2026-01-{i % 28 + 1:02d}"}
-            for i in range(150)]
-    text = "[" + ",".join('{"id":"%s","price":%s,"big":%s,"when":"%s"}' % (r["id"], r["price"], r["big"], r["when"])
-                          for r in rows) + "]"
+    rows = [
+        {"id": f"item-{i:04d}", "price": "1.0" if i % 2 else "2.50", "big": "1e5", "when": f"2026-01-{i % 28 + 1:02d}"}
+        for i in range(150)
+    ]
+    text = (
+        "["
+        + ",".join(
+            '{{"id":"{}","price":{},"big":{},"when":"{}"}}'.format(r["id"], r["price"], r["big"], r["when"])
+            for r in rows
+        )
+        + "]"
+    )
     a = comp.compress(context=text, question="price of item-0077?", rate=0.25)
     b = comp.compress(context=text, question="price of item-0077?", rate=0.25)
     assert a.compressed == b.compressed
@@ -103,7 +121,7 @@ def test_json_without_a_question_keeps_a_spread_sample_and_all_anomalies(comp):
     ids = [x["id"] for x in out["results"] if "id" in x]
     assert {50, 90} <= set(ids)
     assert min(ids) == 0 and max(ids) == 199
-    assert any(60 <= i <= 140 for i in ids) and any(i > 150 for i in ids if i != 199)   # spread, not a head
+    assert any(60 <= i <= 140 for i in ids) and any(i > 150 for i in ids if i != 199)  # spread, not a head
 
 
 def test_json_object_map_and_key_value_lookup_keep_the_exact_value(comp):
@@ -130,8 +148,15 @@ def test_ndjson_lines_are_kept_byte_for_byte(comp):
 def test_long_string_values_are_pruned_but_never_ids_numbers_or_urls(comp):
     rnd = random.Random(5)
     words = "the river runs past the old mill where the miller kept his grain in wooden barrels".split()
-    docs = [{"id": f"doc-{i}", "url": f"https://example.org/{i}", "year": 1900 + i,
-             "text": " ".join(rnd.choice(words) for _ in range(160))} for i in range(12)]
+    docs = [
+        {
+            "id": f"doc-{i}",
+            "url": f"https://example.org/{i}",
+            "year": 1900 + i,
+            "text": " ".join(rnd.choice(words) for _ in range(160)),
+        }
+        for i in range(12)
+    ]
     r = comp.compress(context=json.dumps({"hits": docs}), question="Where did the miller keep his grain?", rate=0.3)
     out = json.loads(r.compressed)
     for d in out["hits"]:
@@ -145,7 +170,7 @@ def test_bad_json_is_text_and_deep_or_huge_input_is_bounded(comp):
     r = comp.compress(context='{"a": [1, 2, 3, "unterminated ' + "word " * 200, rate=0.3)
     assert r.kinds == [] and r.compressed_tokens < r.original_tokens
     deep = "[" * 50_000 + "]" * 50_000
-    comp.compress(context=deep + " and some words after it " * 20, rate=0.3)    # no RecursionError
+    comp.compress(context=deep + " and some words after it " * 20, rate=0.3)  # no RecursionError
     nested = json.dumps({"a": 1, "rows": [{"x": i} for i in range(100)]})
     for _ in range(500):
         nested = '{"k":' + nested + "}"
@@ -167,7 +192,7 @@ def test_mixed_prose_around_json_is_split_and_each_part_handled(comp):
     start, end = r.compressed.index("["), r.compressed.rindex("]") + 1
     block = json.loads(r.compressed[start:end])
     assert {"name": "file42.txt", "size": 420} in block
-    assert len(r.compressed[:start]) < len(prose)            # the prose went to the text method
+    assert len(r.compressed[:start]) < len(prose)  # the prose went to the text method
 
 
 def _log(n: int, seed: int = 1) -> str:
@@ -181,14 +206,20 @@ def _log(n: int, seed: int = 1) -> str:
 
 def test_logs_collapse_repeats_and_keep_every_error_warning_and_trace(comp):
     lines = _log(1500).split("\n")
-    failures = {400: "ERROR payment charge failed for order 10400: card_declined",
-                777: "ERROR payment charge failed for order 10777: insufficient_funds",
-                1201: "ERROR inventory sync failed: upstream 503",
-                900: "WARN db pool exhausted, waiting 250ms"}
+    failures = {
+        400: "ERROR payment charge failed for order 10400: card_declined",
+        777: "ERROR payment charge failed for order 10777: insufficient_funds",
+        1201: "ERROR inventory sync failed: upstream 503",
+        900: "WARN db pool exhausted, waiting 250ms",
+    }
     for i, msg in failures.items():
         lines[i] = lines[i].split(" INFO ")[0] + " " + msg
-    trace = ["Traceback (most recent call last):", '  File "worker.py", line 10, in run', "    x = 1 / 0",
-             "ZeroDivisionError: division by zero"]
+    trace = [
+        "Traceback (most recent call last):",
+        '  File "worker.py", line 10, in run',
+        "    x = 1 / 0",
+        "ZeroDivisionError: division by zero",
+    ]
     lines[1300:1301] = [lines[1300].split(" INFO ")[0] + " ERROR worker crashed", *trace]
     text = "\n".join(lines)
     r = comp.compress(context=text, question="Which orders failed to be charged and why?", rate=0.1)
@@ -201,12 +232,13 @@ def test_logs_collapse_repeats_and_keep_every_error_warning_and_trace(comp):
     assert out[0] == lines[0] and out[-1] == lines[-1]
     assert any("similar]" in ln for ln in out) and any("lines omitted]" in ln for ln in out)
     gaps = sum(int(ln.split()[1]) for ln in out if ln.startswith("[… "))
-    assert gaps + sum(not ln.startswith("[… ") for ln in out) == len(lines)       # every line accounted for
+    assert gaps + sum(not ln.startswith("[… ") for ln in out) == len(lines)  # every line accounted for
 
 
 def test_tables_keep_header_alignment_and_relevant_rows(comp):
-    rows = ["| city | country | population |", "|---|---|---|"] + \
-        [f"| City{i} | Country{i % 7} | {1000 * i} |" for i in range(120)]
+    rows = ["| city | country | population |", "|---|---|---|"] + [
+        f"| City{i} | Country{i % 7} | {1000 * i} |" for i in range(120)
+    ]
     rows[52] = "| Zanzibar City | Tanzania | 593678 |"
     r = comp.compress(context="\n".join(rows), question="What is the population of Zanzibar City?", rate=0.2)
     out = r.compressed.split("\n")
@@ -215,7 +247,7 @@ def test_tables_keep_header_alignment_and_relevant_rows(comp):
 
 
 def _code(copies: int) -> str:
-    block = '''
+    block = """
 # helpers for the billing job
 # (kept small on purpose)
 def parse_config(path):
@@ -242,7 +274,7 @@ def compute_tax_COPY(amount, rate):
         raise ValueError("negative")
     rounded = round(base, 2)
     return rounded
-'''
+"""
     return "import os\n" + "".join(block.replace("COPY", str(i)) for i in range(copies))
 
 
@@ -259,8 +291,12 @@ def test_code_is_cut_only_in_whole_marked_regions(comp):
 
 def test_diffs_keep_headers_and_changed_lines(comp):
     ctx = "\n".join(f" unchanged line {i}" for i in range(80))
-    diff = ("diff --git a/app.py b/app.py\n--- a/app.py\n+++ b/app.py\n@@ -1,90 +1,90 @@\n" + ctx +
-            "\n-    retries = 3\n+    retries = 5\n" + ctx)
+    diff = (
+        "diff --git a/app.py b/app.py\n--- a/app.py\n+++ b/app.py\n@@ -1,90 +1,90 @@\n"
+        + ctx
+        + "\n-    retries = 3\n+    retries = 5\n"
+        + ctx
+    )
     r = comp.compress(context=diff, rate=0.3)
     assert r.kinds == ["diff"]
     for must in ("diff --git a/app.py b/app.py", "@@ -1,90 +1,90 @@", "-    retries = 3", "+    retries = 5"):
@@ -268,8 +304,11 @@ def test_diffs_keep_headers_and_changed_lines(comp):
 
 
 def test_html_pages_become_text(comp):
-    page = ("<!doctype html><html><head><style>body{color:red}</style><script>var x=1;</script></head><body>"
-            + "<p>The museum opens at nine and closes at five on weekdays.</p>" * 40 + "</body></html>")
+    page = (
+        "<!doctype html><html><head><style>body{color:red}</style><script>var x=1;</script></head><body>"
+        + "<p>The museum opens at nine and closes at five on weekdays.</p>" * 40
+        + "</body></html>"
+    )
     r = comp.compress(context=page, question="When does the museum open?", rate=0.3)
     assert "<p>" not in r.compressed and "var x" not in r.compressed and "nine" in r.compressed
 
@@ -303,7 +342,7 @@ def test_tool_output_datasets_hold_what_they_claim(name):
     assert len(items) == 2 and items[0].id != items[1].id
     for it in items:
         assert isinstance(it.context, str) and it.question and it.references
-        assert needed_kept(it, it.context) == 1.0                  # the uncompressed output has what is needed
+        assert needed_kept(it, it.context) == 1.0  # the uncompressed output has what is needed
         assert valid_json(it.context) == bool(it.meta["json"])
         assert kind_of(it.context) == ("json" if it.meta["json"] else "log")
     if name == "tools-nq":
@@ -312,24 +351,28 @@ def test_tool_output_datasets_hold_what_they_claim(name):
 
 
 def test_bench_tools_reports_per_dataset(comp):
-    from ctxgate.eval.bench_tools import main
-
     import contextlib
     import io
+
+    from ctxgate.eval.bench_tools import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["--datasets", "tools-kv,tools-logs", "--limit", "2", "--method", "classifier"]) == 0
     rows = [ln for ln in buf.getvalue().splitlines() if ln.startswith("| tools-")]
     assert [r.split("|")[1].strip() for r in rows] == ["tools-kv", "tools-logs"]
-    assert all(r.split("|")[5].strip() == "1.000" for r in rows)    # needed kept on these at 5x
+    assert all(r.split("|")[5].strip() == "1.000" for r in rows)  # needed kept on these at 5x
 
 
 def test_json_without_collections_prunes_prose_values_and_keeps_every_key(comp):
     rnd = random.Random(9)
     words = "the committee met on tuesday to discuss the budget and the new library building plans".split()
-    doc = {"id": "rec-7", "created": "2026-03-04", "summary": " ".join(rnd.choice(words) for _ in range(300)),
-           "notes": {"body": " ".join(rnd.choice(words) for _ in range(300)), "author": "J. Smith"}}
+    doc = {
+        "id": "rec-7",
+        "created": "2026-03-04",
+        "summary": " ".join(rnd.choice(words) for _ in range(300)),
+        "notes": {"body": " ".join(rnd.choice(words) for _ in range(300)), "author": "J. Smith"},
+    }
     r = comp.compress(context=json.dumps(doc, indent=2), question="What did the committee discuss?", rate=0.4)
     out = json.loads(r.compressed)
     assert list(_leaves(out)) == list(_leaves(doc))

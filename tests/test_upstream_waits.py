@@ -53,7 +53,7 @@ def test_time_between_reads_is_not_upstream_silence():
         waits, reader = _Waits(TIMEOUT), _reader(asyncio.get_running_loop())
         reader.feed_data(b"one")
         got = [await waits.read(reader)]
-        await asyncio.sleep(TIMEOUT * 3)              # the client is slow; the next bytes are buffered
+        await asyncio.sleep(TIMEOUT * 3)  # the client is slow; the next bytes are buffered
         reader.feed_data(b"two")
         got.append(await waits.read(reader))
         reader.feed_eof()

@@ -87,31 +87,53 @@ class TestUpstream:
         if behavior.startswith("slow:"):
             await asyncio.sleep(float(behavior.split(":", 1)[1]))
         if behavior == "error500":
-            body = ({"type": "error", "error": {"type": "api_error", "message": "upstream exploded"}} if anthropic
-                    else {"error": {"message": "upstream exploded", "type": "server_error", "param": None,
-                                    "code": "boom"}})
+            body = (
+                {"type": "error", "error": {"type": "api_error", "message": "upstream exploded"}}
+                if anthropic
+                else {"error": {"message": "upstream exploded", "type": "server_error", "param": None, "code": "boom"}}
+            )
             return await _send(send, 500, json.dumps(body).encode(), extra=[(b"x-request-id", b"req-500")])
         if behavior == "garbage":
             return await _send(send, 200, b"<html>definitely not json", ctype=b"text/html")
-        if behavior.startswith("ctype:"):         # a reply with exactly this content-type
+        if behavior.startswith("ctype:"):  # a reply with exactly this content-type
             return await _send(send, 200, b"plain reply", ctype=behavior.split(":", 1)[1].encode())
         if behavior == "long-header":
             return await _send(send, 200, b"{}", extra=[(b"x-long", b"v" * 20_000)])
         if scope["path"].endswith("/models"):
-            return await _send(send, 200, json.dumps({"object": "list", "data": [
-                {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"},
-                {"id": SMALL_MODEL, "object": "model", "created": 0, "owned_by": "tests",
-                 "max_model_len": SMALL_WINDOW}]}).encode())
+            return await _send(
+                send,
+                200,
+                json.dumps(
+                    {
+                        "object": "list",
+                        "data": [
+                            {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"},
+                            {
+                                "id": SMALL_MODEL,
+                                "object": "model",
+                                "created": 0,
+                                "owned_by": "tests",
+                                "max_model_len": SMALL_WINDOW,
+                            },
+                        ],
+                    }
+                ).encode(),
+            )
         body = json.loads(raw or b"{}")
         if body.get("model") == SMALL_MODEL:
             used = prompt_tokens(body) + int(body.get("max_tokens") or 0)
             if used > SMALL_WINDOW:
                 return await _send(send, 400, json.dumps(_too_long(anthropic, used)).encode())
-        if behavior == "expand":              # a model that calls ctxgate_expand once, then answers
+        if behavior == "expand":  # a model that calls ctxgate_expand once, then answers
             events, reply = expand_turn(body, anthropic)
             if body.get("stream"):
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+                    }
+                )
                 for ev in events:
                     await send({"type": "http.response.body", "body": ev, "more_body": True})
                 return await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -121,23 +143,35 @@ class TestUpstream:
         reply = _anthropic_message(body) if anthropic else _openai_completion(body)
         payload = json.dumps(reply).encode()
         if behavior == "reset":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(payload)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
             raise ConnectionResetError("test upstream: reset half-way through the body")
         await _send(send, 200, payload, extra=[(b"x-request-id", b"req-ok"), (b"openai-processing-ms", b"7")])
 
     async def _stream(self, send, receive, path, anthropic, body, behavior) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-request-id", b"req-sse")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-request-id", b"req-sse")],
+            }
+        )
         events = stream_events(body, anthropic)
         if behavior == "drip":
             events = events[:1] + [events[1]] * 200
         for i, ev in enumerate(events):
             if behavior == "reset" and i == 2:
                 raise ConnectionResetError("test upstream: reset mid-stream")
-            if behavior.startswith("stall:") and i == 2:      # two events, then silence
+            if behavior.startswith("stall:") and i == 2:  # two events, then silence
                 await asyncio.sleep(float(behavior.split(":", 1)[1]))
             if behavior == "drip" and i:
                 # the proxy closing its upstream connection shows up here as a disconnect
@@ -154,8 +188,13 @@ class TestUpstream:
 
 
 async def _send(send, status: int, body: bytes, ctype: bytes = b"application/json", extra=()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -188,18 +227,35 @@ def _prompt_chars(body: dict[str, Any]) -> int:
 
 
 def _openai_completion(body: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "test-model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"ok {_prompt_chars(body)}"},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
-            "unknown_vendor_field": {"kept": True}}
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "test-model"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"ok {_prompt_chars(body)}"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        "unknown_vendor_field": {"kept": True},
+    }
 
 
 def _anthropic_message(body: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "msg_test", "type": "message", "role": "assistant", "model": body.get("model", "test-model"),
-            "content": [{"type": "text", "text": f"ok {_prompt_chars(body)}"}], "stop_reason": "end_turn",
-            "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 2}}
+    return {
+        "id": "msg_test",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model", "test-model"),
+        "content": [{"type": "text", "text": f"ok {_prompt_chars(body)}"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    }
 
 
 def _sse(obj: Any, event: str | None = None) -> bytes:
@@ -211,27 +267,58 @@ def stream_events(body: dict[str, Any], anthropic: bool, words: list[str] | None
     model = body.get("model", "test-model")
     words = words or ["Hello", " from", " the", " test", " upstream"]
     if anthropic:
-        evs = [_sse({"type": "message_start", "message": {"id": "msg_test", "type": "message", "role": "assistant",
-                                                          "model": model, "content": [], "stop_reason": None,
-                                                          "stop_sequence": None,
-                                                          "usage": {"input_tokens": 10, "output_tokens": 0}}},
-                    "message_start"),
-               _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                    "content_block_start")]
-        evs += [_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
-                     "content_block_delta") for w in words]
-        evs += [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-                _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                      "usage": {"output_tokens": 5}}, "message_delta"),
-                _sse({"type": "message_stop"}, "message_stop")]
+        evs = [
+            _sse(
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_test",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 10, "output_tokens": 0},
+                    },
+                },
+                "message_start",
+            ),
+            _sse(
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start",
+            ),
+        ]
+        evs += [
+            _sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
+                "content_block_delta",
+            )
+            for w in words
+        ]
+        evs += [
+            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 5},
+                },
+                "message_delta",
+            ),
+            _sse({"type": "message_stop"}, "message_stop"),
+        ]
         return evs
     base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
-    evs = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                      "finish_reason": None}]})]
+    evs = [
+        _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    ]
     evs += [_sse({**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]}) for w in words]
-    evs += [_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-            _sse({**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
-            b"data: [DONE]\n\n"]
+    evs += [
+        _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        _sse({**base, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}),
+        b"data: [DONE]\n\n",
+    ]
     return evs
 
 
@@ -244,7 +331,11 @@ def _tool_result(body: dict[str, Any], anthropic: bool) -> str | None:
             return m.get("content")
         if anthropic and isinstance(m.get("content"), list):
             for b in m["content"]:
-                if isinstance(b, dict) and b.get("type") == "tool_result" and str(b.get("tool_use_id", "")).startswith("toolu_x"):
+                if (
+                    isinstance(b, dict)
+                    and b.get("type") == "tool_result"
+                    and str(b.get("tool_use_id", "")).startswith("toolu_x")
+                ):
                     return b.get("content")
     return None
 
@@ -259,43 +350,112 @@ def expand_turn(body: dict[str, Any], anthropic: bool) -> tuple[list[bytes], dic
     if result is not None or not offered or not refs:
         text = f"expanded {len(result)}" if result is not None else "no expand"
         if anthropic:
-            return stream_events(body, True, words=[text]), {**_anthropic_message(body),
-                                                             "content": [{"type": "text", "text": text}]}
+            return stream_events(body, True, words=[text]), {
+                **_anthropic_message(body),
+                "content": [{"type": "text", "text": text}],
+            }
         reply = _openai_completion(body)
         reply["choices"][0]["message"]["content"] = text
         return stream_events(body, False, words=[text]), reply
     args = json.dumps({"ref": refs[0]})
     if anthropic:
-        reply = {"id": "msg_tool", "type": "message", "role": "assistant", "model": model,
-                 "content": [{"type": "text", "text": "Let me look."},
-                             {"type": "tool_use", "id": "toolu_x1", "name": "ctxgate_expand", "input": {"ref": refs[0]}}],
-                 "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5}}
-        evs = [_sse({"type": "message_start", "message": {**reply, "content": [], "stop_reason": None}}, "message_start"),
-               _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                    "content_block_start"),
-               _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me look."}},
-                    "content_block_delta"),
-               _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-               _sse({"type": "content_block_start", "index": 1, "content_block": {
-                   "type": "tool_use", "id": "toolu_x1", "name": "ctxgate_expand", "input": {}}}, "content_block_start")]
-        evs += [_sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": p}},
-                     "content_block_delta") for p in (args[:5], args[5:])]
-        evs += [_sse({"type": "content_block_stop", "index": 1}, "content_block_stop"),
-                _sse({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                      "usage": {"output_tokens": 5}}, "message_delta"),
-                _sse({"type": "message_stop"}, "message_stop")]
+        reply = {
+            "id": "msg_tool",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_x1", "name": "ctxgate_expand", "input": {"ref": refs[0]}},
+            ],
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 5},
+        }
+        evs = [
+            _sse({"type": "message_start", "message": {**reply, "content": [], "stop_reason": None}}, "message_start"),
+            _sse(
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                "content_block_start",
+            ),
+            _sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me look."}},
+                "content_block_delta",
+            ),
+            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            _sse(
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {"type": "tool_use", "id": "toolu_x1", "name": "ctxgate_expand", "input": {}},
+                },
+                "content_block_start",
+            ),
+        ]
+        evs += [
+            _sse(
+                {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": p}},
+                "content_block_delta",
+            )
+            for p in (args[:5], args[5:])
+        ]
+        evs += [
+            _sse({"type": "content_block_stop", "index": 1}, "content_block_stop"),
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                    "usage": {"output_tokens": 5},
+                },
+                "message_delta",
+            ),
+            _sse({"type": "message_stop"}, "message_stop"),
+        ]
         return evs, reply
     call = {"id": "call_x1", "type": "function", "function": {"name": "ctxgate_expand", "arguments": args}}
     reply = _openai_completion(body)
     reply["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
     reply["choices"][0]["finish_reason"] = "tool_calls"
     base = {"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
-    evs = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None,
-                                                            "tool_calls": [{"index": 0, "id": "call_x1", "type": "function",
-                                                                            "function": {"name": "ctxgate_expand",
-                                                                                         "arguments": ""}}]},
-                                      "finish_reason": None}]})]
-    evs += [_sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": p}}]},
-                                       "finish_reason": None}]}) for p in (args[:5], args[5:])]
+    evs = [
+        _sse(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "call_x1",
+                                    "type": "function",
+                                    "function": {"name": "ctxgate_expand", "arguments": ""},
+                                }
+                            ],
+                        },
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+    ]
+    evs += [
+        _sse(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"tool_calls": [{"index": 0, "function": {"arguments": p}}]},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        for p in (args[:5], args[5:])
+    ]
     evs += [_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}), b"data: [DONE]\n\n"]
     return evs, reply

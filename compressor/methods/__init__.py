@@ -19,7 +19,9 @@ METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 AUTO_RATE_METHODS: tuple[str, ...] = ("classifier",)
 
 
-def make_method(name: str, *, scorer: str, embedder: str, student: str = "student", device: str | None = None) -> Method:
+def make_method(
+    name: str, *, scorer: str, embedder: str, student: str = "student", device: str | None = None
+) -> Method:
     if name == "passthrough":
         from .passthrough import Passthrough
 

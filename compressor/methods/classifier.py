@@ -35,7 +35,7 @@ from ._base import Job, MethodOutput
 
 BATCH_ROWS = 32
 COARSE_FACTOR = 1.3
-HOP_WEIGHT = 2.0          # logits for the document that links best to the first hop (not tuned: see _hops)
+HOP_WEIGHT = 2.0  # logits for the document that links best to the first hop (not tuned: see _hops)
 _WORD = re.compile(r"\w{3,}", re.UNICODE)
 _STOP = frozenset(
     "the and for that with from this was were are his her their its which who what when where how has have had "
@@ -50,7 +50,7 @@ UNSELECTED = -1e6
 AUTO_PASSAGE_LOGIT = -1.0
 AUTO_WORD_LOGIT = -1.5
 AUTO_MIN_PASSAGES = 3
-AUTO_WORD_LOGIT_NO_QUESTION = 0.0   # nothing gates passages without a question: the better half of the words
+AUTO_WORD_LOGIT_NO_QUESTION = 0.0  # nothing gates passages without a question: the better half of the words
 
 
 def _logsigmoid(x: np.ndarray) -> np.ndarray:
@@ -85,7 +85,9 @@ class Classifier:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, docs: Sequence[Segmented], question: str | None) -> tuple[Encoded, np.ndarray, np.ndarray, np.ndarray]:
+    def score(
+        self, docs: Sequence[Segmented], question: str | None
+    ) -> tuple[Encoded, np.ndarray, np.ndarray, np.ndarray]:
         """(encoding, keep logit per unit, relevance logit per window, unit-length mean hidden
         state per window), from batched forward passes over length-sorted windows."""
         import torch
@@ -101,9 +103,9 @@ class Classifier:
         device = next(st.net.parameters()).device if st.precision != "int8" else torch.device("cpu")
         with torch.inference_mode():
             for s in range(0, n, BATCH_ROWS):
-                idx = order[s:s + BATCH_ROWS]
+                idx = order[s : s + BATCH_ROWS]
                 width = int(lengths[idx].max())
-                t = lambda a: torch.from_numpy(np.ascontiguousarray(a[idx, :width])).to(device)  # noqa: E731
+                t = lambda a: torch.from_numpy(np.ascontiguousarray(a[idx, :width])).to(device)  # noqa: E731, B023  # used at once
                 tok, doc, hidden = st.net(t(enc.input_ids), t(enc.attention), t(enc.types))
                 piece_logits[idx, :width] = tok.float().cpu().numpy()
                 rel[idx] = doc.float().cpu().numpy()
@@ -115,7 +117,7 @@ class Classifier:
                 vecs[idx] = pooled
         unit_logit, count = unit_means(piece_logits, enc.piece_unit, enc.n_units)
         if (count == 0).any() and (count > 0).any():
-            unit_logit[count == 0] = float(np.median(unit_logit[count > 0]))   # pieces the tokenizer dropped
+            unit_logit[count == 0] = float(np.median(unit_logit[count > 0]))  # pieces the tokenizer dropped
         return enc, unit_logit, rel, vecs
 
     # ------------------------------------------------------------------ method
@@ -127,7 +129,7 @@ class Classifier:
         window_of_unit = np.full(enc.n_units, -1, dtype=np.int64)
         for w, win in enumerate(enc.windows):
             a = enc.unit_offset[win.doc]
-            window_of_unit[a + win.first:a + win.last] = w
+            window_of_unit[a + win.first : a + win.last] = w
         if question is not None and job.options.get("multi_hop", False):
             rel = self._hops(job, enc, rel, question)
         doc_scores = self._doc_scores(enc, rel, len(docs)) if question is not None else None
@@ -135,16 +137,18 @@ class Classifier:
             texts = self._auto(job, enc, unit_logit, rel, window_of_unit, question)
             return MethodOutput(texts=texts, scores=doc_scores)
 
-        costs = [unit_token_counts(seg, job.counter) for seg in docs]      # counted once, for every stage
+        costs = [unit_token_counts(seg, job.counter) for seg in docs]  # counted once, for every stage
         score = _logsigmoid(unit_logit)
         if question is not None and len(enc.windows) > 1:
             score = score + _logsigmoid(rel)[np.clip(window_of_unit, 0, None)]
             score = score + self._coarse(job, enc, rel, window_of_unit, costs)
         elif question is None and job.options.get("is_documents") and len(docs) > 1:
             score = score + self._typical(job, enc, vecs, costs)
-        per_doc = [score[enc.unit_offset[d]:enc.unit_offset[d] + len(seg.units)].tolist() for d, seg in enumerate(docs)]
-        texts = fit(per_doc, docs, job.budget, job.counter, costs=costs)
-        out = [t if t.strip() or not d.text.strip() else None for t, d in zip(texts, docs)]
+        per_doc = [
+            score[enc.unit_offset[d] : enc.unit_offset[d] + len(seg.units)].tolist() for d, seg in enumerate(docs)
+        ]
+        fitted = fit(per_doc, docs, job.budget, job.counter, costs=costs)
+        out: list[str | None] = [t if t.strip() or not d.text.strip() else None for t, d in zip(fitted, docs)]
         return MethodOutput(texts=out, scores=doc_scores)
 
     @staticmethod
@@ -184,14 +188,16 @@ class Classifier:
         return rel + lift[np.array([w.doc for w in enc.windows])]
 
     @staticmethod
-    def _coarse(job: Job, enc: Encoded, rel: np.ndarray, window_of_unit: np.ndarray,
-                costs: list[list[int]]) -> np.ndarray:
+    def _coarse(
+        job: Job, enc: Encoded, rel: np.ndarray, window_of_unit: np.ndarray, costs: list[list[int]]
+    ) -> np.ndarray:
         """UNSELECTED for the units of windows outside the most relevant ones that fill
         ``coarse_factor`` x the budget: whole passages are kept or left, as in ``hybrid``, rather
         than a few words of every passage."""
         flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in costs]) if costs else np.zeros(0, np.int64)
-        window_cost = np.bincount(window_of_unit[window_of_unit >= 0], weights=flat[window_of_unit >= 0],
-                                  minlength=len(enc.windows))
+        window_cost = np.bincount(
+            window_of_unit[window_of_unit >= 0], weights=flat[window_of_unit >= 0], minlength=len(enc.windows)
+        )
         allowance = job.budget * float(job.options.get("coarse_factor", COARSE_FACTOR))
         chosen = np.zeros(len(enc.windows), dtype=bool)
         used = 0.0
@@ -221,7 +227,8 @@ class Classifier:
         cen = np.full(len(docs), -np.inf)
         cen[present] = centrality(unit[present])
         allowance = job.budget * float(job.options.get("coarse_factor", COARSE_FACTOR))
-        chosen, used = set(), 0
+        chosen: set[int] = set()
+        used = 0
         for d in (int(i) for i in rank(cen)):
             if not np.isfinite(cen[d]):
                 continue
@@ -234,12 +241,18 @@ class Classifier:
         extra = np.zeros(enc.n_units)
         for d, seg in enumerate(docs):
             if d not in chosen:
-                extra[enc.unit_offset[d]:enc.unit_offset[d] + len(seg.units)] = UNSELECTED
+                extra[enc.unit_offset[d] : enc.unit_offset[d] + len(seg.units)] = UNSELECTED
         return extra
 
     @staticmethod
-    def _auto(job: Job, enc: Encoded, unit_logit: np.ndarray, rel: np.ndarray, window_of_unit: np.ndarray,
-              question: str | None) -> list[str | None]:
+    def _auto(
+        job: Job,
+        enc: Encoded,
+        unit_logit: np.ndarray,
+        rel: np.ndarray,
+        window_of_unit: np.ndarray,
+        question: str | None,
+    ) -> list[str | None]:
         default = AUTO_WORD_LOGIT if question is not None else AUTO_WORD_LOGIT_NO_QUESTION
         keep_unit = unit_logit >= float(job.options.get("auto_word_logit", default))
         if question is not None and len(enc.windows):
@@ -249,7 +262,7 @@ class Classifier:
         out: list[str | None] = []
         for d, seg in enumerate(job.docs):
             a = enc.unit_offset[d]
-            kept = sorted(set(np.flatnonzero(keep_unit[a:a + len(seg.units)]).tolist()) | set(seg.must_keep))
+            kept = sorted(set(np.flatnonzero(keep_unit[a : a + len(seg.units)]).tolist()) | set(seg.must_keep))
             text = seg.render(kept)
             out.append(text if text.strip() or not seg.text.strip() else None)
         return out

@@ -20,26 +20,31 @@ from .._tokens import TokenCounter
 from .._units import Segmented
 from ._base import Job, MethodOutput
 
-MIN_CHUNK_TOKENS = 16   # shorter sentences ("Fig. 3.", list items) are merged with the next ones
-MAX_CHUNK_TOKENS = 96   # longer ones are split: MiniLM reads 256 word pieces, and finer is fairer
-DOC_WEIGHT = 0.3        # how much a chunk's document similarity adds to its own (documents input)
+MIN_CHUNK_TOKENS = 16  # shorter sentences ("Fig. 3.", list items) are merged with the next ones
+MAX_CHUNK_TOKENS = 96  # longer ones are split: MiniLM reads 256 word pieces, and finer is fairer
+DOC_WEIGHT = 0.3  # how much a chunk's document similarity adds to its own (documents input)
 
 
 @dataclass(frozen=True)
 class Chunk:
     doc: int
-    first: int     # unit range [first, last)
+    first: int  # unit range [first, last)
     last: int
-    cost: int      # tokens in the target tokenizer (sum of unit estimates)
-    keep: bool     # holds a keep unit: always kept
+    cost: int  # tokens in the target tokenizer (sum of unit estimates)
+    keep: bool  # holds a keep unit: always kept
 
     def text(self, docs: Sequence[Segmented]) -> str:
         seg = docs[self.doc]
         return seg.text[seg.units[self.first].start : seg.units[self.last - 1].end]
 
 
-def chunk_sentences(docs: Sequence[Segmented], costs: Sequence[Sequence[int]], *,
-                    min_tokens: int = MIN_CHUNK_TOKENS, max_tokens: int = MAX_CHUNK_TOKENS) -> list[Chunk]:
+def chunk_sentences(
+    docs: Sequence[Segmented],
+    costs: Sequence[Sequence[int]],
+    *,
+    min_tokens: int = MIN_CHUNK_TOKENS,
+    max_tokens: int = MAX_CHUNK_TOKENS,
+) -> list[Chunk]:
     """Sentences merged up to ``min_tokens`` and split at ``max_tokens``; keep units stand alone."""
     chunks: list[Chunk] = []
     for d, seg in enumerate(docs):
@@ -48,7 +53,7 @@ def chunk_sentences(docs: Sequence[Segmented], costs: Sequence[Sequence[int]], *
         def close(end: int) -> None:
             nonlocal start, acc
             if start is not None and end > start:
-                chunks.append(Chunk(d, start, end, acc, False))
+                chunks.append(Chunk(d, start, end, acc, False))  # noqa: B023  # called inside this loop
             start, acc = None, 0
 
         for first, last in seg.sentences:
@@ -68,8 +73,14 @@ def chunk_sentences(docs: Sequence[Segmented], costs: Sequence[Sequence[int]], *
     return chunks
 
 
-def select_chunks(chunks: Sequence[Chunk], order: Sequence[int], skip: set[int],
-                  costs: Sequence[Sequence[int]], budget: int, n_docs: int) -> list[set[int]]:
+def select_chunks(
+    chunks: Sequence[Chunk],
+    order: Sequence[int],
+    skip: set[int],
+    costs: Sequence[Sequence[int]],
+    budget: int,
+    n_docs: int,
+) -> list[set[int]]:
     """Unit indices per doc: keep chunks, then whole chunks in rank order while they fit, then
     the first words of the best chunk left out, up to ``budget`` tokens."""
     chosen: list[set[int]] = [set() for _ in range(n_docs)]
@@ -98,12 +109,27 @@ def select_chunks(chunks: Sequence[Chunk], order: Sequence[int], skip: set[int],
     return chosen
 
 
-def fit_chunks(chunks: Sequence[Chunk], order: Sequence[int], skip: set[int], docs: Sequence[Segmented],
-               costs: Sequence[Sequence[int]], budget: int, counter: TokenCounter, *,
-               rounds: int = 3, tolerance: float = 0.05) -> list[str]:
+def fit_chunks(
+    chunks: Sequence[Chunk],
+    order: Sequence[int],
+    skip: set[int],
+    docs: Sequence[Segmented],
+    costs: Sequence[Sequence[int]],
+    budget: int,
+    counter: TokenCounter,
+    *,
+    rounds: int = 3,
+    tolerance: float = 0.05,
+) -> list[str]:
     """``select_chunks`` with the budget corrected by the measured size of the rendering."""
-    return fit_measured(lambda target: select_chunks(chunks, order, skip, costs, target, len(docs)), docs, budget,
-                        counter, rounds=rounds, tolerance=tolerance)
+    return fit_measured(
+        lambda target: select_chunks(chunks, order, skip, costs, target, len(docs)),
+        docs,
+        budget,
+        counter,
+        rounds=rounds,
+        tolerance=tolerance,
+    )
 
 
 class Extractive:
@@ -129,17 +155,19 @@ class Extractive:
         if not chunks:
             return MethodOutput(texts=[d.text for d in docs])
         vecs = self.embedder.embed([c.text(docs) for c in chunks])
-        scores, doc_scores = chunk_scores(self.embedder, chunks, vecs, len(docs), job.question,
-                                          bool(job.options.get("is_documents")))
-        order = rank(scores)
+        scores, doc_scores = chunk_scores(
+            self.embedder, chunks, vecs, len(docs), job.question, bool(job.options.get("is_documents"))
+        )
+        order = [int(i) for i in rank(scores)]
         skip = near_duplicates(vecs, order)
         texts = fit_chunks(chunks, order, skip, docs, costs, job.budget, job.counter)
         out = [t if t.strip() or not d.text.strip() else None for t, d in zip(texts, docs)]
         return MethodOutput(texts=out, scores=[None if s is None else float(s) for s in doc_scores])
 
 
-def chunk_scores(embedder: Embedder, chunks: Sequence[Chunk], vecs: np.ndarray, n_docs: int,
-                 question: str | None, is_documents: bool) -> tuple[np.ndarray, list[float | None]]:
+def chunk_scores(
+    embedder: Embedder, chunks: Sequence[Chunk], vecs: np.ndarray, n_docs: int, question: str | None, is_documents: bool
+) -> tuple[np.ndarray, list[float | None]]:
     """Per chunk: similarity to the question (else centrality); for documents input, blended
     with the similarity of the chunk's document (the mean of its chunk vectors).
     Also per document: that document similarity (None for documents without chunks)."""

@@ -33,13 +33,13 @@ from .._units import Segmented
 from ._base import Job, MethodOutput
 from .extractive import Chunk, chunk_sentences
 
-COARSE_FACTOR = 1.3     # the LM sees about this many times the budget (tuned on nq, 25 items)
-RANK_BONUS = 4.0        # nats added to the best kept document's words, falling to 0 for the last
-ATOM_BOOST = 2.0        # nats: numbers, IDs, URLs are rarely worth dropping
-QUESTION_BOOST = 2.0    # nats: words that also appear in the question
+COARSE_FACTOR = 1.3  # the LM sees about this many times the budget (tuned on nq, 25 items)
+RANK_BONUS = 4.0  # nats added to the best kept document's words, falling to 0 for the last
+ATOM_BOOST = 2.0  # nats: numbers, IDs, URLs are rarely worth dropping
+QUESTION_BOOST = 2.0  # nats: words that also appear in the question
 DOC_CHUNK_TOKENS = (64, 200)  # chunks that stand for a document when ranking documents
-SENT_BONUS = 10.0       # nats per unit of cosine similarity between a word's sentence and the question
-UNSELECTED = -1e6       # units outside the kept documents/chunks: only if nothing else fits
+SENT_BONUS = 10.0  # nats per unit of cosine similarity between a word's sentence and the question
+UNSELECTED = -1e6  # units outside the kept documents/chunks: only if nothing else fits
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STOP = frozenset(
@@ -94,7 +94,7 @@ class Hybrid:
         chunks = chunk_sentences(docs, costs, min_tokens=DOC_CHUNK_TOKENS[0], max_tokens=DOC_CHUNK_TOKENS[1])
         head = [question] if question is not None else []
         vecs = self.embedder.embed(head + [c.text(docs) for c in chunks])
-        chunk_vecs = vecs[len(head):]
+        chunk_vecs = vecs[len(head) :]
         best = np.full(len(docs), -np.inf)
         doc_vecs = np.zeros((len(docs), vecs.shape[1]), dtype=np.float32)
         for c, v in zip(chunks, chunk_vecs):
@@ -110,7 +110,8 @@ class Hybrid:
         order = [int(d) for d in rank(best) if np.isfinite(best[d])]
         dup = near_duplicates(unit, order)
         must = {d for d, seg in enumerate(docs) if seg.must_keep}
-        chosen, used = [], 0
+        chosen: list[int] = []
+        used = 0
         for d in order:
             if d in dup and d not in must:
                 continue
@@ -185,7 +186,7 @@ class Hybrid:
         vecs = self.embedder.embed([question] + [c.text(docs) for c in chunks])
         sims = similarities(vecs[0], vecs[1:])
         for c, s in zip(chunks, sims):
-            kept[c.doc][c.first:c.last] = SENT_BONUS * max(0.0, float(s))
+            kept[c.doc][c.first : c.last] = SENT_BONUS * max(0.0, float(s))
         return kept
 
     def _unit_nll(self, docs: Sequence[Segmented], spans: list[tuple[int, int, int]]) -> list[np.ndarray]:

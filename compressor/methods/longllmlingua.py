@@ -91,7 +91,7 @@ class LongLLMLingua:
         live = [i for i, t in enumerate(texts) if t.strip()]
         out: list[str | None] = [t if not t.strip() else None for t in texts]
         if not live:
-            return MethodOutput(texts=texts)
+            return MethodOutput(texts=list(out))
         if job.budget <= 0:  # protected content elsewhere used the whole budget
             return MethodOutput(texts=out, warnings=["no budget left for longllmlingua; documents dropped"])
         question = (job.question or "").strip()
@@ -128,11 +128,18 @@ class LongLLMLingua:
             all_scores[i] = scores[j]
         return MethodOutput(texts=out, scores=all_scores, warnings=warnings)
 
-    def _compress(self, context: list[str], question: str, instruction: str, target: float,
-                  settings: dict[str, Any]) -> tuple[list[str | None], list[float | None]]:
+    def _compress(
+        self, context: list[str], question: str, instruction: str, target: float, settings: dict[str, Any]
+    ) -> tuple[list[str | None], list[float | None]]:
         pc = self._pc
-        pc.compress_prompt(context, instruction=instruction, question=question,
-                           target_token=max(1.0, target), concate_question=False, **settings)
+        pc.compress_prompt(
+            context,
+            instruction=instruction,
+            question=question,
+            target_token=max(1.0, target),
+            concate_question=False,
+            **settings,
+        )
         if len(context) > 1 and pc.last_ranking:
             # longllmlingua ranks by conditional perplexity, ascending (lower = more relevant);
             # question-agnostic llmlingua keeps high-perplexity documents first

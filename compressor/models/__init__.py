@@ -3,15 +3,47 @@
 from ._cache import home, model_dir, models_dir, offline_env
 from ._device import cpu_has_native_bf16, pick_device, pick_dtype
 from ._load import (
-    LoadedStudent, ResolvedModel, clear_loaded, load_causal_lm, load_embedder, load_student, load_tokenizer, resolve,
-    student_file, verify_student,
+    LoadedStudent,
+    ResolvedModel,
+    clear_loaded,
+    load_causal_lm,
+    load_embedder,
+    load_student,
+    load_tokenizer,
+    resolve,
+    student_file,
+    verify_student,
 )
 from ._prepare import is_prepared, missing_packages, prepare, sha256_file, verify
 from ._registry import ALIASES, MODELS, STUDENTS, ModelSpec, StudentSpec, lookup
 
 __all__ = [
-    "ALIASES", "MODELS", "STUDENTS", "LoadedStudent", "ModelSpec", "ResolvedModel", "StudentSpec", "clear_loaded", "cpu_has_native_bf16", "home",
-    "is_prepared", "load_causal_lm", "load_embedder", "load_student", "load_tokenizer", "lookup", "missing_packages",
-    "model_dir", "models_dir", "offline_env", "pick_device", "pick_dtype", "prepare", "resolve",
-    "sha256_file", "student_file", "verify", "verify_student",
+    "ALIASES",
+    "MODELS",
+    "STUDENTS",
+    "LoadedStudent",
+    "ModelSpec",
+    "ResolvedModel",
+    "StudentSpec",
+    "clear_loaded",
+    "cpu_has_native_bf16",
+    "home",
+    "is_prepared",
+    "load_causal_lm",
+    "load_embedder",
+    "load_student",
+    "load_tokenizer",
+    "lookup",
+    "missing_packages",
+    "model_dir",
+    "models_dir",
+    "offline_env",
+    "pick_device",
+    "pick_dtype",
+    "prepare",
+    "resolve",
+    "sha256_file",
+    "student_file",
+    "verify",
+    "verify_student",
 ]

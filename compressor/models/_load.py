@@ -19,9 +19,9 @@ _load_lock = threading.RLock()
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    name: str          # what the user asked for, normalised
-    location: str      # a local folder or an HF id
-    fingerprint: str   # stable id of the weights, for cache keys
+    name: str  # what the user asked for, normalised
+    location: str  # a local folder or an HF id
+    fingerprint: str  # stable id of the weights, for cache keys
 
 
 def resolve(name: str) -> ResolvedModel:
@@ -89,7 +89,7 @@ def _causal_lm(location: str, device: str, dtype_name: str):
         model = AutoModelForCausalLM.from_pretrained(location, dtype=getattr(torch, dtype_name))
     except Exception as exc:
         raise _hub_hint(exc, location) from exc
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' .to stub is wrong for a str
 
 
 def load_causal_lm(name: str, device: str | None = None):
@@ -130,12 +130,12 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class LoadedStudent:
-    net: object            # compressor._student StudentNet, eval mode
+    net: object  # compressor._student StudentNet, eval mode
     tokenizer: object
     max_len: int
-    fingerprint: str       # SHA-256 prefix of the artifact: part of every cache key
+    fingerprint: str  # SHA-256 prefix of the artifact: part of every cache key
     name: str
-    precision: str         # int8 (dynamic, CPU), fp32, bf16 or fp16
+    precision: str  # int8 (dynamic, CPU), fp32, bf16 or fp16
 
 
 def student_file(name: str) -> tuple[Path, str | None, int, int, str]:
@@ -155,9 +155,12 @@ def student_file(name: str) -> tuple[Path, str | None, int, int, str]:
         try:
             return path, None, int(meta["layers"]), int(meta["max_len"]), meta.get("base", "minilm")
         except (KeyError, ValueError):
-            raise ModelError(f"{path} has no student metadata (layers, max_len); is it from `ctxgate train fit`?") from None
-    raise ModelError(f"unknown student {name!r}: use {', '.join(sorted(STUDENTS))} or a .safetensors file "
-                     "from `ctxgate train fit`")
+            raise ModelError(
+                f"{path} has no student metadata (layers, max_len); is it from `ctxgate train fit`?"
+            ) from None
+    raise ModelError(
+        f"unknown student {name!r}: use {', '.join(sorted(STUDENTS))} or a .safetensors file from `ctxgate train fit`"
+    )
 
 
 def verify_student(name: str = "student") -> str:
@@ -169,8 +172,10 @@ def verify_student(name: str = "student") -> str:
         raise ModelError(f"student artifact {path} is missing (it ships with the repo; reinstall ctxgate)")
     got = sha256_file(path)
     if pinned is not None and got != pinned:
-        raise ChecksumMismatch(f"{path}: SHA-256 {got[:16]}... does not match the pinned {pinned[:16]}...; "
-                               "the file is damaged, or it was retrained without updating STUDENTS in the registry")
+        raise ChecksumMismatch(
+            f"{path}: SHA-256 {got[:16]}... does not match the pinned {pinned[:16]}...; "
+            "the file is damaged, or it was retrained without updating STUDENTS in the registry"
+        )
     return got
 
 
@@ -194,7 +199,7 @@ def _student(name: str, device: str, precision: str) -> LoadedStudent:
     if precision == "int8":
         import warnings
 
-        with warnings.catch_warnings():   # torch 2.13 marks eager quantisation as moving to torchao
+        with warnings.catch_warnings():  # torch 2.13 marks eager quantisation as moving to torchao
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
             net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
     else:

@@ -112,7 +112,7 @@ def _convert_gguf(spec: ModelSpec, gguf: Path, out: Path, log: Log) -> None:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     # transformers 5.x marks GGUF-loaded models unsaveable; the weights are already dequantized.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -140,7 +140,7 @@ def read_manifest(name: str) -> dict | None:
 
 def is_prepared(spec: ModelSpec) -> bool:
     m = read_manifest(spec.name)
-    return bool(m) and m.get("sha256") == spec.sha256
+    return m is not None and m.get("sha256") == spec.sha256
 
 
 def prepare(spec: ModelSpec, *, log: Log = print, force: bool = False) -> Path:
@@ -149,7 +149,7 @@ def prepare(spec: ModelSpec, *, log: Log = print, force: bool = False) -> Path:
     target = model_dir(spec.name)
     if is_prepared(spec) and not force:
         manifest = read_manifest(spec.name) or {}
-        if "files" not in manifest:             # prepared by an older ctxgate: record the hashes once
+        if "files" not in manifest:  # prepared by an older ctxgate: record the hashes once
             manifest["files"] = _folder_hashes(target)
             (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
         log(f"{spec.name}: already prepared in {target}")
@@ -221,11 +221,17 @@ def verify(spec: ModelSpec) -> tuple[bool, str]:
         if missing_packages(spec):
             return False, f"{spec.name}: not prepared; run: ctxgate models prepare {spec.name}"
         ok, msg = _verify_source(spec)
-        return False, msg if not ok else f"{spec.name}: source ok, not prepared; run: ctxgate models prepare {spec.name}"
+        return (
+            False,
+            msg if not ok else f"{spec.name}: source ok, not prepared; run: ctxgate models prepare {spec.name}",
+        )
     target = model_dir(spec.name)
     recorded = (read_manifest(spec.name) or {}).get("files")
     if not (target / "config.json").exists() or (recorded is not None and _folder_hashes(target) != recorded):
-        return False, f"{spec.name}: prepared folder changed or incomplete; run: ctxgate models prepare --force {spec.name}"
+        return (
+            False,
+            f"{spec.name}: prepared folder changed or incomplete; run: ctxgate models prepare --force {spec.name}",
+        )
     if recorded is None or not missing_packages(spec):
         return _verify_source(spec)
     return True, f"{spec.name}: ok"

@@ -82,6 +82,7 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
+
 @dataclass(frozen=True)
 class StudentSpec:
     """A student trained here (``ctxgate train``): a delta over an embedded base, shipped in the
@@ -89,9 +90,9 @@ class StudentSpec:
 
     name: str
     description: str
-    file: str           # inside compressor/models/weights/
+    file: str  # inside compressor/models/weights/
     sha256: str
-    base: str           # embedded model whose tokenizer, embeddings and first blocks it starts from
+    base: str  # embedded model whose tokenizer, embeddings and first blocks it starts from
     layers: int
     max_len: int
 

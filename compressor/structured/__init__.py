@@ -37,5 +37,18 @@ def crush(text: str, kind: Kind, tools: Tools, lang: str = "") -> Crushed | None
     return None
 
 
-__all__ = ["Crushed", "Kind", "Part", "Prune", "Relevance", "Tools", "crush", "dumps",
-           "html_text", "kind_of", "parse_json", "signature", "split"]
+__all__ = [
+    "Crushed",
+    "Kind",
+    "Part",
+    "Prune",
+    "Relevance",
+    "Tools",
+    "crush",
+    "dumps",
+    "html_text",
+    "kind_of",
+    "parse_json",
+    "signature",
+    "split",
+]

@@ -14,17 +14,19 @@ from dataclasses import dataclass
 from ._types import Crushed, Tools
 
 _PY_DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+\w+")
-_BRACE_DEF = re.compile(r"^(\s*)(?:(?:export|public|private|protected|static|async|final|override|pub|inline|virtual|"
-                        r"def|func|fn|function)\s+)*[\w<>\[\]:*&, ]*?\b\w+\s*\([^;]*\)\s*(?:->\s*[^{]+|:\s*[\w<>\[\]., ]+)?"
-                        r"(?:throws [\w., ]+)?\s*\{\s*$")
+_BRACE_DEF = re.compile(
+    r"^(\s*)(?:(?:export|public|private|protected|static|async|final|override|pub|inline|virtual|"
+    r"def|func|fn|function)\s+)*[\w<>\[\]:*&, ]*?\b\w+\s*\([^;]*\)\s*(?:->\s*[^{]+|:\s*[\w<>\[\]., ]+)?"
+    r"(?:throws [\w., ]+)?\s*\{\s*$"
+)
 _CONTROL = re.compile(r"^\s*(?:if|for|while|switch|catch|else|do|try|return)\b")
 _COMMENT = {"py": re.compile(r"^\s*#(?!!)"), "c": re.compile(r"^\s*(?://|/\*.*\*/\s*$|\*(?!/)|/\*)")}
 
 
 @dataclass
 class _Region:
-    start: int          # first body line
-    end: int            # one past the last body line
+    start: int  # first body line
+    end: int  # one past the last body line
     indent: str
     name_line: int
 
@@ -50,7 +52,7 @@ def _functions(lines: list[str], style: str) -> list[_Region]:
                 indent = len(m.group(1).expandtabs())
                 j = i + 1
                 while j < len(lines) and not lines[j - 1].rstrip().endswith(":"):
-                    j += 1      # a signature over several lines
+                    j += 1  # a signature over several lines
                 k = j
                 while k < len(lines) and (not lines[k].strip() or len(lines[k]) - len(lines[k].lstrip()) > indent):
                     k += 1
@@ -113,10 +115,10 @@ def crush_code(text: str, tools: Tools, lang: str = "") -> Crushed:
     regions = _functions(lines, style)
     if not regions:
         return Crushed(out, cuts, [f"code without function bodies to cut ({n} tokens) is over the budget"])
-    texts = ["\n".join(lines[r.name_line:r.end]) for r in regions]
+    texts = ["\n".join(lines[r.name_line : r.end]) for r in regions]
     scores = tools.relevance.score(texts) if tools.relevance.active else [0.0] * len(regions)
-    costs = tools.counter.count_many(["\n".join(lines[r.start:r.end]) for r in regions])
-    order = sorted(range(len(regions)), key=lambda k: (scores[k], -costs[k], k))   # least relevant, biggest first
+    costs = tools.counter.count_many(["\n".join(lines[r.start : r.end]) for r in regions])
+    order = sorted(range(len(regions)), key=lambda k: (scores[k], -costs[k], k))  # least relevant, biggest first
     cut: set[int] = set()
     for k in order:
         if n <= tools.budget:
@@ -128,9 +130,11 @@ def crush_code(text: str, tools: Tools, lang: str = "") -> Crushed:
     for k, r in enumerate(regions):
         if k not in cut:
             continue
-        res.extend(lines[pos:r.start])
+        res.extend(lines[pos : r.start])
         note = f"{r.end - r.start} lines omitted"
-        res.append(f"{r.indent}{'...  # ' if style == 'py' else '/* '}{tools.marker(note)}{'' if style == 'py' else ' */'}")
+        res.append(
+            f"{r.indent}{'...  # ' if style == 'py' else '/* '}{tools.marker(note)}{'' if style == 'py' else ' */'}"
+        )
         pos = r.end
     res.extend(lines[pos:])
     out = "\n".join(res)
@@ -138,7 +142,9 @@ def crush_code(text: str, tools: Tools, lang: str = "") -> Crushed:
 
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@")
-_FILE = re.compile(r"^(?:diff --git |index [0-9a-f]|--- |\+\+\+ |new file mode|deleted file mode|similarity index|rename )")
+_FILE = re.compile(
+    r"^(?:diff --git |index [0-9a-f]|--- |\+\+\+ |new file mode|deleted file mode|similarity index|rename )"
+)
 DIFF_CONTEXT = 1
 
 
@@ -157,7 +163,7 @@ def crush_diff(text: str, tools: Tools) -> Crushed:
             hunks.append((i, i))
         elif hunks and not _FILE.match(ln):
             hunks[-1] = (hunks[-1][0], i)
-    texts = ["\n".join(lines[a:b + 1]) for a, b in hunks]
+    texts = ["\n".join(lines[a : b + 1]) for a, b in hunks]
     scores = tools.relevance.score(texts) if tools.relevance.active else [0.0] * len(hunks)
     kept = set(keep)
     n = tools.counter.count(out)

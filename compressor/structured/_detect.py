@@ -17,18 +17,20 @@ from .._protect import find_protected
 
 Kind = Literal["json", "ndjson", "log", "table", "code", "diff", "html", "prose"]
 
-MIN_JSON_CHARS = 200          # smaller JSON inside prose stays a protected atom of the text
+MIN_JSON_CHARS = 200  # smaller JSON inside prose stays a protected atom of the text
 MIN_LOG_LINES = 6
 MIN_TABLE_ROWS = 4
-MIN_BLOCK_LINES = 6           # a run of lines shorter than this is never split out of prose
-MAX_NDJSON_PROBE = 64         # lines tried before deciding a text is NDJSON
+MIN_BLOCK_LINES = 6  # a run of lines shorter than this is never split out of prose
+MAX_NDJSON_PROBE = 64  # lines tried before deciding a text is NDJSON
 
 _TIMESTAMP = re.compile(
     r"^\s*(?:\[?\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?|\[?\d{2}:\d{2}:\d{2}|"
     r"[A-Z][a-z]{2} +\d{1,2} \d{2}:\d{2}:\d{2}|\[\d+(?:\.\d+)?\]|\d{10}(?:\.\d+)?\s)"
 )
 _LEVEL = re.compile(r"\b(?:TRACE|DEBUG|INFO|NOTICE|WARN(?:ING)?|ERROR|ERR|FATAL|CRITICAL|SEVERE|PANIC)\b")
-_STACK = re.compile(r"^\s+(?:at [\w.$<>]+\(|File \"[^\"]+\", line \d+)|^Traceback \(most recent call last\)|^Caused by: ")
+_STACK = re.compile(
+    r"^\s+(?:at [\w.$<>]+\(|File \"[^\"]+\", line \d+)|^Traceback \(most recent call last\)|^Caused by: "
+)
 _MD_ROW = re.compile(r"^\s*\|.*\|\s*$")
 _MD_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
 _DIFF = re.compile(r"^(?:diff --git |--- [^\n]|\+\+\+ [^\n]|@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@)")

@@ -10,8 +10,35 @@ import re
 from html.parser import HTMLParser
 
 _SKIP = frozenset({"script", "style", "noscript", "svg", "head", "template", "iframe"})
-_BLOCK = frozenset({"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",
-                    "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "nav", "main", "aside", "dd", "dt"})
+_BLOCK = frozenset(
+    {
+        "p",
+        "div",
+        "br",
+        "li",
+        "ul",
+        "ol",
+        "tr",
+        "table",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "blockquote",
+        "nav",
+        "main",
+        "aside",
+        "dd",
+        "dt",
+    }
+)
 MAX_SKIP_DEPTH = 10_000
 
 

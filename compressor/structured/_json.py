@@ -14,24 +14,28 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._detect import is_number, parse_json
 from ._rank import _bitrev
 from ._types import Crushed, Tools
 
-MIN_ITEMS = 4                 # a shorter array is walked into rather than sampled
-MIN_MAP_KEYS = 12             # an object with this many same-shaped values is a collection (id -> record)
-LONG_STRING = 600             # characters; longer prose values may be pruned by the text compressor
+MIN_ITEMS = 4  # a shorter array is walked into rather than sampled
+MIN_MAP_KEYS = 12  # an object with this many same-shaped values is a collection (id -> record)
+LONG_STRING = 600  # characters; longer prose values may be pruned by the text compressor
 LONG_STRING_RATE = 0.5
-WHOLE_TOP = 3                 # the most relevant items keep their long strings whole
-EDGE_SHARE = 0.05             # the first and last item are always kept when each costs at most this share
-ANOMALY_SHARE = 0.4           # anomalies are always kept, up to this share of the budget
-SAMPLE_ITEMS = 64             # items per collection tokenized to learn the characters-per-token ratio
+WHOLE_TOP = 3  # the most relevant items keep their long strings whole
+EDGE_SHARE = 0.05  # the first and last item are always kept when each costs at most this share
+ANOMALY_SHARE = 0.4  # anomalies are always kept, up to this share of the budget
+SAMPLE_ITEMS = 64  # items per collection tokenized to learn the characters-per-token ratio
 SCORE_CHARS = 2000
 MARK = "_ctxgate_omitted"
 
-_BAD = re.compile(r"error|fail|fatal|crit|exception|timeout|timed.?out|denied|reject|abort|cancel|invalid|"
-                  r"unhealthy|\bdown\b|panic|refused|unavailable|unauthori[sz]ed|forbidden", re.I)
+_BAD = re.compile(
+    r"error|fail|fatal|crit|exception|timeout|timed.?out|denied|reject|abort|cancel|invalid|"
+    r"unhealthy|\bdown\b|panic|refused|unavailable|unauthori[sz]ed|forbidden",
+    re.I,
+)
 _STATUS_KEY = re.compile(r"status|state|level|severity|result|outcome|conclusion|health", re.I)
 _ERROR_KEYS = frozenset({"error", "errors", "exception", "failure", "fault", "stacktrace", "traceback", "err"})
 _OK_KEYS = frozenset({"ok", "success", "succeeded", "passed", "healthy", "valid"})
@@ -145,7 +149,7 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     full = render(value)
     if not colls:
         return _prune_strings_only(value, full, tools, render)
-    items: list[tuple[int, int]] = []          # (collection, index)
+    items: list[tuple[int, int]] = []  # (collection, index)
     texts: list[str] = []
     for c, coll in enumerate(colls):
         for i in range(coll.n):
@@ -190,7 +194,7 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             spent += cost[k]
     _prune_chosen(colls, items, chosen - top, tools)
     warnings: list[str] = []
-    for _ in range(8):     # the estimate is close; correct it against the real count
+    for _ in range(8):  # the estimate is close; correct it against the real count
         out = _render_kept(value, colls, items, chosen, tools, render)
         n = tools.counter.count(out)
         if n <= tools.budget:
@@ -230,7 +234,9 @@ def _prune_chosen(colls, items, which: set[int], tools: Tools) -> None:
     """Long prose strings in the chosen items below the top few, pruned by the text compressor (in place)."""
     if tools.prune is None or not which:
         return
-    targets = [(x, key, v) for k in sorted(which) for x, key, v in _long_strings(_item(colls[items[k][0]], items[k][1]))]
+    targets = [
+        (x, key, v) for k in sorted(which) for x, key, v in _long_strings(_item(colls[items[k][0]], items[k][1]))
+    ]
     if not targets:
         return
     for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], LONG_STRING_RATE)):
@@ -325,7 +331,7 @@ def _anomalies(colls: list[_Coll]) -> list[int]:
         recs = [r for r in rows if isinstance(r, dict)]
         status_values: dict[str, dict[str, int]] = {}
         numeric: dict[str, list[tuple[float, int]]] = {}
-        flagged: list[int] = []          # a failure word in any short value: an anomaly if rare
+        flagged: list[int] = []  # a failure word in any short value: an anomaly if rare
         for i, r in enumerate(rows):
             if isinstance(r, str):
                 if _BAD.search(r[:300]):
@@ -365,10 +371,11 @@ def _anomalies(colls: list[_Coll]) -> list[int]:
                 rare = {v for v, c in counts.items() if c <= 0.05 * len(recs)}
                 if rare and len(counts) > 1:
                     for i, r in enumerate(rows):
-                        if isinstance(r, dict) and any(str(k).lower() == lk and v in rare for k, v in r.items()
-                                                       if isinstance(v, str)):
+                        if isinstance(r, dict) and any(
+                            str(k).lower() == lk and v in rare for k, v in r.items() if isinstance(v, str)
+                        ):
                             out.add(base + i)
-        for lk, vals in numeric.items():
+        for _key, vals in numeric.items():
             if len(vals) < 10 or len(vals) < 0.8 * len(recs):
                 continue
             xs = [v for v, _ in vals]
@@ -388,8 +395,13 @@ def _prune_strings_only(value, full: str, tools: Tools, render) -> Crushed:
     """No collection to sample from: prune the long prose values, keep every key."""
     n = tools.counter.count(full)
     if n <= tools.budget or tools.prune is None:
-        return Crushed(full, 0, [] if n <= tools.budget else
-                       [f"JSON without collections ({n} tokens) is over the budget ({tools.budget}); kept whole"])
+        return Crushed(
+            full,
+            0,
+            []
+            if n <= tools.budget
+            else [f"JSON without collections ({n} tokens) is over the budget ({tools.budget}); kept whole"],
+        )
     targets = [(x, key) for x, key, _ in _long_strings(value, LONG_STRING // 3, 8)]
     if not targets:
         return Crushed(full, 0, [f"JSON without collections or prose ({n} tokens) is over the budget; kept whole"])
@@ -407,7 +419,7 @@ def _render_kept(value, colls, items, chosen, tools: Tools, render) -> str:
     for k in sorted(chosen):
         c, i = items[k]
         kept_by.setdefault(c, []).append(i)
-    saved = []
+    saved: list[tuple[Any, Any]] = []  # (node, its old contents): restored after counting
     for c, coll in enumerate(colls):
         idx = kept_by.get(c, [])
         gone = coll.n - len(idx)

@@ -14,7 +14,7 @@ import re
 from ._types import Crushed, Tools
 
 HEAD, TAIL = 3, 5
-TRACE_MAX = 40                # a longer stack trace keeps its first 30 and last 10 lines
+TRACE_MAX = 40  # a longer stack trace keeps its first 30 and last 10 lines
 
 _NORM = [
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>"),
@@ -24,10 +24,15 @@ _NORM = [
     (re.compile(r"\"[^\"]*\"|'[^']*'"), "<str>"),
     (re.compile(r"\d+(?:\.\d+)?"), "<n>"),
 ]
-_ERROR = re.compile(r"\b(?:ERROR|ERR|FATAL|CRITICAL|SEVERE|PANIC|EMERG|ALERT)\b|Exception\b|Error\b|Traceback|"
-                    r"\bpanic:|\bfailed\b|\bfailure\b|\bsegfault|\bkilled\b|\bOOM\b|\btimed? ?out\b", re.I)
+_ERROR = re.compile(
+    r"\b(?:ERROR|ERR|FATAL|CRITICAL|SEVERE|PANIC|EMERG|ALERT)\b|Exception\b|Error\b|Traceback|"
+    r"\bpanic:|\bfailed\b|\bfailure\b|\bsegfault|\bkilled\b|\bOOM\b|\btimed? ?out\b",
+    re.I,
+)
 _WARN = re.compile(r"\bWARN(?:ING)?\b|\bdeprecat", re.I)
-_TRACE_START = re.compile(r"^Traceback \(most recent call last\)|^\S.*(?:Exception|Error)(?::|$)|^panic: |^goroutine \d+")
+_TRACE_START = re.compile(
+    r"^Traceback \(most recent call last\)|^\S.*(?:Exception|Error)(?::|$)|^panic: |^goroutine \d+"
+)
 _TRACE_LINE = re.compile(r"^\s+(?:at |File \"|\.\.\. \d+ more|\S+\.(?:py|go|rs|js|ts|java):\d+)|^Caused by: |^\s{2,}\S")
 
 
@@ -51,12 +56,13 @@ def _traces(lines: list[str]) -> dict[int, list[int]]:
     while i < len(lines):
         if _TRACE_START.match(lines[i]):
             j = i + 1
-            while j < len(lines) and (_TRACE_LINE.match(lines[j]) or
-                                      (lines[i].startswith("Traceback") and j + 1 < len(lines) and
-                                       _TRACE_LINE.match(lines[j + 1]))):
+            while j < len(lines) and (
+                _TRACE_LINE.match(lines[j])
+                or (lines[i].startswith("Traceback") and j + 1 < len(lines) and _TRACE_LINE.match(lines[j + 1]))
+            ):
                 j += 1
             if lines[i].startswith("Traceback") and j < len(lines) and lines[j].strip():
-                j += 1           # "ValueError: ..." closes a Python traceback
+                j += 1  # "ValueError: ..." closes a Python traceback
             if j > i + 1:
                 body = list(range(i + 1, j))
                 if len(body) > TRACE_MAX:
@@ -106,7 +112,9 @@ def crush_log(text: str, tools: Tools) -> Crushed:
                 over = True
             keep.update(block)
             spent += c
-    warnings = [f"log errors, head and tail ({spent} tokens) exceed the budget ({tools.budget}); kept them"] if over else []
+    warnings = (
+        [f"log errors, head and tail ({spent} tokens) exceed the budget ({tools.budget}); kept them"] if over else []
+    )
     return Crushed(_render(lines, sigs, keep, tools), n - len(keep), warnings)
 
 

@@ -13,11 +13,11 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-Dense = Callable[[Sequence[str], str], Sequence[float]]   # (texts, question) -> cosine per text
+Dense = Callable[[Sequence[str], str], Sequence[float]]  # (texts, question) -> cosine per text
 
-DENSE_CANDIDATES = 16        # at most this many texts go to the embedder per call ...
-DENSE_CHARS_PER_CANDIDATE = 4000   # ... and one per this many input characters, so its cost stays in
-DENSE_CHARS = 320                  # proportion to the payload (the embedder is the slow part)
+DENSE_CANDIDATES = 16  # at most this many texts go to the embedder per call ...
+DENSE_CHARS_PER_CANDIDATE = 4000  # ... and one per this many input characters, so its cost stays in
+DENSE_CHARS = 320  # proportion to the payload (the embedder is the slow part)
 K1, B = 1.2, 0.75
 
 _WORD = re.compile(r"[^\W_]+", re.U)
@@ -80,12 +80,12 @@ class Relevance:
             for i, t in enumerate(lowered):
                 scores[i] += 2.0 * sum(a in t for a in self.atoms)
         if self.dense is not None:
-            bits = max(1, (len(texts) - 1).bit_length())      # ties: spread over the list, not its head
+            bits = max(1, (len(texts) - 1).bit_length())  # ties: spread over the list, not its head
             k = max(4, min(DENSE_CANDIDATES, sum(map(len, texts)) // DENSE_CHARS_PER_CANDIDATE))
             order = sorted(range(len(texts)), key=lambda i: (-scores[i], _bitrev(i, bits)))[:k]
             cos = self.dense([texts[i][:DENSE_CHARS] for i in order], self.question)
             ranked = set(order)
-            for i in range(len(texts)):      # below every re-ranked candidate (those are >= 0), in lexical order
+            for i in range(len(texts)):  # below every re-ranked candidate (those are >= 0), in lexical order
                 if i not in ranked:
                     scores[i] = -10.0 + 0.01 * scores[i]
             for i, c in zip(order, cos):

@@ -22,7 +22,7 @@ def crush_table(text: str, tools: Tools) -> Crushed | None:
         return None
     flavour = table_flavour(text)
     head = body_idx[:2] if flavour == "md" else body_idx[:1]
-    rows = body_idx[len(head):]
+    rows = body_idx[len(head) :]
     costs = dict(zip(rows, (c + 1 for c in tools.counter.count_many([lines[i] for i in rows]))))
     spent = sum(c + 1 for c in tools.counter.count_many([lines[i] for i in head])) + 10
     rel = tools.relevance

@@ -30,12 +30,16 @@ DATASETS: dict[str, tuple[Callable[..., list[Item]], str]] = {
     "tools-squad": (load_tools_squad, "a SQuAD article as a nested docs-API JSON response"),
     "tools-kv": (load_tools_kv, "key-value retrieval as one JSON object; the exact value must come back"),
     "tools-logs": (load_tools_logs, "service logs with planted payment failures (synthetic, seeded)"),
-    "hotpotqa": (load_hotpotqa, "HotpotQA multi-hop (distractor), best-subspan match; supports_kept: both hops survive"),
+    "hotpotqa": (
+        load_hotpotqa,
+        "HotpotQA multi-hop (distractor), best-subspan match; supports_kept: both hops survive",
+    ),
 }
 
 
-def load_dataset(name: str, *, limit: int | None = None, seed: int = 0, data: str | None = None,
-                 **options: Any) -> list[Item]:
+def load_dataset(
+    name: str, *, limit: int | None = None, seed: int = 0, data: str | None = None, **options: Any
+) -> list[Item]:
     """Items of dataset ``name``; ``options`` go to its loader (e.g. docs=10 for ``nq``)."""
     key = name.strip().lower()
     if key not in DATASETS:

@@ -28,10 +28,16 @@ def load_arxiv(root: Path, limit: int | None, seed: int, *, max_chars: int = 600
         if len(text) > max_chars:
             cut = text.rfind("\n\n", 0, max_chars)
             text = text[: cut if cut > max_chars // 2 else max_chars]
-        out.append(Item(
-            id=f"arxiv-{path.stem}", dataset="arxiv", task="fidelity", context=text,
-            question=QUESTION, template=TEMPLATE, system=SYSTEM, max_new_tokens=128,
-        ))
+        out.append(
+            Item(
+                id=f"arxiv-{path.stem}",
+                dataset="arxiv",
+                task="fidelity",
+                context=text,
+                question=QUESTION,
+                template=TEMPLATE,
+                system=SYSTEM,
+                max_new_tokens=128,
+            )
+        )
     return out
-
-

@@ -18,8 +18,7 @@ PROMPT = "gsm8k/cot_prompts/prompt_hardest.txt"
 TEST = "gsm8k/test.jsonl"
 DEMO_SEPARATOR = "\n\n"
 TEMPLATE = "{context}\n\nQuestion: {question}\nLet's think step by step\n"
-SYSTEM = ("Solve the last question step by step, like the worked examples, "
-          "and end with a line 'The answer is N'.")
+SYSTEM = "Solve the last question step by step, like the worked examples, and end with a line 'The answer is N'."
 # stop once the final answer line is complete, or when the model starts a new question
 STOP = [r"The answer is[^\n]*\d[^\n]*\n", r"\n\s*Question:"]
 
@@ -34,10 +33,20 @@ def load_gsm8k(root: Path, limit: int | None, seed: int, *, prompt: str = PROMPT
     rows = list(read_jsonl(data_file(root, TEST)))
     out = []
     for idx, row in sample(list(enumerate(rows)), limit, seed):
-        out.append(Item(
-            id=f"gsm8k-{idx}", dataset="gsm8k", task="math", context=list(demos), separator=DEMO_SEPARATOR,
-            question=row["question"],
-            compress_question="", template=TEMPLATE, references=[reference_number(row["answer"])],
-            system=SYSTEM, max_new_tokens=320, stop=STOP,
-        ))
+        out.append(
+            Item(
+                id=f"gsm8k-{idx}",
+                dataset="gsm8k",
+                task="math",
+                context=list(demos),
+                separator=DEMO_SEPARATOR,
+                question=row["question"],
+                compress_question="",
+                template=TEMPLATE,
+                references=[reference_number(row["answer"])],
+                system=SYSTEM,
+                max_new_tokens=320,
+                stop=STOP,
+            )
+        )
     return out

@@ -15,8 +15,7 @@ from .._types import FIRST_LINE, Item
 from ._common import data_file, sample
 
 FILE = "hotpotqa/hotpot_dev_distractor_rows30-52.json"
-TEMPLATE = ("Answer the question using the documents below.\n\n{context}\n\n"
-            "Question: {question}\nAnswer:")
+TEMPLATE = "Answer the question using the documents below.\n\n{context}\n\nQuestion: {question}\nAnswer:"
 SYSTEM = "Answer with a short span: a few words or yes/no, no explanation."
 
 
@@ -25,17 +24,29 @@ def load_hotpotqa(root: Path, limit: int | None, seed: int, **_: Any) -> list[It
     items = []
     for row in sample(rows, limit, seed):
         titles = [t for t, _ in row["context"]]
-        docs = [f"Document [{i + 1}](Title: {t}) {''.join(sents).strip()}" for i, (t, sents) in enumerate(row["context"])]
+        docs = [
+            f"Document [{i + 1}](Title: {t}) {''.join(sents).strip()}" for i, (t, sents) in enumerate(row["context"])
+        ]
         supports = []
         for title, k in row["supporting_facts"]:
             if title in titles:
                 sents = row["context"][titles.index(title)][1]
                 if 0 <= k < len(sents):
                     supports.append([titles.index(title), sents[k].strip()])
-        items.append(Item(
-            id=f"hotpotqa-{row['_id']}", dataset="hotpotqa", task="qa", context=docs, question=row["question"],
-            template=TEMPLATE, references=[row["answer"]], system=SYSTEM, separator="\n\n",
-            max_new_tokens=32, stop=[FIRST_LINE],
-            meta={"supports": supports, "type": row.get("type"), "gold_docs": sorted({d for d, _ in supports})},
-        ))
+        items.append(
+            Item(
+                id=f"hotpotqa-{row['_id']}",
+                dataset="hotpotqa",
+                task="qa",
+                context=docs,
+                question=row["question"],
+                template=TEMPLATE,
+                references=[row["answer"]],
+                system=SYSTEM,
+                separator="\n\n",
+                max_new_tokens=32,
+                stop=[FIRST_LINE],
+                meta={"supports": supports, "type": row.get("type"), "gold_docs": sorted({d for d, _ in supports})},
+            )
+        )
     return items

@@ -35,8 +35,18 @@ def load_kv(root: Path, limit: int | None, seed: int, *, keys: int = 75, **_: An
             others = [i for i in range(len(pairs)) if i != gold]
             chosen = sorted(random.Random(seed + idx).sample(others, max(0, keys - 1)) + [gold])
             pairs = [pairs[i] for i in chosen]
-        out.append(Item(
-            id=f"kv-{idx}", dataset="kv", task="kv", context=format_records(pairs), question=row["key"],
-            template=tmpl, references=[row["value"]], system=SYSTEM, max_new_tokens=40, stop=[FIRST_LINE],
-        ))
+        out.append(
+            Item(
+                id=f"kv-{idx}",
+                dataset="kv",
+                task="kv",
+                context=format_records(pairs),
+                question=row["key"],
+                template=tmpl,
+                references=[row["value"]],
+                system=SYSTEM,
+                max_new_tokens=40,
+                stop=[FIRST_LINE],
+            )
+        )
     return out

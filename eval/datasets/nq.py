@@ -39,10 +39,17 @@ def format_doc(i: int, ctx: dict[str, Any]) -> str:
 
 def to_item(row: dict[str, Any], idx: int, dataset: str, tmpl: str) -> Item:
     return Item(
-        id=f"{dataset}-{idx}", dataset=dataset, task="qa",
+        id=f"{dataset}-{idx}",
+        dataset=dataset,
+        task="qa",
         context=[format_doc(i, c) for i, c in enumerate(row["ctxs"])],
-        question=row["question"], template=tmpl, references=list(row["answers"]), system=SYSTEM,
-        separator="\n", max_new_tokens=96, stop=[FIRST_LINE],
+        question=row["question"],
+        template=tmpl,
+        references=list(row["answers"]),
+        system=SYSTEM,
+        separator="\n",
+        max_new_tokens=96,
+        stop=[FIRST_LINE],
         meta={"gold_index": row.get("gold_index")},
     )
 
@@ -65,8 +72,9 @@ def load_nq20(root: Path, limit: int | None, seed: int, *, offset: int = 0, **_:
     return out
 
 
-def load_nq(root: Path, limit: int | None, seed: int, *, docs: int = 20,
-            gold_position: int | None = None, **_: Any) -> list[Item]:
+def load_nq(
+    root: Path, limit: int | None, seed: int, *, docs: int = 20, gold_position: int | None = None, **_: Any
+) -> list[Item]:
     """Build ``docs``-document items on the fly; ``gold_position`` pins the gold document (0-based),
     else it cycles like the derived file."""
     if docs < 1:
@@ -90,8 +98,9 @@ def _tok(s: str) -> list[str]:
     return re.findall(r"\w+", s.lower())
 
 
-def build_multidoc(rows: list[dict[str, Any]], n_docs: int, limit: int | None,
-                   gold_position: int | None = None) -> list[dict[str, Any]]:
+def build_multidoc(
+    rows: list[dict[str, Any]], n_docs: int, limit: int | None, gold_position: int | None = None
+) -> list[dict[str, Any]]:
     """Gold passage + (n_docs-1) BM25-ranked gold passages of other questions that do not contain
     an answer. Same rule and tie-breaking as build_nq_multidoc.py."""
     positions = [0, 4, 9, 14, 19] if n_docs == 20 else [0, n_docs // 2, n_docs - 1]

@@ -26,8 +26,9 @@ def _turns(transcript: list[dict[str, str]], spans: list[list[str]], window: int
     return [f"{transcript[i]['speaker']}: {transcript[i]['content']}" for i in picked]
 
 
-def load_qmsum(root: Path, limit: int | None, seed: int, *, window: int = 10, max_turns: int = 120,
-               **_: Any) -> list[Item]:
+def load_qmsum(
+    root: Path, limit: int | None, seed: int, *, window: int = 10, max_turns: int = 120, **_: Any
+) -> list[Item]:
     rows = []
     for mi, meeting in enumerate(read_jsonl(data_file(root, FILE))):
         for qi, q in enumerate(meeting["specific_query_list"]):
@@ -35,9 +36,17 @@ def load_qmsum(root: Path, limit: int | None, seed: int, *, window: int = 10, ma
     out = []
     for mi, qi, q, transcript in sample(rows, limit, seed):
         turns = _turns(transcript, q["relevant_text_span"], window, max_turns)
-        out.append(Item(
-            id=f"qmsum-{mi}-{qi}", dataset="qmsum", task="summary", context="\n".join(turns),
-            question=q["query"], template=TEMPLATE, references=[q["answer"]], system=SYSTEM,
-            max_new_tokens=160,
-        ))
+        out.append(
+            Item(
+                id=f"qmsum-{mi}-{qi}",
+                dataset="qmsum",
+                task="summary",
+                context="\n".join(turns),
+                question=q["query"],
+                template=TEMPLATE,
+                references=[q["answer"]],
+                system=SYSTEM,
+                max_new_tokens=160,
+            )
+        )
     return out

@@ -29,10 +29,18 @@ def load_squad(root: Path, limit: int | None, seed: int, *, context: str = "para
     items = []
     for qa, paragraph, paragraphs in sample(rows, limit, seed):
         refs = list(dict.fromkeys(a["text"] for a in qa["answers"]))
-        items.append(Item(
-            id=f"squad-{qa['id']}", dataset="squad", task="squad",
-            context=paragraph if context == "paragraph" else list(paragraphs),
-            question=qa["question"], template=TEMPLATE, references=refs, system=SYSTEM,
-            max_new_tokens=48, stop=[FIRST_LINE],
-        ))
+        items.append(
+            Item(
+                id=f"squad-{qa['id']}",
+                dataset="squad",
+                task="squad",
+                context=paragraph if context == "paragraph" else list(paragraphs),
+                question=qa["question"],
+                template=TEMPLATE,
+                references=refs,
+                system=SYSTEM,
+                max_new_tokens=48,
+                stop=[FIRST_LINE],
+            )
+        )
     return items

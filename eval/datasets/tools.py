@@ -33,10 +33,22 @@ SIZES = (50, 100, 200, 500)
 
 
 def _results(question: str, passages: list[dict[str, Any]], rnd: random.Random) -> str:
-    rows = [{"rank": i + 1, "id": f"doc-{p['id']}", "title": p["title"], "url": p["url"],
-             "snippet": p["text"], "score": round(1 - i / (len(passages) + 1), 4)} for i, p in enumerate(passages)]
-    return json.dumps({"query": question, "total": len(rows), "took_ms": rnd.randint(20, 400), "results": rows},
-                      indent=2, ensure_ascii=False)
+    rows = [
+        {
+            "rank": i + 1,
+            "id": f"doc-{p['id']}",
+            "title": p["title"],
+            "url": p["url"],
+            "snippet": p["text"],
+            "score": round(1 - i / (len(passages) + 1), 4),
+        }
+        for i, p in enumerate(passages)
+    ]
+    return json.dumps(
+        {"query": question, "total": len(rows), "took_ms": rnd.randint(20, 400), "results": rows},
+        indent=2,
+        ensure_ascii=False,
+    )
 
 
 def _url(title: str) -> str:
@@ -46,7 +58,7 @@ def _url(title: str) -> str:
 def load_tools_nq(root: Path, limit: int | None, seed: int, *, offset: int = 100, **_: Any) -> list[Item]:
     rows = list(read_jsonl(data_file(root, NQ_FILE)))
     pool = [dict(c, id=f"{r}-{j}") for r, row in enumerate(rows) for j, c in enumerate(row["ctxs"])]
-    chosen = rows[offset:offset + 100]
+    chosen = rows[offset : offset + 100]
     items = []
     for k, row in sample(list(enumerate(chosen)), limit, seed):
         idx = offset + k
@@ -58,9 +70,19 @@ def load_tools_nq(root: Path, limit: int | None, seed: int, *, offset: int = 100
         rnd.shuffle(passages)
         for p in passages:
             p["url"] = _url(p["title"])
-        items.append(Item(id=f"tools-nq-{idx}", dataset="tools-nq", task="qa", context=_results(row["question"], passages, rnd),
-                          question=row["question"], template=nq_template(root), references=list(row["answers"]),
-                          system=SYSTEM, meta={"needed": "answer", "json": True, "results": n}))
+        items.append(
+            Item(
+                id=f"tools-nq-{idx}",
+                dataset="tools-nq",
+                task="qa",
+                context=_results(row["question"], passages, rnd),
+                question=row["question"],
+                template=nq_template(root),
+                references=list(row["answers"]),
+                system=SYSTEM,
+                meta={"needed": "answer", "json": True, "results": n},
+            )
+        )
     return items
 
 
@@ -76,10 +98,19 @@ def load_tools_hotpot(root: Path, limit: int | None, seed: int, **_: Any) -> lis
             m = _HOTPOT_DOC.match(doc)
             title, text = (m.group(1), m.group(2)) if m else ("", doc)
             passages.append({"id": f"{it.id}-{j}", "title": title, "url": _url(title), "text": text})
-        items.append(Item(id=f"tools-{it.id}", dataset="tools-hotpot", task=it.task,
-                          context=_results(it.question, passages, rnd), question=it.question, template=TEMPLATE,
-                          references=it.references, system=SYSTEM,
-                          meta={"needed": "supports", "json": True, "supports": it.meta.get("supports", [])}))
+        items.append(
+            Item(
+                id=f"tools-{it.id}",
+                dataset="tools-hotpot",
+                task=it.task,
+                context=_results(it.question, passages, rnd),
+                question=it.question,
+                template=TEMPLATE,
+                references=it.references,
+                system=SYSTEM,
+                meta={"needed": "supports", "json": True, "supports": it.meta.get("supports", [])},
+            )
+        )
     return items
 
 
@@ -94,17 +125,37 @@ def load_tools_squad(root: Path, limit: int | None, seed: int, **_: Any) -> list
     items = []
     for a, p_i, qa in sample(rows, limit, seed):
         article = data[a]
-        sections = [{"section_id": f"{a}.{j}", "position": j, "words": len(p["context"].split()),
-                     "content": {"text": p["context"], "format": "plain"},
-                     "links": [{"rel": "self", "href": f"https://docs.example.org/articles/{a}/sections/{j}"}]}
-                    for j, p in enumerate(article["paragraphs"])]
-        body = {"status": "ok", "data": {"article": {"id": a, "title": article["title"], "sections": sections}},
-                "meta": {"request_id": f"req-{a:04d}-{p_i:03d}", "api_version": "2.3"}}
+        sections = [
+            {
+                "section_id": f"{a}.{j}",
+                "position": j,
+                "words": len(p["context"].split()),
+                "content": {"text": p["context"], "format": "plain"},
+                "links": [{"rel": "self", "href": f"https://docs.example.org/articles/{a}/sections/{j}"}],
+            }
+            for j, p in enumerate(article["paragraphs"])
+        ]
+        body = {
+            "status": "ok",
+            "data": {"article": {"id": a, "title": article["title"], "sections": sections}},
+            "meta": {"request_id": f"req-{a:04d}-{p_i:03d}", "api_version": "2.3"},
+        }
         refs = list(dict.fromkeys(x["text"] for x in qa["answers"]))
-        items.append(Item(id=f"tools-squad-{qa['id']}", dataset="tools-squad", task="squad",
-                          context=json.dumps(body, indent=2, ensure_ascii=False), question=qa["question"],
-                          template=TEMPLATE, references=refs, system=SYSTEM, max_new_tokens=48, stop=[FIRST_LINE],
-                          meta={"needed": "answer", "json": True}))
+        items.append(
+            Item(
+                id=f"tools-squad-{qa['id']}",
+                dataset="tools-squad",
+                task="squad",
+                context=json.dumps(body, indent=2, ensure_ascii=False),
+                question=qa["question"],
+                template=TEMPLATE,
+                references=refs,
+                system=SYSTEM,
+                max_new_tokens=48,
+                stop=[FIRST_LINE],
+                meta={"needed": "answer", "json": True},
+            )
+        )
     return items
 
 
@@ -112,10 +163,21 @@ def load_tools_kv(root: Path, limit: int | None, seed: int, **_: Any) -> list[It
     items = []
     for idx, row in sample(list(enumerate(read_jsonl(data_file(root, KV_FILE)))), limit, seed):
         obj = {k: v for k, v in row["ordered_kv_records"]}
-        items.append(Item(id=f"tools-kv-{idx}", dataset="tools-kv", task="kv", context=json.dumps(obj, indent=1),
-                          question=f'What is the value of key "{row["key"]}"?', template=TEMPLATE,
-                          references=[row["value"]], system="Reply with the value only, exactly as written.",
-                          max_new_tokens=40, stop=[FIRST_LINE], meta={"needed": "answer", "json": True}))
+        items.append(
+            Item(
+                id=f"tools-kv-{idx}",
+                dataset="tools-kv",
+                task="kv",
+                context=json.dumps(obj, indent=1),
+                question=f'What is the value of key "{row["key"]}"?',
+                template=TEMPLATE,
+                references=[row["value"]],
+                system="Reply with the value only, exactly as written.",
+                max_new_tokens=40,
+                stop=[FIRST_LINE],
+                meta={"needed": "answer", "json": True},
+            )
+        )
     return items
 
 
@@ -140,10 +202,14 @@ def planted_log(rnd: random.Random) -> tuple[str, list[str], list[str]]:
         elif rnd.random() < 0.03:
             line = f"{ts} WARN {rnd.choice(_SERVICES)} slow response {rnd.randint(800, 3000)}ms from upstream"
         elif rnd.random() < 0.3:
-            line = f"{ts} INFO payments charge ok order=ord_{rnd.randint(100000, 999999)} amount={rnd.randint(5, 500)}.00"
+            line = (
+                f"{ts} INFO payments charge ok order=ord_{rnd.randint(100000, 999999)} amount={rnd.randint(5, 500)}.00"
+            )
         else:
-            line = (f"{ts} INFO {rnd.choice(_SERVICES)} GET /v1/{rnd.choice(['items', 'users', 'carts'])}/"
-                    f"{rnd.randint(1, 99999)} 200 {rnd.randint(2, 90)}ms")
+            line = (
+                f"{ts} INFO {rnd.choice(_SERVICES)} GET /v1/{rnd.choice(['items', 'users', 'carts'])}/"
+                f"{rnd.randint(1, 99999)} 200 {rnd.randint(2, 90)}ms"
+            )
         lines.append(line)
     return "\n".join(lines), planted, refs
 
@@ -153,8 +219,18 @@ def load_tools_logs(root: Path, limit: int | None, seed: int, **_: Any) -> list[
     for idx in range(limit or 20):
         rnd = random.Random(seed * 7919 + idx)
         text, planted, refs = planted_log(rnd)
-        items.append(Item(id=f"tools-logs-{idx}", dataset="tools-logs", task="qa", context=text,
-                          question="Which orders failed to be charged, and why?", template=TEMPLATE,
-                          references=refs, system=SYSTEM, max_new_tokens=120,
-                          meta={"needed": "lines", "json": False, "lines": planted}))
+        items.append(
+            Item(
+                id=f"tools-logs-{idx}",
+                dataset="tools-logs",
+                task="qa",
+                context=text,
+                question="Which orders failed to be charged, and why?",
+                template=TEMPLATE,
+                references=refs,
+                system=SYSTEM,
+                max_new_tokens=120,
+                meta={"needed": "lines", "json": False, "lines": planted},
+            )
+        )
     return items

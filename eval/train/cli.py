@@ -25,8 +25,9 @@ def _log(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ctxgate train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ctxgate train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="action", required=True)
     lab = sub.add_parser("labels", help="label the training texts with the hybrid teacher")
     lab.add_argument("--out", type=Path, default=LABELS)
@@ -55,8 +56,15 @@ def main(argv: list[str] | None = None) -> int:
             examples = examples[: args.limit]
         t0 = time.perf_counter()
         rows = teach.label(examples, log=_log)
-        teach.save(args.out, rows, {"examples": len(examples), "teacher": "hybrid (smollm2 + minilm)",
-                                    "seconds": round(time.perf_counter() - t0, 1)})
+        teach.save(
+            args.out,
+            rows,
+            {
+                "examples": len(examples),
+                "teacher": "hybrid (smollm2 + minilm)",
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+        )
         _log(f"wrote {len(rows)} labelled examples to {args.out}")
         return 0
 
@@ -69,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     from .fit import fit_student
 
     metrics = fit_student(
-        examples, rows, args.out, base_location=resolve("minilm").location, layers=args.layers,
+        examples,
+        rows,
+        args.out,
+        base_location=resolve("minilm").location,
+        layers=args.layers,
         relevance_only=relevance_examples(root),
-        max_len=args.max_len, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-        device=device, log=_log)
+        max_len=args.max_len,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        device=device,
+        log=_log,
+    )
     sha = sha256_file(args.out)
     metrics.update(sha256=sha, size_bytes=args.out.stat().st_size, labels=str(args.labels.name), labels_meta=meta)
     args.out.with_suffix(".train.json").write_text(json.dumps(metrics, indent=1) + "\n")

@@ -25,8 +25,8 @@ from ..datasets.nq import DERIVED_20, format_doc
 from ..datasets.squad import FILE as SQUAD_FILE
 
 NQ_HELD_OUT = range(100, 200)
-WINDOW_WORDS = 180          # long texts are cut into windows of about this many words
-NO_QUESTION_EVERY = 7       # one NQ document in 7 is also taught without its question
+WINDOW_WORDS = 180  # long texts are cut into windows of about this many words
+NO_QUESTION_EVERY = 7  # one NQ document in 7 is also taught without its question
 
 
 class Example(msgspec.Struct, frozen=True):
@@ -35,7 +35,7 @@ class Example(msgspec.Struct, frozen=True):
     text: str
     question: str | None = None
     answers: tuple[str, ...] = ()
-    relevant: bool | None = None      # None: no relevance label (no question)
+    relevant: bool | None = None  # None: no relevance label (no question)
 
     @property
     def digest(self) -> str:
@@ -63,12 +63,16 @@ def windows(text: str, words: int = WINDOW_WORDS) -> list[str]:
         toks = para.split()
         while len(toks) > words:
             if cur:
-                out.append("\n\n".join(cur)); cur, n = [], 0
-            out.append(" ".join(toks[:words])); toks = toks[words:]
+                out.append("\n\n".join(cur))
+                cur, n = [], 0
+            out.append(" ".join(toks[:words]))
+            toks = toks[words:]
         if n + len(toks) > words and cur:
-            out.append("\n\n".join(cur)); cur, n = [], 0
+            out.append("\n\n".join(cur))
+            cur, n = [], 0
         if toks:
-            cur.append(" ".join(toks)); n += len(toks)
+            cur.append(" ".join(toks))
+            n += len(toks)
     if cur:
         out.append("\n\n".join(cur))
     return [w for w in out if len(w.split()) >= 20]
@@ -80,8 +84,16 @@ def nq_rows(root: Path) -> Iterator[tuple[int, dict]]:
             yield idx, row
 
 
-def build_examples(root: Path, *, nq_rows_max: int = 150, squad_max: int = 500, gsm8k_max: int = 300,
-                   arxiv_windows: int = 8, qmsum_windows: int = 8, structured_max: int = 40) -> list[Example]:
+def build_examples(
+    root: Path,
+    *,
+    nq_rows_max: int = 150,
+    squad_max: int = 500,
+    gsm8k_max: int = 300,
+    arxiv_windows: int = 8,
+    qmsum_windows: int = 8,
+    structured_max: int = 40,
+) -> list[Example]:
     """All training examples, in a fixed order (the same data folder gives the same list)."""
     out: list[Example] = []
     nq = [(i, r) for i, r in nq_rows(root)][:nq_rows_max]
@@ -107,8 +119,16 @@ def build_examples(root: Path, *, nq_rows_max: int = 150, squad_max: int = 500, 
                 out.append(Example(f"squad:{a}:{p}:{q}", "squad", para["context"], qa["question"], answers, True))
                 other = paras[(p + 1 + q) % len(paras)] if len(paras) > 1 else None
                 if other is not None and other != para["context"]:
-                    out.append(Example(f"squad-neg:{a}:{p}:{q}", "squad", other, qa["question"], answers,
-                                       has_answer(other, answers)))
+                    out.append(
+                        Example(
+                            f"squad-neg:{a}:{p}:{q}",
+                            "squad",
+                            other,
+                            qa["question"],
+                            answers,
+                            has_answer(other, answers),
+                        )
+                    )
                 n += 1
 
     for i, row in enumerate(read_jsonl(data_file(root, "gsm8k/train.jsonl"))):
@@ -131,18 +151,27 @@ def build_examples(root: Path, *, nq_rows_max: int = 150, squad_max: int = 500, 
             out.append(Example(f"qmsum:{m}:{w}", "qmsum", text))
 
     for idx, row in nq[:structured_max]:
-        results = [{"id": d, "title": c["title"], "snippet": c["text"][:300], "score": round(1 - d / 40, 3)}
-                   for d, c in enumerate(row["ctxs"][:6])]
-        out.append(Example(f"json:{idx}", "json", json.dumps({"query": row["question"], "results": results}, indent=1,
-                                                              ensure_ascii=False)))
-        lines = [f"2026-01-0{1 + d % 9}T10:{d:02d}:0{d % 10}Z {'WARN' if d % 5 == 3 else 'INFO'} retriever "
-                 f"doc={d} title={json.dumps(c['title'], ensure_ascii=False)} chars={len(c['text'])}"
-                 for d, c in enumerate(row["ctxs"][:12])]
+        results = [
+            {"id": d, "title": c["title"], "snippet": c["text"][:300], "score": round(1 - d / 40, 3)}
+            for d, c in enumerate(row["ctxs"][:6])
+        ]
+        out.append(
+            Example(
+                f"json:{idx}",
+                "json",
+                json.dumps({"query": row["question"], "results": results}, indent=1, ensure_ascii=False),
+            )
+        )
+        lines = [
+            f"2026-01-0{1 + d % 9}T10:{d:02d}:0{d % 10}Z {'WARN' if d % 5 == 3 else 'INFO'} retriever "
+            f"doc={d} title={json.dumps(c['title'], ensure_ascii=False)} chars={len(c['text'])}"
+            for d, c in enumerate(row["ctxs"][:12])
+        ]
         out.append(Example(f"log:{idx}", "log", "\n".join(lines)))
     return out
 
 
-REL_ROWS = range(250, 400)      # NQ rows taught for relevance only (no teacher pass needed)
+REL_ROWS = range(250, 400)  # NQ rows taught for relevance only (no teacher pass needed)
 
 
 def relevance_examples(root: Path) -> list[Example]:

@@ -24,7 +24,7 @@ from . import teach
 from .examples import Example
 
 Log = Callable[[str], None]
-POS_WEIGHT = 3.0          # relevant documents are about 1 in 6 of the labelled ones
+POS_WEIGHT = 3.0  # relevant documents are about 1 in 6 of the labelled ones
 LISTWISE_WEIGHT = 1.0
 
 
@@ -32,20 +32,21 @@ LISTWISE_WEIGHT = 1.0
 class Row:
     ids: np.ndarray
     types: np.ndarray
-    units: np.ndarray         # piece -> unit of this example, -1 outside the chunk
-    targets: np.ndarray       # per unit of this example, 0..1
-    relevant: float           # 1, 0, or nan (no label)
+    units: np.ndarray  # piece -> unit of this example, -1 outside the chunk
+    targets: np.ndarray  # per unit of this example, 0..1
+    relevant: float  # 1, 0, or nan (no label)
     example: int
-    group: int = -1           # windows of one question share a group (listwise relevance loss)
-    soft: float = 0.0         # the group's target distribution at this row (first window of a document)
+    group: int = -1  # windows of one question share a group (listwise relevance loss)
+    soft: float = 0.0  # the group's target distribution at this row (first window of a document)
 
 
 def is_validation(key: str) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 20 == 0
 
 
-def rows_for(examples: list[Example], labelled: list[teach.Labelled | None], tokenizer, max_len: int,
-             offset: int = 0) -> list[Row]:
+def rows_for(
+    examples: list[Example], labelled: list[teach.Labelled | None], tokenizer, max_len: int, offset: int = 0
+) -> list[Row]:
     """Rows (windows) of ``labelled`` examples; a None label is a relevance-only example of
     ``examples`` at the same position (no word targets)."""
     by_key = {e.key: e for e in examples}
@@ -58,8 +59,9 @@ def rows_for(examples: list[Example], labelled: list[teach.Labelled | None], tok
         else:
             ex = by_key.get(lab.key)
             if ex is None or ex.digest != lab.digest:
-                raise ValueError(f"labels do not match the data for {lab.key}; regenerate them with "
-                                 "`ctxgate train labels`")
+                raise ValueError(
+                    f"labels do not match the data for {lab.key}; regenerate them with `ctxgate train labels`"
+                )
             seg = teach.segment_example(ex)
             targets = np.frombuffer(lab.targets, dtype=np.uint8).astype(np.float32) / 255
             if len(targets) != len(seg.units):
@@ -69,13 +71,22 @@ def rows_for(examples: list[Example], labelled: list[teach.Labelled | None], tok
         for r in range(len(enc.windows)):
             n = int(enc.attention[r].sum())
             units = enc.piece_unit[r, :n] if targets is not None else np.full(n, -1, dtype=np.int64)
-            out.append(Row(enc.input_ids[r, :n], enc.types[r, :n], units,
-                           targets if targets is not None else np.zeros(0, np.float32), rel, offset + k))
+            out.append(
+                Row(
+                    enc.input_ids[r, :n],
+                    enc.types[r, :n],
+                    units,
+                    targets if targets is not None else np.zeros(0, np.float32),
+                    rel,
+                    offset + k,
+                )
+            )
     return out
 
 
-def add_relevance_targets(rows: list[Row], examples: list[Example], embedder: str = "minilm",
-                          temperature: float = 0.05) -> None:
+def add_relevance_targets(
+    rows: list[Row], examples: list[Example], embedder: str = "minilm", temperature: float = 0.05
+) -> None:
     """Groups per question and the listwise target: half the data's label (the documents holding
     the answer), half the hybrid teacher's coarse ranking (softmax of MiniLM question-document
     similarity), which is what ``hybrid`` keeps documents by."""
@@ -85,14 +96,14 @@ def add_relevance_targets(rows: list[Row], examples: list[Example], embedder: st
     for i, r in enumerate(rows):
         first.setdefault(r.example, i)
     by_q: dict[str, list[int]] = {}
-    for k, i in first.items():
+    for k in first:
         ex = examples[k]
         if ex.question and ex.relevant is not None:
             by_q.setdefault(ex.question, []).append(k)
     emb = Embedder(embedder)
     questions = list(by_q)
     qv = emb.embed(questions)
-    for g, (q, ks) in enumerate(by_q.items()):
+    for g, ks in enumerate(by_q.values()):
         if len(ks) < 2:
             continue
         dv = emb.embed([examples[k].text for k in ks])
@@ -118,12 +129,13 @@ def _batches(rows: list[Row], batch: int, rng: random.Random) -> list[list[int]]
     rng.shuffle(keys)
     for g in keys:
         if cur and len(cur) + len(groups[g]) > batch:
-            packed.append(cur); cur = []
+            packed.append(cur)
+            cur = []
         cur = cur + groups[g]
     if cur:
         packed.append(cur)
     order = sorted(loose, key=lambda i: (len(rows[i].ids), rng.random()))
-    batches = packed + [order[i:i + batch] for i in range(0, len(order), batch)]
+    batches = packed + [order[i : i + batch] for i in range(0, len(order), batch)]
     rng.shuffle(batches)
     return batches
 
@@ -157,8 +169,9 @@ def _loss(net, batch):
     ids, att, typ, tgt, rel, group, soft = batch
     tok, doc, _ = net(ids, att, typ)
     mask = tgt >= 0
-    loss_tok = (F.binary_cross_entropy_with_logits(tok[mask], tgt[mask]) if mask.any()
-                else torch.zeros((), device=ids.device))
+    loss_tok = (
+        F.binary_cross_entropy_with_logits(tok[mask], tgt[mask]) if mask.any() else torch.zeros((), device=ids.device)
+    )
     groups = torch.unique(group[group >= 0])
     for g in groups:
         sel = group == g
@@ -169,7 +182,8 @@ def _loss(net, batch):
     loss_doc = torch.zeros((), device=ids.device)
     if has.any():
         loss_doc = F.binary_cross_entropy_with_logits(
-            doc[has], rel[has], pos_weight=torch.tensor(POS_WEIGHT, device=ids.device))
+            doc[has], rel[has], pos_weight=torch.tensor(POS_WEIGHT, device=ids.device)
+        )
     return loss_tok + loss_doc, loss_tok.item(), loss_doc.item()
 
 
@@ -189,13 +203,15 @@ def evaluate(net, rows: list[Row], device: str, batch: int = 64) -> dict[str, fl
             tok, doc = tok.float().cpu().numpy(), doc.float().cpu().numpy()
             for j, i in enumerate(idx):
                 r = rows[i]
-                per_example.setdefault(r.example, []).append((tok[j, :len(r.ids)], r.units))
+                per_example.setdefault(r.example, []).append((tok[j, : len(r.ids)], r.units))
                 if not math.isnan(r.relevant):
-                    rel_scores.append(doc[j]); rel_labels.append(r.relevant)
+                    rel_scores.append(doc[j])
+                    rel_labels.append(r.relevant)
     spear, top_half = [], []
     for k, parts in per_example.items():
         targets = next(r.targets for r in rows if r.example == k)
-        vals = np.concatenate([p[0] for p in parts]); units = np.concatenate([p[1] for p in parts])
+        vals = np.concatenate([p[0] for p in parts])
+        units = np.concatenate([p[1] for p in parts])
         mean, count = unit_means(vals, units, len(targets))
         seen = count > 0
         if seen.sum() < 3:
@@ -206,14 +222,17 @@ def evaluate(net, rows: list[Row], device: str, batch: int = 64) -> dict[str, fl
         answer = targets[seen] >= 0.999
         if answer.any() and (~answer).any():
             top_half.append(float((a[answer] >= np.median(a)).mean()))
-    return {"spearman": float(np.mean(spear)) if spear else float("nan"),
-            "answer_top_half": float(np.mean(top_half)) if top_half else float("nan"),
-            "relevance_auc": _auc(np.array(rel_scores), np.array(rel_labels))}
+    return {
+        "spearman": float(np.mean(spear)) if spear else float("nan"),
+        "answer_top_half": float(np.mean(top_half)) if top_half else float("nan"),
+        "relevance_auc": _auc(np.array(rel_scores), np.array(rel_labels)),
+    }
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="stable")
-    r = np.empty(len(x)); r[order] = np.arange(len(x))
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
     return r
 
 
@@ -224,29 +243,48 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
 
 
-def fit_student(examples: list[Example], labelled: list[teach.Labelled], out: Path, *, base_location: str,
-                relevance_only: list[Example] = (),
-                layers: int = 3, max_len: int = 256, epochs: int = 3, batch: int = 32, lr: float = 2e-4,
-                seed: int = 0, device: str = "cpu", log: Log = print) -> dict:
+def fit_student(
+    examples: list[Example],
+    labelled: list[teach.Labelled],
+    out: Path,
+    *,
+    base_location: str,
+    relevance_only: list[Example] = (),
+    layers: int = 3,
+    max_len: int = 256,
+    epochs: int = 3,
+    batch: int = 32,
+    lr: float = 2e-4,
+    seed: int = 0,
+    device: str = "cpu",
+    log: Log = print,
+) -> dict:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_location)
     train_lab = [x for x in labelled if not is_validation(x.key)]
     val_lab = [x for x in labelled if is_validation(x.key)]
     by_key = {e.key: e for e in examples}
     train_ex = [by_key[x.key] for x in train_lab] + list(relevance_only)
     train_rows = rows_for(examples, train_lab, tokenizer, max_len)
-    train_rows += rows_for(list(relevance_only), [None] * len(relevance_only), tokenizer, max_len,
-                           offset=len(train_lab))
+    train_rows += rows_for(
+        list(relevance_only), [None] * len(relevance_only), tokenizer, max_len, offset=len(train_lab)
+    )
     val_rows = rows_for(examples, val_lab, tokenizer, max_len)
     add_relevance_targets(train_rows, train_ex)
-    log(f"relevance: {len({r.group for r in train_rows if r.group >= 0})} question groups, "
-        f"{len(relevance_only)} relevance-only documents")
-    log(f"train: {len(train_lab)} examples, {len(train_rows)} windows, "
-        f"{sum(len(r.ids) for r in train_rows)} pieces; validation: {len(val_lab)} examples")
+    log(
+        f"relevance: {len({r.group for r in train_rows if r.group >= 0})} question groups, "
+        f"{len(relevance_only)} relevance-only documents"
+    )
+    log(
+        f"train: {len(train_lab)} examples, {len(train_rows)} windows, "
+        f"{sum(len(r.ids) for r in train_rows)} pieces; validation: {len(val_lab)} examples"
+    )
     net = build_net(base_location, layers).to(device)
     for p in net.encoder.embeddings.parameters():
         p.requires_grad_(False)
@@ -258,7 +296,8 @@ def fit_student(examples: list[Example], labelled: list[teach.Labelled], out: Pa
     steps = sum(len(p) for p in plan)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm)))
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (steps - s) / max(1, steps - warm))
+    )
     t0, step = time.perf_counter(), 0
     history = []
     for epoch, batches in enumerate(plan):
@@ -268,18 +307,32 @@ def fit_student(examples: list[Example], labelled: list[teach.Labelled], out: Pa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step(); sched.step(); step += 1
+            opt.step()
+            sched.step()
+            step += 1
             if step % 25 == 0:
-                log(f"step {step}/{steps} loss {float(loss):.4f} (token {lt:.4f}, doc {ld:.4f}) "
-                    f"{time.perf_counter() - t0:.0f} s")
+                log(
+                    f"step {step}/{steps} loss {float(loss):.4f} (token {lt:.4f}, doc {ld:.4f}) "
+                    f"{time.perf_counter() - t0:.0f} s"
+                )
         metrics = evaluate(net, val_rows, device)
         history.append({"epoch": epoch + 1, **metrics})
         log(f"epoch {epoch + 1}: {metrics}")
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in trained_state(net).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata={"base": "minilm", "layers": str(layers), "max_len": str(max_len)})
-    return {"train_examples": len(train_lab), "validation_examples": len(val_lab),
-            "train_pieces": int(sum(len(r.ids) for r in train_rows)), "steps": steps,
-            "seconds": round(time.perf_counter() - t0, 1), "history": history,
-            "layers": layers, "max_len": max_len, "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
-            "device": device}
+    return {
+        "train_examples": len(train_lab),
+        "validation_examples": len(val_lab),
+        "train_pieces": int(sum(len(r.ids) for r in train_rows)),
+        "steps": steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "history": history,
+        "layers": layers,
+        "max_len": max_len,
+        "epochs": epochs,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+    }

@@ -32,7 +32,7 @@ Log = Callable[[str], None]
 class Labelled(msgspec.Struct, frozen=True):
     key: str
     digest: str
-    targets: bytes            # uint8 per unit, target * 255
+    targets: bytes  # uint8 per unit, target * 255
     structured: bool = False  # segmented with keep_structures=False (JSON taught word by word)
 
 
@@ -44,7 +44,7 @@ def percentiles(scores: np.ndarray) -> np.ndarray:
     n = len(scores)
     if n <= 1:
         return np.ones(n)
-    order = np.lexsort((np.arange(n), scores))        # ascending, ties by position
+    order = np.lexsort((np.arange(n), scores))  # ascending, ties by position
     ranks = np.empty(n)
     ranks[order] = np.arange(n)
     return ranks / (n - 1)
@@ -92,12 +92,13 @@ def _groups(examples: Sequence[Example], size: int = 24) -> list[list[int]]:
         else:
             loose.append(i)
     groups.extend(by_q.values())
-    groups.extend(loose[k:k + size] for k in range(0, len(loose), size))
+    groups.extend(loose[k : k + size] for k in range(0, len(loose), size))
     return groups
 
 
-def label(examples: Sequence[Example], *, scorer: str = "smollm2", embedder: str = "minilm",
-          log: Log = print) -> list[Labelled]:
+def label(
+    examples: Sequence[Example], *, scorer: str = "smollm2", embedder: str = "minilm", log: Log = print
+) -> list[Labelled]:
     from ctxgate.compressor.training import Hybrid, get_counter
 
     teacher = Hybrid(scorer=scorer, embedder=embedder)
@@ -123,7 +124,7 @@ def save(path: Path, labelled: Sequence[Labelled], meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = msgspec.msgpack.encode({"meta": meta, "rows": list(labelled)})
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:
-        f.write(blob)     # mtime=0: the same labels give the same bytes
+        f.write(blob)  # mtime=0: the same labels give the same bytes
 
 
 def load(path: Path) -> tuple[dict, list[Labelled]]:

@@ -17,7 +17,7 @@ from ctxgate.compressor import agreement
 class Answer:
     text: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
-    complete: bool = False           # a finish/stop reason was seen (a broken stream is not compared)
+    complete: bool = False  # a finish/stop reason was seen (a broken stream is not compared)
 
     def prompt_tokens(self) -> int | None:
         """Prompt tokens as the upstream counted them (Anthropic: cached input tokens included)."""
@@ -25,8 +25,9 @@ class Answer:
         if isinstance(u.get("prompt_tokens"), int):
             return u["prompt_tokens"]
         if isinstance(u.get("input_tokens"), int):
-            return u["input_tokens"] + sum(u.get(k) or 0 for k in ("cache_creation_input_tokens",
-                                                                   "cache_read_input_tokens"))
+            return u["input_tokens"] + sum(
+                u.get(k) or 0 for k in ("cache_creation_input_tokens", "cache_read_input_tokens")
+            )
         return None
 
     def total_tokens(self) -> int | None:
@@ -46,17 +47,21 @@ def from_json(provider: str, raw: bytes) -> Answer:
         return Answer()
     if not isinstance(body, dict):
         return Answer()
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    raw_usage = body.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     if provider == "anthropic":
-        parts = [b.get("text", "") if b.get("type") == "text" else json.dumps(b.get("input"), sort_keys=True)
-                 for b in body.get("content") or [] if isinstance(b, dict) and b.get("type") in ("text", "tool_use")]
+        parts = [
+            b.get("text", "") if b.get("type") == "text" else json.dumps(b.get("input"), sort_keys=True)
+            for b in body.get("content") or []
+            if isinstance(b, dict) and b.get("type") in ("text", "tool_use")
+        ]
         return Answer("".join(parts), usage, body.get("type") == "message")
     choices = body.get("choices") or []
     if not choices or not isinstance(choices[0], dict):
         return Answer(usage=usage)
     msg = choices[0].get("message") or {}
     text = msg.get("content") or ""
-    if not isinstance(text, str):               # content parts
+    if not isinstance(text, str):  # content parts
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
     calls = msg.get("tool_calls") or []
     text += "".join(json.dumps((c.get("function") or {}), sort_keys=True) for c in calls if isinstance(c, dict))
@@ -82,7 +87,7 @@ def from_sse(provider: str, raw: bytes) -> Answer:
     text: list[str] = []
     for ev in _events(raw):
         if "error" in ev and ev.get("type") in ("error", None):
-            return Answer()                         # the stream broke: nothing to compare
+            return Answer()  # the stream broke: nothing to compare
         if provider == "anthropic":
             kind = ev.get("type")
             if kind == "message_start":

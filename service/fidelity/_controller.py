@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .._config import FidelitySettings
 
-MAX_KEYS = 1024                      # (route, model) pairs tracked; models are client-chosen strings
+MAX_KEYS = 1024  # (route, model) pairs tracked; models are client-chosen strings
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Change:
     model: str
     old: float
     new: float
-    reason: str                      # low_fidelity | recovered | probe
+    reason: str  # low_fidelity | recovered | probe
     fidelity: float | None
     samples: int
     ts: float = field(default_factory=time.time)
@@ -41,13 +41,13 @@ class _State:
     configured: float
     rate: float
     scores: deque[float]
-    idle: int = 0                    # requests seen at rate 1.0 since the last change
+    idle: int = 0  # requests seen at rate 1.0 since the last change
 
 
 class Controller:
     def __init__(self, cfg: FidelitySettings, on_change) -> None:
         self.cfg = cfg
-        self.on_change = on_change   # called with each Change (metrics + store)
+        self.on_change = on_change  # called with each Change (metrics + store)
         self.states: dict[tuple[str, str], _State] = {}
 
     def restore(self, rates: dict[tuple[str, str], float]) -> None:
@@ -60,7 +60,7 @@ class Controller:
         st = self.states.get((route, model))
         if st is None:
             return configured
-        if st.configured != configured:          # config changed (or restored state): never below it
+        if st.configured != configured:  # config changed (or restored state): never below it
             st.configured = configured
             st.rate = max(st.rate, configured)
         if st.rate >= 1.0 and st.rate > configured and self.cfg.adaptive:
@@ -69,8 +69,9 @@ class Controller:
                 self._set(route, model, st, max(configured, st.rate - self.cfg.step_down), "probe", None)
         return st.rate
 
-    def observe(self, route: str, model: str, configured: float, asked: float, overridden: bool,
-                score: float) -> Change | None:
+    def observe(
+        self, route: str, model: str, configured: float, asked: float, overridden: bool, score: float
+    ) -> Change | None:
         """One sample's score; returns the change it caused, if any."""
         key = (route, model)
         st = self.states.get(key)
@@ -87,8 +88,7 @@ class Controller:
     def fresh(self, configured: float) -> _State:
         return _State(configured, configured, deque(maxlen=self.cfg.window))
 
-    def step(self, route: str, model: str, st: _State, asked: float, overridden: bool,
-             score: float) -> Change | None:
+    def step(self, route: str, model: str, st: _State, asked: float, overridden: bool, score: float) -> Change | None:
         """Apply one sample to ``st`` (no side effects beyond it); the change it makes, if any."""
         if overridden or abs(asked - st.rate) > 1e-9 or not self.cfg.adaptive:
             return None
@@ -142,7 +142,7 @@ class SharedController(Controller):
     def __init__(self, cfg: FidelitySettings, on_change, fleet, spawn) -> None:
         super().__init__(cfg, on_change)
         self.fleet = fleet
-        self.spawn = spawn               # runs a coroutine as a background task
+        self.spawn = spawn  # runs a coroutine as a background task
         self.idle: dict[tuple[str, str], int] = {}
 
     def mirror(self, states: dict[tuple[str, str], _State]) -> None:
@@ -161,12 +161,14 @@ class SharedController(Controller):
                 self.spawn(self._transact(route, model, configured, None))
         return rate
 
-    async def observe_shared(self, route: str, model: str, configured: float, asked: float, overridden: bool,
-                             score: float) -> Change | None:
+    async def observe_shared(
+        self, route: str, model: str, configured: float, asked: float, overridden: bool, score: float
+    ) -> Change | None:
         return await self._transact(route, model, configured, (asked, overridden, score))
 
-    async def _transact(self, route: str, model: str, configured: float,
-                        sample: tuple[float, bool, float] | None) -> Change | None:
+    async def _transact(
+        self, route: str, model: str, configured: float, sample: tuple[float, bool, float] | None
+    ) -> Change | None:
         """A sample (or, with ``sample`` None, a probe down from 1.0) applied to the shared state."""
 
         def mutate(st: _State | None, count: int) -> tuple[_State, list[Change]] | None:
@@ -181,8 +183,7 @@ class SharedController(Controller):
             if sample is None:
                 if not (self.cfg.adaptive and st.rate >= 1.0 and st.rate > configured):
                     return None
-                changes.append(_change(route, model, st, max(configured, st.rate - self.cfg.step_down), "probe",
-                                       None))
+                changes.append(_change(route, model, st, max(configured, st.rate - self.cfg.step_down), "probe", None))
             elif (change := self.step(route, model, st, *sample)) is not None:
                 changes.append(change)
             return st, changes

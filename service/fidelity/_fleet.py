@@ -33,9 +33,9 @@ from ._controller import Change, _State, decode_state, encode_state
 
 log = logging.getLogger("ctxgate.service")
 
-MAX_PENDING_KEYS = 2000          # bucket hashes waiting to be sent during an outage
-MAX_CHANGES = 10_000             # rate changes kept in the stream
-MINUTE_DAYS = 2                  # minute buckets are kept this long; longer series use hour buckets
+MAX_PENDING_KEYS = 2000  # bucket hashes waiting to be sent during an outage
+MAX_CHANGES = 10_000  # rate changes kept in the stream
+MINUTE_DAYS = 2  # minute buckets are kept this long; longer series use hour buckets
 GRAINS = {"m": 60, "h": 3600, "d": 86400}
 # KEYS[1] budget hash; ARGV: max calls, max tokens (0 = no cap), ttl. Returns {granted, calls, tokens}.
 _RESERVE = """
@@ -53,6 +53,10 @@ return {1, calls, tokens}
 
 def _field(route: str, model: str, name: str) -> str:
     return json.dumps([route, model, name], ensure_ascii=False)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _unfield(raw: bytes | str) -> tuple[str, str, str]:
@@ -81,7 +85,7 @@ class FleetState:
 
     def _failed(self, what: str, exc: Exception) -> None:
         self.healthy = False
-        if time.monotonic() - self._warned > 60:            # one line a minute during an outage
+        if time.monotonic() - self._warned > 60:  # one line a minute during an outage
             self._warned = time.monotonic()
             log.warning("shared state (redis) unavailable for %s: %s", what, type(exc).__name__)
 
@@ -93,8 +97,9 @@ class FleetState:
     async def reserve(self, day: str) -> bool | None:
         """Take one shadow call from the fleet's budget for ``day``; None when Redis is unreachable."""
         try:
-            granted, _, _ = await self._reserve(keys=[self._budget_key(day)],
-                                                args=[self.cfg.daily_max_calls, self.cfg.daily_max_tokens, 3 * 86400])
+            granted, _, _ = await self._reserve(
+                keys=[self._budget_key(day)], args=[self.cfg.daily_max_calls, self.cfg.daily_max_tokens, 3 * 86400]
+            )
         except Exception as exc:  # redis errors, timeouts, a closed pool: no shadow call, the proxy goes on
             self._failed("the budget", exc)
             return None
@@ -107,14 +112,13 @@ class FleetState:
     async def budget(self, day: str) -> tuple[int, int]:
         raw = await self.redis.hgetall(self._budget_key(day))
         pending = self._pending.get(self._budget_key(day), {})
-        return (int(raw.get(b"calls", 0)),
-                int(float(raw.get(b"tokens", 0))) + int(pending.get("tokens", 0)))
+        return (int(raw.get(b"calls", 0)), int(float(raw.get(b"tokens", 0))) + int(pending.get("tokens", 0)))
 
     # ------------------------------------------------------------------ counters (event loop, no I/O)
 
     def _add(self, key: str, field: str, value: float) -> None:
         if key not in self._pending and len(self._pending) >= MAX_PENDING_KEYS:
-            self._pending.pop(next(iter(self._pending)))      # a long outage: the oldest bucket goes
+            self._pending.pop(next(iter(self._pending)))  # a long outage: the oldest bucket goes
         bucket = self._pending.setdefault(key, {})
         bucket[field] = bucket.get(field, 0) + value
 
@@ -127,9 +131,16 @@ class FleetState:
     def count_traffic(self, ts: float, route: str, model: str, before: int, after: int) -> None:
         self._count("t", ts, route, model, {"requests": 1, "before": before, "after": after})
 
-    def count_sample(self, ts: float, route: str, model: str, status: str,
-                     scores: tuple[float, float, float] | None, saved_usage: int | None) -> None:
-        values = {"n": 1}
+    def count_sample(
+        self,
+        ts: float,
+        route: str,
+        model: str,
+        status: str,
+        scores: tuple[float, float, float] | None,
+        saved_usage: int | None,
+    ) -> None:
+        values: dict[str, float] = {"n": 1}
         if status == "ok" and scores is not None:
             values.update(ok=1, cosine=scores[0], f1=scores[1], em=scores[2])
         if saved_usage is not None:
@@ -144,7 +155,7 @@ class FleetState:
     # ------------------------------------------------------------------ the refresher (every `refresh` s)
 
     def _ttl(self, key: str) -> int | None:
-        grain = key[len(self.p):].split(":")[1]
+        grain = key[len(self.p) :].split(":")[1]
         if grain == "m":
             return MINUTE_DAYS * 86400
         days = self.cfg.retention_days
@@ -164,11 +175,21 @@ class FleetState:
                     if not key.startswith(f"{self.p}budget:") and (ttl := self._ttl(key)) is not None:
                         pipe.expire(key, ttl)
                 for c in changes:
-                    pipe.xadd(f"{self.p}changes", {"ts": c.ts, "route": c.route, "model": c.model, "old": c.old,
-                                                    "new": c.new, "reason": c.reason,
-                                                    "fidelity": "" if c.fidelity is None else c.fidelity,
-                                                    "samples": c.samples},
-                              maxlen=MAX_CHANGES, approximate=True)
+                    pipe.xadd(
+                        f"{self.p}changes",
+                        {
+                            "ts": c.ts,
+                            "route": c.route,
+                            "model": c.model,
+                            "old": c.old,
+                            "new": c.new,
+                            "reason": c.reason,
+                            "fidelity": "" if c.fidelity is None else c.fidelity,
+                            "samples": c.samples,
+                        },
+                        maxlen=MAX_CHANGES,
+                        approximate=True,
+                    )
                 await pipe.execute()
         except Exception as exc:  # kept for the next flush; a partial pipeline may count twice (noted in the README)
             self._failed("counters", exc)
@@ -188,8 +209,7 @@ class FleetState:
 
     async def replicas(self) -> int:
         """Replicas heard from in the last three refresh periods (this one included)."""
-        return int(await self.redis.zcount(f"{self.p}replicas", time.time() - 3 * max(self.state.refresh, 1.0),
-                                           "+inf"))
+        return int(await self.redis.zcount(f"{self.p}replicas", time.time() - 3 * max(self.state.refresh, 1.0), "+inf"))
 
     # ------------------------------------------------------------------ controller state
 
@@ -201,9 +221,9 @@ class FleetState:
             out[(route, model)] = decode_state(value, self.cfg.window)
         return out
 
-    async def transact(self, route: str, model: str,
-                       mutate: Callable[[_State | None, int], tuple[_State, list[Change]] | None]
-                       ) -> tuple[_State, list[Change]] | None:
+    async def transact(
+        self, route: str, model: str, mutate: Callable[[_State | None, int], tuple[_State, list[Change]] | None]
+    ) -> tuple[_State, list[Change]] | None:
         """Read the (route, model) state, ``mutate`` it, write it back unless another replica wrote first
         (then read again and retry). ``mutate`` gets the state (None if new) and the number of keys."""
         from redis.exceptions import WatchError
@@ -244,7 +264,7 @@ class FleetState:
         out = []
         for b, raw in zip(starts, rows):
             merged = {_unfield(f): float(v) for f, v in raw.items()}
-            for f, v in self._pending.get(f"{self.p}{kind}:{grain}:{b}", {}).items():   # not yet sent
+            for f, v in self._pending.get(f"{self.p}{kind}:{grain}:{b}", {}).items():  # not yet sent
                 merged[_unfield(f)] = merged.get(_unfield(f), 0.0) + v
             if merged:
                 out.append((b, merged))
@@ -254,13 +274,20 @@ class FleetState:
         """Every rate change kept (at most ``MAX_CHANGES``), oldest first."""
         entries = await self.redis.xrange(f"{self.p}changes")
         out = []
-        for _, e in entries:
-            d = {k.decode(): v.decode() for k, v in e.items()}
-            out.append({"ts": float(d["ts"]), "route": d["route"], "model": d["model"], "old": float(d["old"]),
-                        "new": float(d["new"]), "reason": d["reason"]})
+        for _, e in entries or []:
+            d = {_text(k): _text(v) for k, v in (e or {}).items()}
+            out.append(
+                {
+                    "ts": float(d["ts"]),
+                    "route": d["route"],
+                    "model": d["model"],
+                    "old": float(d["old"]),
+                    "new": float(d["new"]),
+                    "reason": d["reason"],
+                }
+            )
         return out
 
     async def close(self) -> None:
         await self.flush()
         await self.redis.aclose()
-

@@ -22,11 +22,23 @@ from ._shadow import Fidelity
 def _entry(keys: dict, route: str, model: str) -> dict[str, Any]:
     if (route, model) not in keys:
         keys[(route, model)] = {
-            "route": route, "model": model, "requests": 0, "samples": 0, "errors": 0,
-            "mean_cosine": None, "mean_f1": None, "mean_em": None, "rolling": None,
-            "tokens_before": 0, "tokens_after": 0, "achieved_ratio": None,
+            "route": route,
+            "model": model,
+            "requests": 0,
+            "samples": 0,
+            "errors": 0,
+            "mean_cosine": None,
+            "mean_f1": None,
+            "mean_em": None,
+            "rolling": None,
+            "tokens_before": 0,
+            "tokens_after": 0,
+            "achieved_ratio": None,
             "tokens_saved": {"usage": 0, "usage_samples": 0, "estimate": 0},
-            "configured_rate": None, "rate": None, "adjustments": 0}
+            "configured_rate": None,
+            "rate": None,
+            "adjustments": 0,
+        }
     return keys[(route, model)]
 
 
@@ -51,8 +63,12 @@ async def aggregates(fid: Fidelity) -> dict[str, Any]:
     for (route, model), t in traffic.items():
         e = _entry(keys, route, model)
         before, after = int(t.get("before", 0)), int(t.get("after", 0))
-        e.update(requests=int(t.get("requests", 0)), tokens_before=before, tokens_after=after,
-                 achieved_ratio=_r(before / after) if after else None)
+        e.update(
+            requests=int(t.get("requests", 0)),
+            tokens_before=before,
+            tokens_after=after,
+            achieved_ratio=_r(before / after) if after else None,
+        )
         e["tokens_saved"]["estimate"] = before - after
     for (route, model), f in samples.items():
         e = _entry(keys, route, model)
@@ -63,18 +79,33 @@ async def aggregates(fid: Fidelity) -> dict[str, Any]:
         e["tokens_saved"].update(usage=int(f.get("saved", 0)), usage_samples=int(f.get("usage_samples", 0)))
     for (route, model), st in fid.controller.states.items():
         e = _entry(keys, route, model)
-        e.update(configured_rate=st.configured, rate=max(st.rate, st.configured),
-                 rolling=_r(fid.controller.rolling(route, model)))
+        e.update(
+            configured_rate=st.configured,
+            rate=max(st.rate, st.configured),
+            rolling=_r(fid.controller.rolling(route, model)),
+        )
     calls, tokens = await fleet.budget(fid.day)
     cfg = fid.cfg
     return {
-        "scope": "fleet", "replicas": await fleet.replicas(),
+        "scope": "fleet",
+        "replicas": await fleet.replicas(),
         "routes": sorted(keys.values(), key=lambda e: (e["route"], e["model"])),
-        "budget": {"day": fid.day, "calls": calls, "tokens": tokens, "max_calls": cfg.daily_max_calls or None,
-                   "max_tokens": cfg.daily_max_tokens or None},
+        "budget": {
+            "day": fid.day,
+            "calls": calls,
+            "tokens": tokens,
+            "max_calls": cfg.daily_max_calls or None,
+            "max_tokens": cfg.daily_max_tokens or None,
+        },
         "in_flight": fid.pending,
-        "config": {"sample_rate": cfg.sample_rate, "metric": cfg.metric, "threshold": cfg.threshold,
-                   "window": cfg.window, "adaptive": cfg.adaptive, "store_text": cfg.store_text},
+        "config": {
+            "sample_rate": cfg.sample_rate,
+            "metric": cfg.metric,
+            "threshold": cfg.threshold,
+            "window": cfg.window,
+            "adaptive": cfg.adaptive,
+            "store_text": cfg.store_text,
+        },
     }
 
 
@@ -91,8 +122,9 @@ async def series(fid: Fidelity, since_seconds: float, bucket: float | None) -> d
     out: dict[tuple[str, str], dict[str, Any]] = {}
 
     def entry(route: str, model: str) -> dict[str, Any]:
-        return out.setdefault((route, model), {"route": route, "model": model, "traffic": [], "fidelity": [],
-                                               "rate": []})
+        return out.setdefault(
+            (route, model), {"route": route, "model": model, "traffic": [], "fidelity": [], "rate": []}
+        )
 
     def rebucket(rows: list[tuple[int, dict]]) -> dict[tuple[str, str, int], dict[str, float]]:
         merged: dict[tuple[str, str, int], dict[str, float]] = {}
@@ -103,33 +135,55 @@ async def series(fid: Fidelity, since_seconds: float, bucket: float | None) -> d
                 d[name] = d.get(name, 0.0) + v
         return merged
 
-    for (route, model, b), t in sorted(rebucket(await fleet.buckets("t", grain, since, now)).items(),
-                                       key=lambda kv: kv[0][2]):
+    for (route, model, b), t in sorted(
+        rebucket(await fleet.buckets("t", grain, since, now)).items(), key=lambda kv: kv[0][2]
+    ):
         before, after = t.get("before", 0), t.get("after", 0)
-        entry(route, model)["traffic"].append({"t": b, "requests": int(t.get("requests", 0)),
-                                               "tokens_saved_estimate": int(before - after),
-                                               "ratio": _r(before / after) if after else None})
-    for (route, model, b), f in sorted(rebucket(await fleet.buckets("f", grain, since, now)).items(),
-                                       key=lambda kv: kv[0][2]):
+        entry(route, model)["traffic"].append(
+            {
+                "t": b,
+                "requests": int(t.get("requests", 0)),
+                "tokens_saved_estimate": int(before - after),
+                "ratio": _r(before / after) if after else None,
+            }
+        )
+    for (route, model, b), f in sorted(
+        rebucket(await fleet.buckets("f", grain, since, now)).items(), key=lambda kv: kv[0][2]
+    ):
         ok = int(f.get("ok", 0))
         if not ok:
             continue
-        entry(route, model)["fidelity"].append({
-            "t": b, "samples": ok, "cosine": _r(f["cosine"] / ok), "f1": _r(f["f1"] / ok), "em": _r(f["em"] / ok),
-            "tokens_saved_usage": int(f["saved"]) if "saved" in f else None})
-    before: dict[tuple[str, str], float] = {}
+        entry(route, model)["fidelity"].append(
+            {
+                "t": b,
+                "samples": ok,
+                "cosine": _r(f["cosine"] / ok),
+                "f1": _r(f["f1"] / ok),
+                "em": _r(f["em"] / ok),
+                "tokens_saved_usage": int(f["saved"]) if "saved" in f else None,
+            }
+        )
+    opening: dict[tuple[str, str], float] = {}
     for c in await fleet.changes():
         if c["ts"] < since:
-            before[(c["route"], c["model"])] = c["new"]       # where each rate stood when the window opens
+            opening[(c["route"], c["model"])] = c["new"]  # where each rate stood when the window opens
         else:
-            entry(c["route"], c["model"])["rate"].append({"t": round(c["ts"], 3), "rate": c["new"],
-                                                          "reason": c["reason"]})
-    for (route, model), rate in before.items():
+            entry(c["route"], c["model"])["rate"].append(
+                {"t": round(c["ts"], 3), "rate": c["new"], "reason": c["reason"]}
+            )
+    for (route, model), rate in opening.items():
         entry(route, model)["rate"].insert(0, {"t": round(since, 3), "rate": rate, "reason": "before"})
     for (route, model), st in fid.controller.states.items():
         if (route, model) in out:
-            out[(route, model)]["rate"].append({"t": round(now, 3), "rate": max(st.rate, st.configured),
-                                                "reason": "now"})
-    return {"scope": "fleet", "now": round(now, 3), "since": round(since, 3), "bucket": bucket,
-            "metric": fid.cfg.metric, "threshold": fid.cfg.threshold,
-            "series": sorted(out.values(), key=lambda e: (e["route"], e["model"]))}
+            out[(route, model)]["rate"].append(
+                {"t": round(now, 3), "rate": max(st.rate, st.configured), "reason": "now"}
+            )
+    return {
+        "scope": "fleet",
+        "now": round(now, 3),
+        "since": round(since, 3),
+        "bucket": bucket,
+        "metric": fid.cfg.metric,
+        "threshold": fid.cfg.threshold,
+        "series": sorted(out.values(), key=lambda e: (e["route"], e["model"])),
+    }

@@ -29,14 +29,21 @@ async def _fleet(report) -> Response:
     try:
         return _json(await report)
     except Exception as exc:  # redis down or timing out: say so, without the connection details
-        return _json({"error": {"message": f"the shared state (redis) is unavailable: {type(exc).__name__}",
-                                "type": "service_unavailable"}}, 503)
+        return _json(
+            {
+                "error": {
+                    "message": f"the shared state (redis) is unavailable: {type(exc).__name__}",
+                    "type": "service_unavailable",
+                }
+            },
+            503,
+        )
 
 
 @get("/v1/fidelity")
 async def fidelity(request: Request) -> Response:
     fid = _fid(request)
-    if fid.fleet is not None:               # the whole fleet, from the shared counters
+    if fid.fleet is not None:  # the whole fleet, from the shared counters
         return await _fleet(_fleet_report.aggregates(fid))
     return _json(await asyncio.to_thread(_report.aggregates, fid))
 
@@ -66,7 +73,7 @@ async def dashboard() -> Response:
 
 @get([f"/dashboard/{name}" for name in _FILES])
 async def dashboard_file(request: Request) -> Response:
-    name = request.url.path.rsplit("/", 1)[1]   # one of _FILES: no path from the URL reaches the disk
+    name = request.url.path.rsplit("/", 1)[1]  # one of _FILES: no path from the URL reaches the disk
     return Response(await asyncio.to_thread((STATIC / name).read_bytes), media_type=_FILES[name], headers=_NO_STORE)
 
 

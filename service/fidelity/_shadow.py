@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +45,7 @@ from ._store import Store
 log = logging.getLogger("ctxgate.service")
 
 ROUTES = {"chat": ("openai", "/chat/completions"), "messages": ("anthropic", "/v1/messages")}
-TEE_LIMIT = 8 * 1024 * 1024          # bytes of SSE kept for comparison; a longer stream is not compared
+TEE_LIMIT = 8 * 1024 * 1024  # bytes of SSE kept for comparison; a longer stream is not compared
 
 
 @dataclass
@@ -75,13 +75,16 @@ class Fidelity:
         self.cfg = settings.fidelity
         self.metrics = metrics
         self.client = client
-        self.urls = urls                          # (provider, path) -> upstream URL or None
+        self.urls = urls  # (provider, path) -> upstream URL or None
         self.store: Store | None = None
         url = settings.state_url()
         # shared by all replicas through Redis, or this process's own (SQLite-backed) state
         self.fleet = FleetState(settings.state, url, self.cfg) if url else None
-        self.controller: Controller = (SharedController(self.cfg, self._changed, self.fleet, self._background)
-                                       if self.fleet else Controller(self.cfg, self._changed))
+        self.controller: Controller = (
+            SharedController(self.cfg, self._changed, self.fleet, self._background)
+            if self.fleet
+            else Controller(self.cfg, self._changed)
+        )
         # without shared state, N workers on one host split the daily caps between them
         self._share = 1 if self.fleet else max(1, settings.workers)
         self._refresher: asyncio.Task | None = None
@@ -104,9 +107,12 @@ class Fidelity:
         rows = await asyncio.to_thread(self.store.query, "SELECT calls, tokens FROM budget WHERE day = ?", (self.day,))
         if rows:
             self.calls, self.tokens = rows[0]
-        last = await asyncio.to_thread(self.store.query, "SELECT route, model, new_rate FROM adjustments "
-                                       "WHERE rowid IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)")
-        if self.cfg.adaptive:       # rates adapted in an earlier run apply only while adapting is on
+        last = await asyncio.to_thread(
+            self.store.query,
+            "SELECT route, model, new_rate FROM adjustments "
+            "WHERE rowid IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)",
+        )
+        if self.cfg.adaptive:  # rates adapted in an earlier run apply only while adapting is on
             self.controller.restore({(r, m): rate for r, m, rate in last})
         self._prune()
         for (route, model), st in self.controller.states.items():
@@ -158,7 +164,7 @@ class Fidelity:
             await asyncio.to_thread(self.store.close)
         if self.fleet is not None:
             try:
-                await self.fleet.close()         # sends the last counters
+                await self.fleet.close()  # sends the last counters
             except Exception as exc:
                 self.fleet._failed("the last counters", exc)
 
@@ -173,15 +179,24 @@ class Fidelity:
     def policy(self, route: str, model: str, policy: Policy) -> Policy:
         """The configured policy with the controller's rate for this (route, model)."""
         if route not in ROUTES or not isinstance(policy.rate, (int, float)):
-            return policy                 # rate "auto": the method decides; nothing to adapt
+            return policy  # rate "auto": the method decides; nothing to adapt
         rate = self.controller.rate(route, model, policy.rate)
         return policy if rate == policy.rate else msgspec.structs.replace(policy, rate=rate)
 
-    def candidate(self, route: str, model: str, method: str, policy: Policy, configured: float, overridden: bool,
-                  tokens_before: int | None, tokens_after: int | None) -> Candidate | None:
+    def candidate(
+        self,
+        route: str,
+        model: str,
+        method: str,
+        policy: Policy,
+        configured: float | str,
+        overridden: bool,
+        tokens_before: int | None,
+        tokens_after: int | None,
+    ) -> Candidate | None:
         """Record a compressed request's savings; a Candidate when it is drawn for a shadow check."""
         if tokens_before is None or tokens_after is None or tokens_after >= tokens_before:
-            return None                             # not compressed: nothing to check
+            return None  # not compressed: nothing to check
         now = time.time()
         if not isinstance(policy.rate, (int, float)) or not isinstance(configured, (int, float)):
             # rate "auto": recorded as the rate it achieved; the controller has nothing to adapt
@@ -196,23 +211,28 @@ class Fidelity:
         if route not in ROUTES or self.cfg.sample_rate <= 0 or random.random() >= self.cfg.sample_rate:
             return None
         provider, path = ROUTES[route]
-        return Candidate(route, provider, path, model, method, policy.rate, configured, overridden, tokens_before,
-                         tokens_after, now)
+        assert isinstance(policy.rate, (int, float)) and isinstance(configured, (int, float))
+        return Candidate(
+            route, provider, path, model, method, policy.rate, configured, overridden, tokens_before, tokens_after, now
+        )
 
-    def watch(self, cand: Candidate, headers: Mapping[str, str], query: str, raw: bytes,
-              response: Response) -> Response:
+    def watch(
+        self, cand: Candidate, headers: Mapping[str, str], query: str, raw: bytes, response: Response
+    ) -> Response:
         """Start the shadow check once the compressed answer is known; the response itself is unchanged."""
         if response.status_code != 200:
             return response
         saved = dict(headers)
         if isinstance(response, Stream):
-            response.iterator = self._tee(response.iterator, cand, saved, query, raw)
+            # relays are async generators (Stream's type is wider)
+            response.iterator = self._tee(response.iterator, cand, saved, query, raw)  # type: ignore[arg-type]
         elif isinstance(response.content, bytes):
             self._spawn(cand, saved, query, raw, _answers.from_json(cand.provider, response.content), False)
         return response
 
-    async def _tee(self, inner: AsyncIterator[bytes], cand: Candidate, headers: dict[str, str], query: str,
-                   raw: bytes) -> AsyncIterator[bytes]:
+    async def _tee(
+        self, inner: AsyncGenerator[bytes, None], cand: Candidate, headers: dict[str, str], query: str, raw: bytes
+    ) -> AsyncIterator[bytes]:
         buf = bytearray()
         done = False
         try:
@@ -223,14 +243,21 @@ class Fidelity:
             done = True
         finally:
             with anyio.CancelScope(shield=True):
-                await inner.aclose()            # a dropped client must still hang up on upstream now
+                await inner.aclose()  # a dropped client must still hang up on upstream now
             if done and len(buf) <= TEE_LIMIT:
                 self._spawn(cand, headers, query, raw, _answers.from_sse(cand.provider, bytes(buf)), True)
             else:
                 self.metrics.fidelity_shadow.labels(cand.route, "incomplete").inc()
 
-    def _spawn(self, cand: Candidate, headers: dict[str, str], query: str, raw: bytes,
-               compressed: _answers.Answer, stream: bool) -> None:
+    def _spawn(
+        self,
+        cand: Candidate,
+        headers: dict[str, str],
+        query: str,
+        raw: bytes,
+        compressed: _answers.Answer,
+        stream: bool,
+    ) -> None:
         if not compressed.complete:
             self.metrics.fidelity_shadow.labels(cand.route, "incomplete").inc()
             return
@@ -270,8 +297,15 @@ class Fidelity:
 
     # ------------------------------------------------------------------ the check (background task)
 
-    async def _check(self, cand: Candidate, headers: dict[str, str], query: str, raw: bytes,
-                     compressed: _answers.Answer, stream: bool) -> None:
+    async def _check(
+        self,
+        cand: Candidate,
+        headers: dict[str, str],
+        query: str,
+        raw: bytes,
+        compressed: _answers.Answer,
+        stream: bool,
+    ) -> None:
         t0 = time.perf_counter()
         try:
             if (refused := await self._reserve()) is not None:
@@ -279,8 +313,8 @@ class Fidelity:
                 return
             async with self._slots:
                 status, full, body = await self._call_full(cand, headers, query, raw)
-                spent = full.total_tokens() if full.total_tokens() is not None else cand.tokens_before
-                self._spent(spent)
+                total = full.total_tokens()
+                self._spent(total if total is not None else cand.tokens_before)
                 if status != "ok":
                     self.metrics.fidelity_shadow.labels(cand.route, status).inc()
                     self._record(cand, status, stream, full, compressed, None, body, t0)
@@ -298,24 +332,31 @@ class Fidelity:
         self._record(cand, "ok", stream, full, compressed, scores, body, t0)
         score = dict(zip(("cosine", "f1", "em"), scores))[self.cfg.metric]
         if isinstance(self.controller, SharedController):
-            await self.controller.observe_shared(cand.route, cand.model, cand.configured, cand.rate, cand.overridden,
-                                                 score)
+            await self.controller.observe_shared(
+                cand.route, cand.model, cand.configured, cand.rate, cand.overridden, score
+            )
         else:
             self.controller.observe(cand.route, cand.model, cand.configured, cand.rate, cand.overridden, score)
         rolling = self.controller.rolling(cand.route, cand.model)
         if rolling is not None:
             self.metrics.fidelity_score.labels(cand.route, cand.model).set(rolling)
 
-    async def _call_full(self, cand: Candidate, headers: dict[str, str], query: str,
-                         raw: bytes) -> tuple[str, _answers.Answer, dict[str, Any] | None]:
+    async def _call_full(
+        self, cand: Candidate, headers: dict[str, str], query: str, raw: bytes
+    ) -> tuple[str, _answers.Answer, dict[str, Any] | None]:
         """The same request, uncompressed and non-streaming: (status, answer, the body sent)."""
         url = self.urls(cand.provider, cand.path)
         body = _uncompressed(cand.route, raw)
         if url is None or body is None:
             return "error", _answers.Answer(), None
         try:
-            resp = await self.client.post(url, content=json.dumps(body).encode(), headers=forward_headers(headers),
-                                          params=query or None, timeout=self.cfg.timeout)
+            resp = await self.client.post(
+                url,
+                content=json.dumps(body).encode(),
+                headers=forward_headers(headers),
+                params=query or None,
+                timeout=self.cfg.timeout,
+            )
         except httpx.HTTPError as exc:
             log.warning("fidelity shadow call failed: %s", type(exc).__name__)
             return "upstream_error", _answers.Answer(), body
@@ -333,29 +374,50 @@ class Fidelity:
             self._embedder, _ = load_embedder(self._embedder_name, self.settings.device)
         return embedding_cosine(self._embedder, compressed, full), f1, em
 
-    def _record(self, cand: Candidate, status: str, stream: bool, full: _answers.Answer,
-                compressed: _answers.Answer, scores: tuple[float, float, float] | None,
-                body: dict[str, Any] | None, t0: float) -> None:
+    def _record(
+        self,
+        cand: Candidate,
+        status: str,
+        stream: bool,
+        full: _answers.Answer,
+        compressed: _answers.Answer,
+        scores: tuple[float, float, float] | None,
+        body: dict[str, Any] | None,
+        t0: float,
+    ) -> None:
         if self.store is None:
             return
         p_full, p_comp = full.prompt_tokens(), compressed.prompt_tokens()
         measured = p_full is not None and p_comp is not None
         row: dict[str, Any] = {
-            "ts": cand.ts, "route": cand.route, "model": cand.model, "method": cand.method, "rate": cand.rate,
-            "configured_rate": cand.configured, "override": int(cand.overridden), "stream": int(stream),
-            "status": status, "tokens_before": cand.tokens_before, "tokens_after": cand.tokens_after,
+            "ts": cand.ts,
+            "route": cand.route,
+            "model": cand.model,
+            "method": cand.method,
+            "rate": cand.rate,
+            "configured_rate": cand.configured,
+            "override": int(cand.overridden),
+            "stream": int(stream),
+            "status": status,
+            "tokens_before": cand.tokens_before,
+            "tokens_after": cand.tokens_after,
             "ratio": cand.tokens_before / cand.tokens_after if cand.tokens_after else None,
             "usage_full": json.dumps(full.usage) if full.usage else None,
             "usage_compressed": json.dumps(compressed.usage) if compressed.usage else None,
-            "prompt_tokens_full": p_full, "prompt_tokens_compressed": p_comp,
-            "tokens_saved": (p_full - p_comp) if measured else cand.tokens_before - cand.tokens_after,
-            "saved_source": "usage" if measured else "estimate", "seconds": time.perf_counter() - t0,
+            "prompt_tokens_full": p_full,
+            "prompt_tokens_compressed": p_comp,
+            "tokens_saved": (p_full - p_comp)
+            if p_full is not None and p_comp is not None
+            else cand.tokens_before - cand.tokens_after,
+            "saved_source": "usage" if measured else "estimate",
+            "seconds": time.perf_counter() - t0,
         }
         if scores is not None:
             row["cosine"], row["f1"], row["em"] = scores
         if self.fleet is not None:
-            self.fleet.count_sample(cand.ts, cand.route, cand.model, status, scores,
-                                    row["tokens_saved"] if measured else None)
+            self.fleet.count_sample(
+                cand.ts, cand.route, cand.model, status, scores, row["tokens_saved"] if measured else None
+            )
         if self.cfg.store_text and body is not None:
             row["prompt"] = json.dumps({k: body[k] for k in ("system", "messages") if k in body})
             row["answer_full"], row["answer_compressed"] = full.text, compressed.text
@@ -366,13 +428,27 @@ class Fidelity:
         if change.reason != "start":
             direction = "up" if change.new > change.old else "down"
             self.metrics.fidelity_adjustments.labels(change.route, change.model, direction).inc()
-            log.info("fidelity: %s %s keep-rate %.3f -> %.3f (%s)", change.route, change.model, change.old,
-                     change.new, change.reason)
+            log.info(
+                "fidelity: %s %s keep-rate %.3f -> %.3f (%s)",
+                change.route,
+                change.model,
+                change.old,
+                change.new,
+                change.reason,
+            )
         if self.fleet is not None:
             self.fleet.add_change(change)
         if self.store is not None:
-            self.store.add_adjustment(change.ts, change.route, change.model, change.old, change.new, change.reason,
-                                      change.fidelity, change.samples)
+            self.store.add_adjustment(
+                change.ts,
+                change.route,
+                change.model,
+                change.old,
+                change.new,
+                change.reason,
+                change.fidelity,
+                change.samples,
+            )
 
 
 def _uncompressed(route: str, raw: bytes) -> dict[str, Any] | None:

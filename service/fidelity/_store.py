@@ -22,7 +22,7 @@ from typing import Any
 from ctxgate.compressor import private, private_dir
 
 log = logging.getLogger("ctxgate.service")
-LINGER = 0.25       # seconds a batch gathers rows before its commit; a read or close flushes at once
+LINGER = 0.25  # seconds a batch gathers rows before its commit; a read or close flushes at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS traffic (
@@ -44,12 +44,34 @@ CREATE TABLE IF NOT EXISTS adjustments (
 CREATE TABLE IF NOT EXISTS budget (day TEXT PRIMARY KEY, calls INTEGER NOT NULL, tokens INTEGER NOT NULL);
 """
 
-SAMPLE_COLUMNS = ("ts", "route", "model", "method", "rate", "configured_rate", "override", "stream", "status",
-                  "tokens_before", "tokens_after", "ratio", "cosine", "f1", "em", "usage_full", "usage_compressed",
-                  "prompt_tokens_full", "prompt_tokens_compressed", "tokens_saved", "saved_source", "seconds",
-                  "prompt", "answer_full", "answer_compressed")
-_INSERT_SAMPLE = (f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))})")
+SAMPLE_COLUMNS = (
+    "ts",
+    "route",
+    "model",
+    "method",
+    "rate",
+    "configured_rate",
+    "override",
+    "stream",
+    "status",
+    "tokens_before",
+    "tokens_after",
+    "ratio",
+    "cosine",
+    "f1",
+    "em",
+    "usage_full",
+    "usage_compressed",
+    "prompt_tokens_full",
+    "prompt_tokens_compressed",
+    "tokens_saved",
+    "saved_source",
+    "seconds",
+    "prompt",
+    "answer_full",
+    "answer_compressed",
+)
+_INSERT_SAMPLE = f"INSERT INTO samples ({', '.join(SAMPLE_COLUMNS)}) VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))})"
 
 
 class Store:
@@ -60,7 +82,7 @@ class Store:
         self._read.executescript(_SCHEMA)
         self._read_lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, tuple] | None] = queue.Queue()
-        self._flush = threading.Event()       # set by readers and close: commit what is queued now
+        self._flush = threading.Event()  # set by readers and close: commit what is queued now
         self._writer = threading.Thread(target=self._write_loop, name="ctxgate-fidelity-store", daemon=True)
         self._writer.start()
 
@@ -86,16 +108,22 @@ class Store:
         self.put("INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def set_budget(self, day: str, calls: int, tokens: int) -> None:
-        self.put("INSERT INTO budget VALUES (?, ?, ?) ON CONFLICT(day) DO UPDATE SET calls=excluded.calls, "
-                 "tokens=excluded.tokens", (day, calls, tokens))
+        self.put(
+            "INSERT INTO budget VALUES (?, ?, ?) ON CONFLICT(day) DO UPDATE SET calls=excluded.calls, "
+            "tokens=excluded.tokens",
+            (day, calls, tokens),
+        )
 
     def prune(self, before: float) -> None:
         """Drop rows older than ``before`` (epoch seconds): the store's retention period."""
         day = datetime.fromtimestamp(before, UTC).date().isoformat()
         for table in ("traffic", "samples", "adjustments"):
             # the latest adjustment per (route, model) is the controller's state: it is kept
-            keep = (" AND rowid NOT IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)"
-                    if table == "adjustments" else "")
+            keep = (
+                " AND rowid NOT IN (SELECT MAX(rowid) FROM adjustments GROUP BY route, model)"
+                if table == "adjustments"
+                else ""
+            )
             self.put(f"DELETE FROM {table} WHERE ts < ?{keep}", (before,))
         self.put("DELETE FROM budget WHERE day < ?", (day,))
 
