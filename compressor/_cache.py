@@ -34,7 +34,8 @@ def cache_key(payload: object) -> str:
 
 
 class MemoryCache:
-    """Thread-safe LRU bounded by entry count, with an optional TTL in seconds."""
+    """Thread-safe LRU bounded by entry count, with an optional TTL in seconds from the last write or
+    read (the same sliding expiry as ``SQLiteCache`` and ``RedisCache``: entries in use never expire)."""
 
     name = "memory"
 
@@ -49,9 +50,11 @@ class MemoryCache:
             item = self._data.get(key)
             if item is None:
                 return None
-            if self.ttl is not None and time.time() - item[0] > self.ttl:
+            now = time.time()
+            if self.ttl is not None and now - item[0] > self.ttl:
                 del self._data[key]
                 return None
+            self._data[key] = (now, item[1])       # a read refreshes the TTL, as in SQLite and Redis
             self._data.move_to_end(key)
             return item[1]
 
@@ -75,13 +78,15 @@ class SQLiteCache:
     def __init__(self, path: str | Path, max_entries: int = 100_000, ttl: float | None = 7 * 86400) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            private(self.path)          # holds compressed prompt text: owner-only (0600, dir 0700)
+            private(self.path)  # holds compressed prompt text: owner-only (0600, dir 0700)
         self.max_entries = max_entries
         self.ttl = ttl
         self._local = threading.local()
         self._writes = 0
         with self._conn() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL, used REAL NOT NULL)")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL, used REAL NOT NULL)"
+            )
             c.execute("CREATE INDEX IF NOT EXISTS entries_used ON entries(used)")
 
     def _conn(self) -> sqlite3.Connection:
