@@ -54,7 +54,7 @@ class MemoryCache:
             if self.ttl is not None and now - item[0] > self.ttl:
                 del self._data[key]
                 return None
-            self._data[key] = (now, item[1])       # a read refreshes the TTL, as in SQLite and Redis
+            self._data[key] = (now, item[1])  # a read refreshes the TTL, as in SQLite and Redis
             self._data.move_to_end(key)
             return item[1]
 

@@ -19,7 +19,7 @@ import pytest
 from ctxgate.compressor import MemoryCache, RedisCache, SQLiteCache
 from ctxgate.service._cache import TieredCache
 
-TTL = 1.0                        # seconds: Redis's smallest expiry
+TTL = 1.0  # seconds: Redis's smallest expiry
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "memory+sqlite", "memory+redis"])
@@ -56,10 +56,10 @@ def test_values_round_trip_and_writes_replace(cache):
 def test_the_ttl_counts_from_the_last_read_or_write(cache):
     cache.set("busy", b"1")
     cache.set("idle", b"2")
-    for _ in range(3):                       # 1.8 s in all, read every 0.6 s: never idle for a TTL
+    for _ in range(3):  # 1.8 s in all, read every 0.6 s: never idle for a TTL
         time.sleep(0.6 * TTL)
         assert cache.get("busy") == b"1"
-    assert cache.get("idle") is None         # not read for 1.8 s
+    assert cache.get("idle") is None  # not read for 1.8 s
 
 
 _WRITER = """
@@ -76,9 +76,13 @@ def test_sqlite_is_shared_by_processes_writing_at_once(tmp_path):
     path = tmp_path / "shared.sqlite"
     parent = SQLiteCache(path)
     parent.set("parent-0", b"from the parent")
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), name, "300"], stdout=subprocess.PIPE,
-                              text=True, env=os.environ) for name in ("a", "b")]
-    for i in range(300):                     # the parent writes too, while both children do
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), name, "300"], stdout=subprocess.PIPE, text=True, env=os.environ
+        )
+        for name in ("a", "b")
+    ]
+    for i in range(300):  # the parent writes too, while both children do
         parent.set(f"p-{i}", b"x")
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs == ["from the parent"] * 2
