@@ -1,4 +1,6 @@
-"""The answer must survive question-aware compression: 25 real 20-document NQ items at 4x.
+"""The answer must survive question-aware compression: real 20-document NQ items at 4x (25 for
+``extractive``; 12 for ``hybrid``, whose LM scorer costs about 4 minutes for 25 on the AVX2-only CI
+machines; its full figures are in ``ctxgate eval``).
 
 A gold answer string (case-insensitive) must still be in the compressed context in at least 90%
 of items. Budgets are checked on the same runs, so this costs one compression per item and method.
@@ -9,7 +11,7 @@ import pytest
 from ctxgate.compressor import Compressor
 from tests._nqdata import answer_kept, nq_docs, nq_items
 
-N_ITEMS = 25
+N_ITEMS = {"hybrid": 12, "extractive": 25}
 RATE = 0.25
 
 
@@ -21,10 +23,11 @@ def comp():
 @pytest.mark.parametrize("method", ["hybrid", "extractive"])
 def test_answer_survives_4x_compression(comp, method):
     kept, errors = [], []
-    for item in nq_items(N_ITEMS):
+    n = N_ITEMS[method]
+    for item in nq_items(n):
         r = comp.compress(context=nq_docs(item), question=item["question"], rate=RATE, method=method)
         kept.append(answer_kept(r.compressed, item["answers"]))
         asked = r.original_tokens * RATE
         errors.append(abs(r.compressed_tokens - asked) / asked)
-    assert sum(kept) / N_ITEMS >= 0.9, f"{method}: answer kept in {sum(kept)}/{N_ITEMS}"
+    assert sum(kept) / n >= 0.9, f"{method}: answer kept in {sum(kept)}/{n}"
     assert max(errors) <= 0.15, f"{method}: budget off by up to {max(errors):.0%}"
