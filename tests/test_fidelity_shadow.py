@@ -81,6 +81,16 @@ def report(url: str) -> dict:
     return r.json()
 
 
+def settled(url: str, timeout: float = 60) -> dict:
+    """/v1/fidelity once no shadow check is in flight: every drawn sample has been run or refused
+    (a non-streaming request's check is counted before its response is sent)."""
+    deadline = time.monotonic() + timeout
+    while (rep := report(url))["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rep["in_flight"] == 0
+    return rep
+
+
 def wait_samples(url: str, n: int, timeout: float = 90) -> dict:
     """/v1/fidelity once ``n`` shadow checks (ok or failed) have been stored."""
     deadline = time.monotonic() + timeout
@@ -207,8 +217,7 @@ def test_sample_rate_zero_shadows_nothing(fid_sidecar, needle, nq_items, tmp_pat
     with fid_sidecar(sample_rate=0.0) as url:
         for item in nq_items[:3]:
             ask(url, item)
-        time.sleep(1.0)  # a shadow call, had one been started, reaches this upstream at once
-        rep = report(url)
+        rep = settled(url)
     assert len(needle.requests) == 3 and shadows(needle) == []
     assert rep["routes"][0]["requests"] == 3 and rep["routes"][0]["samples"] == 0 and rep["budget"]["calls"] == 0
     assert rows(tmp_path / "fidelity.sqlite", "SELECT COUNT(*) n FROM samples")[0]["n"] == 0
@@ -225,8 +234,7 @@ def test_daily_call_cap_holds_and_survives_a_restart(fid_sidecar, needle, nq_ite
     assert len(shadows(needle)) == 2 and rep["budget"]["calls"] == 2 and rep["budget"]["max_calls"] == 2
     with fid_sidecar(sample_rate=1.0, daily_max_calls=2, port=port) as url:  # same store: today's count is kept
         ask(url, nq_items[4])
-        time.sleep(0.5)
-        assert report(url)["budget"]["calls"] == 2
+        assert settled(url)["budget"]["calls"] == 2
     assert len(shadows(needle)) == 2
 
 
@@ -235,8 +243,7 @@ def test_daily_token_cap_stops_after_the_budget_is_spent(fid_sidecar, needle, nq
         ask(url, nq_items[0])
         wait_samples(url, 1)
         ask(url, nq_items[1])
-        time.sleep(0.5)
-        rep = report(url)
+        rep = settled(url)
     assert len(shadows(needle)) == 1
     assert rep["budget"]["tokens"] > 10 and rep["budget"]["calls"] == 1
 

@@ -35,7 +35,10 @@ def test_a_broken_stream_is_not_compared(shadowing, upstream, nq_item):
         assert int(r.headers["x-ctxgate-tokens-after"]) < int(
             r.headers["x-ctxgate-tokens-before"]
         )  # numbers, not strings
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30  # the relay's end is recorded just after the client's last byte
+        while not metric(url, "ctxgate_fidelity_shadow_total", route="chat", result="incomplete"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert metric(url, "ctxgate_fidelity_shadow_total", route="chat", result="incomplete") == 1
         assert httpx.get(url + "/v1/fidelity", timeout=10).json()["budget"]["calls"] == 0
     assert len(upstream.calls) == 1  # no shadow call
