@@ -71,3 +71,55 @@ def test_redis_cache_unit(redis_url):
     with pytest.raises(Exception, match="ttl"):
         RedisCache(redis_url, ttl=0)
     c.close()
+
+
+def test_concurrent_real_compressions_stay_apart_and_a_twin_miss_compresses_alike(sidecar, upstream):
+    """Ten requests at once, each a real 20-document RAG prompt compressed by the CPU default
+    (``classifier``), two of them the very same fresh prompt: every upstream body carries its own
+    question and documents, compressed, and the twins reach upstream byte for byte the same."""
+    import json
+    import threading
+
+    from tests._nqdata import nq_items
+
+    items = nq_items(9)
+    jobs = [(f"m{i}", rag_prompt(item, 20)) for i, item in enumerate(items)] + [("twin", rag_prompt(items[0], 20))]
+    jobs[0] = ("twin", jobs[0][1])
+    heads: dict[int, dict] = {}
+    errors: list[str] = []
+
+    def one(n: int, model: str, prompt: str) -> None:
+        try:
+            r = oai(url).chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": prompt}], extra_headers={"x-ctxgate-rate": "0.25"}
+            )
+            heads[n] = dict(r.headers)
+        except Exception as exc:  # reported below with the request it belongs to
+            errors.append(f"{n}: {type(exc).__name__}: {exc}")
+
+    with sidecar(default_method="classifier", compress_timeout=120) as url:
+        threads = [threading.Thread(target=one, args=(n, m, p)) for n, (m, p) in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        m = httpx.get(url + "/metrics").text
+    assert errors == [] and len(heads) == len(jobs) == 10
+    for h in heads.values():
+        assert int(h["x-ctxgate-tokens-after"]) < 0.4 * int(h["x-ctxgate-tokens-before"]), h
+    bodies = [json.loads(c.raw) for c in upstream.calls]
+    assert len(bodies) == 10
+    by_model: dict[str, list[str]] = {}
+    for b in bodies:
+        by_model.setdefault(b["model"], []).append(b["messages"][0]["content"])
+    for i, item in enumerate(items[1:], start=1):
+        (content,) = by_model[f"m{i}"]
+        others = [x["question"] for j, x in enumerate(items) if j != i]
+        assert item["question"] in content and not any(q in content for q in others)
+    twins = by_model["twin"]
+    assert len(twins) == 2 and twins[0] == twins[1] and items[0]["question"] in twins[0]
+    assert sorted(h["x-ctxgate-cache"] for n, h in heads.items() if jobs[n][0] == "twin") in (
+        ["hit", "miss"],
+        ["miss", "miss"],
+    )
+    assert value(m, "ctxgate_cache_hits_total") + value(m, "ctxgate_cache_misses_total") >= 10
