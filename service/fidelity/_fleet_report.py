@@ -15,31 +15,12 @@ import time
 from typing import Any
 
 from ._fleet import GRAINS, MINUTE_DAYS
-from ._report import MAX_POINTS, _r
+from ._report import MAX_POINTS, _r, blank, settings_of
 from ._shadow import Fidelity
 
 
 def _entry(keys: dict, route: str, model: str) -> dict[str, Any]:
-    if (route, model) not in keys:
-        keys[(route, model)] = {
-            "route": route,
-            "model": model,
-            "requests": 0,
-            "samples": 0,
-            "errors": 0,
-            "mean_cosine": None,
-            "mean_f1": None,
-            "mean_em": None,
-            "rolling": None,
-            "tokens_before": 0,
-            "tokens_after": 0,
-            "achieved_ratio": None,
-            "tokens_saved": {"usage": 0, "usage_samples": 0, "estimate": 0},
-            "configured_rate": None,
-            "rate": None,
-            "adjustments": 0,
-        }
-    return keys[(route, model)]
+    return keys.setdefault((route, model), blank(route, model))
 
 
 def _sums(buckets: list[tuple[int, dict]]) -> dict[tuple[str, str], dict[str, float]]:
@@ -98,14 +79,7 @@ async def aggregates(fid: Fidelity) -> dict[str, Any]:
             "max_tokens": cfg.daily_max_tokens or None,
         },
         "in_flight": fid.pending,
-        "config": {
-            "sample_rate": cfg.sample_rate,
-            "metric": cfg.metric,
-            "threshold": cfg.threshold,
-            "window": cfg.window,
-            "adaptive": cfg.adaptive,
-            "store_text": cfg.store_text,
-        },
+        "config": settings_of(cfg),
     }
 
 

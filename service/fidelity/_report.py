@@ -11,6 +11,7 @@ import math
 import time
 from typing import Any
 
+from .._config import FidelitySettings
 from ._shadow import Fidelity
 
 MAX_POINTS = 120
@@ -20,32 +21,46 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
+def blank(route: str, model: str) -> dict[str, Any]:
+    """One (route, model) row of ``/v1/fidelity`` before anything is counted (shared with the fleet report)."""
+    return {
+        "route": route,
+        "model": model,
+        "requests": 0,
+        "samples": 0,
+        "errors": 0,
+        "mean_cosine": None,
+        "mean_f1": None,
+        "mean_em": None,
+        "rolling": None,
+        "tokens_before": 0,
+        "tokens_after": 0,
+        "achieved_ratio": None,
+        "tokens_saved": {"usage": 0, "usage_samples": 0, "estimate": 0},
+        "configured_rate": None,
+        "rate": None,
+        "adjustments": 0,
+    }
+
+
+def settings_of(cfg: FidelitySettings) -> dict[str, Any]:
+    return {
+        "sample_rate": cfg.sample_rate,
+        "metric": cfg.metric,
+        "threshold": cfg.threshold,
+        "window": cfg.window,
+        "adaptive": cfg.adaptive,
+        "store_text": cfg.store_text,
+    }
+
+
 def aggregates(fid: Fidelity) -> dict[str, Any]:
     assert fid.store is not None
     q = fid.store.query
     keys: dict[tuple[str, str], dict[str, Any]] = {}
 
     def entry(route: str, model: str) -> dict[str, Any]:
-        if (route, model) not in keys:
-            keys[(route, model)] = {
-                "route": route,
-                "model": model,
-                "requests": 0,
-                "samples": 0,
-                "errors": 0,
-                "mean_cosine": None,
-                "mean_f1": None,
-                "mean_em": None,
-                "rolling": None,
-                "tokens_before": 0,
-                "tokens_after": 0,
-                "achieved_ratio": None,
-                "tokens_saved": {"usage": 0, "usage_samples": 0, "estimate": 0},
-                "configured_rate": None,
-                "rate": None,
-                "adjustments": 0,
-            }
-        return keys[(route, model)]
+        return keys.setdefault((route, model), blank(route, model))
 
     for route, model, n, before, after in q(
         "SELECT route, model, COUNT(*), SUM(tokens_before), SUM(tokens_after) FROM traffic GROUP BY route, model"
@@ -82,14 +97,7 @@ def aggregates(fid: Fidelity) -> dict[str, Any]:
             "max_tokens": cfg.daily_max_tokens or None,
         },
         "in_flight": fid.pending,
-        "config": {
-            "sample_rate": cfg.sample_rate,
-            "metric": cfg.metric,
-            "threshold": cfg.threshold,
-            "window": cfg.window,
-            "adaptive": cfg.adaptive,
-            "store_text": cfg.store_text,
-        },
+        "config": settings_of(cfg),
     }
 
 
