@@ -1,4 +1,4 @@
-"""``NeedleUpstream``: a local OpenAI + Anthropic upstream (JSON and SSE) that answers correctly only
+"""``NeedleUpstream`` and its clients: a local OpenAI + Anthropic upstream (JSON and SSE) that answers correctly only
 when a fact (the needle) is in the prompt it gets, so a shadow check of a prompt compressed without
 the needle scores low and one with it scores high. Used by the fidelity tests and the fleet tests."""
 
@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import anthropic
+import httpx
+import openai
 
 NEEDLE = "The vault code is 7421."
 RIGHT = "The vault code is 7421."
@@ -168,3 +173,48 @@ def context(item: dict, needle_at: str | None, n_docs: int = 6) -> str:
     elif needle_at == "end":
         docs.append(NEEDLE)
     return "\n".join(docs) + "\n\n" + QUESTION
+
+
+# ----------------------------------------------------------------------------- clients and polling
+
+
+def oai(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="sk-fid-secret", max_retries=0, timeout=60)
+
+
+def ant(url: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=url, api_key="sk-ant-fid-secret", max_retries=0, timeout=60)
+
+
+def ask(url: str, item: dict, needle_at: str | None = "end", model: str = "gpt-4o-mini", **kw):
+    return oai(url).chat.completions.with_raw_response.create(
+        model=model, temperature=0, messages=[{"role": "user", "content": context(item, needle_at)}], **kw
+    )
+
+
+def report(url: str) -> dict:
+    r = httpx.get(url + "/v1/fidelity", timeout=30)
+    assert r.status_code == 200
+    return r.json()
+
+
+def settled(url: str, timeout: float = 60) -> dict:
+    """/v1/fidelity once no shadow check is in flight: every drawn sample has been run or refused
+    (a non-streaming request's check is counted before its response is sent)."""
+    deadline = time.monotonic() + timeout
+    while (rep := report(url))["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rep["in_flight"] == 0
+    return rep
+
+
+def wait_samples(url: str, n: int, timeout: float = 90) -> dict:
+    """/v1/fidelity once ``n`` shadow checks (ok or failed) have been stored."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rep = report(url)
+        done = sum(r["samples"] + r["errors"] for r in rep["routes"])
+        if done >= n or time.monotonic() > deadline:
+            assert done == n, f"expected {n} shadow samples, got {done}"
+            return rep
+        time.sleep(0.05)

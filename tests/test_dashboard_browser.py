@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, run_sidecar, serve
-from tests.needle import NeedleUpstream
-from tests.test_fidelity_shadow import ask, wait_samples
+from tests.needle import NeedleUpstream, ask, wait_samples
 
 CHROMIUM = os.environ.get("CTXGATE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [

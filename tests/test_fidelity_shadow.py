@@ -13,14 +13,25 @@ import json
 import sqlite3
 import time
 
-import anthropic
 import httpx
-import openai
 import pytest
 
 from tests.conftest import free_port, run_sidecar, serve
 from tests.metrics import metric
-from tests.needle import NEEDLE, RIGHT, WRONG, NeedleUpstream, anthropic_sse, context
+from tests.needle import (
+    NEEDLE,
+    RIGHT,
+    WRONG,
+    NeedleUpstream,
+    ant,
+    anthropic_sse,
+    ask,
+    context,
+    oai,
+    report,
+    settled,
+    wait_samples,
+)
 
 # ----------------------------------------------------------------------------- fixtures and helpers
 
@@ -59,48 +70,6 @@ def fid_sidecar(needle, tmp_path):
         return run_sidecar(s)
 
     return make
-
-
-def oai(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="sk-fid-secret", max_retries=0, timeout=60)
-
-
-def ant(url: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=url, api_key="sk-ant-fid-secret", max_retries=0, timeout=60)
-
-
-def ask(url: str, item: dict, needle_at: str | None = "end", model: str = "gpt-4o-mini", **kw):
-    return oai(url).chat.completions.with_raw_response.create(
-        model=model, temperature=0, messages=[{"role": "user", "content": context(item, needle_at)}], **kw
-    )
-
-
-def report(url: str) -> dict:
-    r = httpx.get(url + "/v1/fidelity", timeout=30)
-    assert r.status_code == 200
-    return r.json()
-
-
-def settled(url: str, timeout: float = 60) -> dict:
-    """/v1/fidelity once no shadow check is in flight: every drawn sample has been run or refused
-    (a non-streaming request's check is counted before its response is sent)."""
-    deadline = time.monotonic() + timeout
-    while (rep := report(url))["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert rep["in_flight"] == 0
-    return rep
-
-
-def wait_samples(url: str, n: int, timeout: float = 90) -> dict:
-    """/v1/fidelity once ``n`` shadow checks (ok or failed) have been stored."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rep = report(url)
-        done = sum(r["samples"] + r["errors"] for r in rep["routes"])
-        if done >= n or time.monotonic() > deadline:
-            assert done == n, f"expected {n} shadow samples, got {done}"
-            return rep
-        time.sleep(0.05)
 
 
 def rows(path, sql: str) -> list[sqlite3.Row]:
