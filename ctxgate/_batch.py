@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -39,11 +40,10 @@ class Tally:
         self.rows = self.failed = self.tokens = 0
         self.t0 = time.perf_counter()
 
-    def add(self, record: str, failed: bool) -> None:
+    def add(self, failed: bool, tokens: int) -> None:
         self.rows += 1
         self.failed += failed
-        if not failed:
-            self.tokens += json.loads(record).get("original_tokens", 0)
+        self.tokens += tokens
 
     def summary(self, out: Path, where: str) -> str:
         s = max(time.perf_counter() - self.t0, 1e-9)
@@ -78,8 +78,14 @@ def row_request(defaults: RowDefaults, row: object, n: int) -> CompressRequest:
     )
 
 
-def row_record(comp: Compressor, defaults: RowDefaults, n: int, line: str) -> tuple[str, bool]:
-    """Input line ``n`` -> (its output line without the newline, whether the row failed).
+class Row(NamedTuple):
+    record: str  # the output line, without its newline
+    failed: bool
+    tokens: int  # input tokens compressed (0 for a failed row), for the summary
+
+
+def row_record(comp: Compressor, defaults: RowDefaults, n: int, line: str) -> Row:
+    """Input line ``n`` -> its output line, whether the row failed, and its input tokens.
 
     A bad row becomes ``{"row": n, "error": ...}``; only ctxgate's own errors are caught, so a bug
     still stops the run instead of filling the output with error lines.
@@ -89,12 +95,12 @@ def row_record(comp: Compressor, defaults: RowDefaults, n: int, line: str) -> tu
         result = msgspec.to_builtins(comp.compress(row_request(defaults, row, n)))
         result.pop("seconds", None)
         record: dict = {"row": n, **({"id": row["id"]} if "id" in row else {}), **result}
-        failed = False
+        return Row(json.dumps(record, ensure_ascii=False), False, int(result["original_tokens"]))
     except json.JSONDecodeError as exc:
-        record, failed = {"row": n, "error": f"invalid JSON: {exc.msg}"}, True
+        error = f"invalid JSON: {exc.msg}"
     except CtxgateError as exc:
-        record, failed = {"row": n, "error": str(exc)}, True
-    return json.dumps(record, ensure_ascii=False), failed
+        error = str(exc)
+    return Row(json.dumps({"row": n, "error": error}, ensure_ascii=False), True, 0)
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -149,9 +155,9 @@ def run_local(comp: Compressor, defaults: RowDefaults, input_path: str, output: 
         tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar,
     ):
         for n, line in todo(lines, done):
-            record, failed = row_record(comp, defaults, n, line)
-            f.write(record + "\n")
-            tally.add(record, failed)
+            out_row = row_record(comp, defaults, n, line)
+            f.write(out_row.record + "\n")
+            tally.add(out_row.failed, out_row.tokens)
             bar.update(1)
     print(tally.summary(out, "1 process"), file=sys.stderr)
     return 1 if tally.failed else 0

@@ -39,12 +39,12 @@ class _Worker:
         self.comp = Compressor(**compressor_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        records, failed = [], []
-        for n, line in zip(batch["row"], batch["line"]):
-            record, bad = row_record(self.comp, self.defaults, int(n), str(line))
-            records.append(record)
-            failed.append(bad)
-        return {"record": records, "failed": failed}
+        rows = [row_record(self.comp, self.defaults, int(n), str(line)) for n, line in zip(batch["row"], batch["line"])]
+        return {
+            "record": [r.record for r in rows],
+            "failed": [r.failed for r in rows],
+            "tokens": [r.tokens for r in rows],
+        }
 
 
 def _import_ray():
@@ -124,9 +124,9 @@ def run_on_ray(
             tqdm(total=len(lines), initial=len(done), unit="row", file=sys.stderr) as bar,
         ):
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for record, failed in zip(batch["record"], batch["failed"]):
+                for record, failed, tokens in zip(batch["record"], batch["failed"], batch["tokens"]):
                     f.write(str(record) + "\n")
-                    tally.add(str(record), bool(failed))
+                    tally.add(bool(failed), int(tokens))
                     bar.update(1)
     finally:
         ray.shutdown()

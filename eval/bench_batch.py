@@ -29,7 +29,7 @@ _SUMMARY = re.compile(r"ctxgate: (\d+) row\(s\) in ([\d.]+) s on (.*?): ([\d.]+)
 
 
 def _input(path: Path, data_dir: Path, start: int, rows: int, docs: int) -> int:
-    """Write the batch; returns its input tokens as the CLI will count them (from the first run)."""
+    """Write the batch of NQ rows ``start`` to ``start + rows``; returns how many rows it holds."""
     with (data_dir / NQ).open(encoding="utf-8") as f:
         items = [json.loads(line) for line in f][start : start + rows]
     with path.open("w", encoding="utf-8") as f:
