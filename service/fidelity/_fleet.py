@@ -122,9 +122,13 @@ class FleetState:
         bucket = self._pending.setdefault(key, {})
         bucket[field] = bucket.get(field, 0) + value
 
+    def _bucket(self, kind: str, grain: str, start: int) -> str:
+        """The hash of one ``kind`` (t: traffic, f: fidelity) bucket of ``grain`` starting at ``start``."""
+        return f"{self.p}{kind}:{grain}:{start}"
+
     def _count(self, kind: str, ts: float, route: str, model: str, values: dict[str, float]) -> None:
         for grain, seconds in GRAINS.items():
-            key = f"{self.p}{kind}:{grain}:{int(ts // seconds) * seconds}"
+            key = self._bucket(kind, grain, int(ts // seconds) * seconds)
             for name, value in values.items():
                 self._add(key, _field(route, model, name), value)
 
@@ -259,13 +263,14 @@ class FleetState:
         starts = list(range(int(since // seconds) * seconds, int(until) + 1, seconds))
         async with self.redis.pipeline(transaction=False) as pipe:
             for b in starts:
-                pipe.hgetall(f"{self.p}{kind}:{grain}:{b}")
+                pipe.hgetall(self._bucket(kind, grain, b))
             rows = await pipe.execute()
         out = []
         for b, raw in zip(starts, rows):
             merged = {_unfield(f): float(v) for f, v in raw.items()}
-            for f, v in self._pending.get(f"{self.p}{kind}:{grain}:{b}", {}).items():  # not yet sent
-                merged[_unfield(f)] = merged.get(_unfield(f), 0.0) + v
+            for f, v in self._pending.get(self._bucket(kind, grain, b), {}).items():  # not yet sent
+                name = _unfield(f)
+                merged[name] = merged.get(name, 0.0) + v
             if merged:
                 out.append((b, merged))
         return out
