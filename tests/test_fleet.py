@@ -225,6 +225,13 @@ def test_two_sidecar_processes_share_one_budget_and_one_rate(redis_url, nq_items
             ]
             assert len(shadows) == 4
             assert _samples(_until(b, lambda r: _samples(r) >= 4)) == 4  # a's last counters: one refresh away
+            # the dashboard's series is the fleet's too: both replicas' traffic, the shared rate's steps
+            series = httpx.get(b + "/v1/fidelity/series?since=600", timeout=10).json()
+            (chat,) = [x for x in series["series"] if x["route"] == "chat"]
+            assert series["scope"] == "fleet" and sum(p["requests"] for p in chat["traffic"]) == 8
+            assert sum(p["samples"] for p in chat["fidelity"]) == 4
+            steps = [(p["reason"], p["rate"]) for p in chat["rate"] if p["reason"] != "now"]
+            assert steps == [("start", 0.3), ("low_fidelity", pytest.approx(0.6)), ("low_fidelity", pytest.approx(0.9))]
         finally:
             for proc, _ in procs:
                 proc.terminate()
