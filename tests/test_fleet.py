@@ -312,3 +312,15 @@ def test_serve_workers_share_one_port_and_one_metrics_view_and_replace_a_dead_wo
         proc.terminate()
         proc.wait(30)
     assert not _workers(proc.pid)
+
+
+def test_a_fleet_series_reads_at_most_the_retention_period(sidecar, redis_url):
+    """since= is the client's: a century (or inf) must not become a million bucket reads."""
+    state = StateSettings(backend="redis", url=redis_url, prefix=f"span-{uuid.uuid4().hex[:8]}:")
+    with sidecar(state=state, fidelity=FidelitySettings(retention_days=30)) as url:
+        for since in ("3153600000", "inf", "86400"):
+            r = httpx.get(url + f"/v1/fidelity/series?since={since}", timeout=30)
+            assert r.status_code == 200 and r.json()["scope"] == "fleet", (since, r.text)
+            assert r.json()["now"] - r.json()["since"] <= 30 * 86400 + 1
+    with sidecar() as url:  # the replica report takes the same values
+        assert httpx.get(url + "/v1/fidelity/series?since=inf", timeout=30).status_code in (200, 400)

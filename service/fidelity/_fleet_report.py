@@ -2,8 +2,8 @@
 the shared Redis counters (``_fleet``) instead of this replica's SQLite rows.
 
 Differences, all labelled in the response (``scope: "fleet"``):
-- sums come from minute buckets (series up to two days back) or hour buckets (longer); a series
-  bucket is therefore at least a minute;
+- sums come from minute buckets (series up to two days back), hour buckets (up to 60 days) or day
+  buckets (longer, up to the retention period); a series bucket is therefore at least a minute;
 - aggregates add up the day buckets kept for ``retention_days``;
 - ``in_flight`` is this replica's, and ``replicas`` counts those heard from in the last few seconds.
 """
@@ -17,6 +17,9 @@ from typing import Any
 from ._fleet import GRAINS, MINUTE_DAYS
 from ._report import MAX_POINTS, _r, blank, settings_of
 from ._shadow import Fidelity
+
+HOUR_DAYS = 60  # series up to this long read hour buckets, longer ones day buckets
+MAX_DAYS = 3650  # how far back a fleet report reads when the retention is unbounded (0)
 
 
 def _entry(keys: dict, route: str, model: str) -> dict[str, Any]:
@@ -36,7 +39,7 @@ async def aggregates(fid: Fidelity) -> dict[str, Any]:
     fleet = fid.fleet
     assert fleet is not None
     now = time.time()
-    days = fid.cfg.retention_days if fid.cfg.retention_days > 0 else 3650
+    days = fid.cfg.retention_days if fid.cfg.retention_days > 0 else MAX_DAYS
     since = now - days * 86400
     traffic = _sums(await fleet.buckets("t", "d", since, now))
     samples = _sums(await fleet.buckets("f", "d", since, now))
@@ -87,8 +90,15 @@ async def series(fid: Fidelity, since_seconds: float, bucket: float | None) -> d
     fleet = fid.fleet
     assert fleet is not None
     now = time.time()
+    # nothing older than the retention period is kept, and a bucket read is one Redis call: the span
+    # and the grain bound the calls (at most 2,880 minutes, 1,440 hours or one a day kept)
+    days = fid.cfg.retention_days if fid.cfg.retention_days > 0 else MAX_DAYS
+    since_seconds = min(since_seconds, days * 86400)
     since = now - since_seconds
-    grain = "m" if since_seconds <= MINUTE_DAYS * 86400 and (bucket or 0) < 3600 else "h"
+    if since_seconds <= MINUTE_DAYS * 86400 and (bucket or 0) < 3600:
+        grain = "m"
+    else:
+        grain = "h" if since_seconds <= HOUR_DAYS * 86400 and (bucket or 0) < 86400 else "d"
     step = GRAINS[grain]
     if not bucket:
         bucket = math.ceil(since_seconds / MAX_POINTS)
