@@ -22,6 +22,7 @@ from ._errors import (
 from ._files import private, private_dir
 from ._markup import has_markup, parse_markup, strip_markup
 from ._protect import find_protected
+from ._runtime import Runtime, runtime, set_runtime
 from ._tokens import TokenCounter, get_counter
 from ._types import CompressRequest, CompressResult, Document, DocumentResult
 from .methods import METHOD_NAMES, METHODS
@@ -46,6 +47,7 @@ __all__ = [
     "ModelError",
     "ModelNotPrepared",
     "RedisCache",
+    "Runtime",
     "SQLiteCache",
     "TokenCounter",
     "cache_key",
@@ -58,6 +60,8 @@ __all__ = [
     "find_protected",
     "first_line",
     "normalize_answer",
+    "runtime",
+    "set_runtime",
     "token_f1",
     "get_counter",
     "has_markup",

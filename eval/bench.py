@@ -25,22 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .datasets import data_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NQ20 = "nq/nq-open-20docs-derived_first500.jsonl"
 WORKER_FLAG = "--worker"
-
-
-def data_dir(explicit: str | None = None) -> Path:
-    """``--data-dir``, else ``$CTXGATE_DATA``, else ``../shared/data`` beside the repo root."""
-    from ctxgate.compressor import InvalidRequest
-
-    path = Path(explicit or os.environ.get("CTXGATE_DATA") or REPO_ROOT.parent / "shared" / "data").expanduser()
-    path = path.resolve()
-    if "holdout" in path.parts:
-        raise InvalidRequest(f"{path}: the holdout set is not for benchmarks")
-    if not path.is_dir():
-        raise InvalidRequest(f"data folder {path} not found; pass --data-dir or set CTXGATE_DATA")
-    return path
 
 
 def load_inputs(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -293,7 +293,7 @@ def _machine() -> dict[str, Any]:
 def _rag_body(data_dir: str | None) -> bytes:
     """A real NQ 20-document prompt (falls back to a synthetic one when the data is absent)."""
     from ctxgate.eval.bench import NQ20
-    from ctxgate.eval.bench import data_dir as find_data
+    from ctxgate.eval.datasets import data_dir as find_data
 
     try:
         with (find_data(data_dir) / NQ20).open(encoding="utf-8") as f:

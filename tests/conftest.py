@@ -36,9 +36,9 @@ _KEEP_ENV = {
 
 
 def _models_dir() -> str:
-    from ctxgate.compressor.models import models_dir
+    from ctxgate.compressor import Runtime
 
-    return str(models_dir())
+    return str(Runtime.from_env().models)
 
 
 _MODELS = _models_dir()  # resolved once, before any test moves CTXGATE_HOME
@@ -48,10 +48,29 @@ _MODELS = _models_dir()  # resolved once, before any test moves CTXGATE_HOME
 def isolated_state(monkeypatch, tmp_path_factory):
     """Each test gets its own empty ``$CTXGATE_HOME`` (segment cache, fidelity store) over the one
     shared model cache, and no ``CTXGATE_*`` setting from the shell."""
+    from ctxgate.compressor import set_runtime
+
     for key in [k for k in os.environ if k.startswith("CTXGATE_") and k not in _KEEP_ENV]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("CTXGATE_MODELS", _MODELS)
     monkeypatch.setenv("CTXGATE_HOME", str(tmp_path_factory.mktemp("ctxgate-home")))
+    set_runtime(None)  # the library reads the variables above once, on first use in this test
+    yield
+    set_runtime(None)
+
+
+@pytest.fixture()
+def runtime_with():
+    """Factory: ``runtime_with(dtype="fp32")`` gives this test a runtime with those fields changed
+    (the typed object the library reads instead of ``CTXGATE_*`` variables); undone afterwards."""
+    from dataclasses import replace
+
+    from ctxgate.compressor import runtime, set_runtime
+
+    def change(**fields):
+        set_runtime(replace(runtime(), **fields))
+
+    return change
 
 
 def free_port() -> int:

@@ -62,8 +62,8 @@ def test_deterministic_and_independent_of_the_batch(comp):
     assert comp.compress(context=text, rate=0.3).compressed == comp.compress(context=text, rate=0.3).compressed
 
 
-def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(monkeypatch):
-    monkeypatch.setenv("CTXGATE_STUDENT_PRECISION", "fp32")
+def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(runtime_with):
+    runtime_with(student_precision="fp32")
     clear_loaded()
     try:
         from ctxgate.compressor._units import segment

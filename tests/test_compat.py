@@ -20,9 +20,15 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="module")
 def pc():
     # fp32 whatever the machine's default: the cache test checks exactness, which bf16 cannot give
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CTXGATE_DTYPE", "fp32")
+    from dataclasses import replace
+
+    from ctxgate.compressor import runtime, set_runtime
+
+    previous = set_runtime(replace(runtime(), dtype="fp32"))
+    try:
         return compat.prompt_compressor("smollm2", "cpu")[0]
+    finally:
+        set_runtime(previous)
 
 
 @pytest.fixture(scope="module")

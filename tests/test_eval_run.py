@@ -31,7 +31,7 @@ ARGS = [
 
 
 @pytest.mark.slow
-def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys, monkeypatch):
+def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys, monkeypatch, runtime_with):
     out = tmp_path / "run"
     assert main([*ARGS, "--methods", "truncate", "--out", str(out)]) == 0
     rows = load_rows(out / "results.jsonl")
@@ -67,11 +67,11 @@ def test_tiny_eval_end_to_end_then_resume(tmp_path, capsys, monkeypatch):
     assert "Machine: " in (out / "report.md").read_text()  # same machine twice: one line
     # resuming in another precision (another machine kind's default) is refused, naming the fix
     other = "bf16" if compute_dtype() == "float32" else "fp32"
-    monkeypatch.setenv("CTXGATE_DTYPE", other)
+    runtime_with(dtype=other)
     assert main([*ARGS, "--methods", "truncate,random", "--rates", "0.1", "--out", str(out), "--resume"]) == 2
     assert f"CTXGATE_DTYPE={'fp32' if other == 'bf16' else 'bf16'}" in capsys.readouterr().err
     assert len(load_rows(out / "results.jsonl")) == 6
-    monkeypatch.delenv("CTXGATE_DTYPE")
+    runtime_with(dtype=None)
     # another batch size, or a run decoded in fixed batches by an earlier ctxgate, is not continued
     assert main([*ARGS, "--methods", "truncate", "--batch", "4", "--out", str(out), "--resume"]) == 2
     assert "pass --batch 8" in capsys.readouterr().err
@@ -199,9 +199,9 @@ def test_a_run_resumed_on_another_machine_says_which_rows_ran_where(tmp_path):
     assert _machine_lines(sessions[:2]) == [f"Machine: {lines[2].split(': ', 1)[1]}."]
 
 
-def test_continuous_batching_answers_as_one_at_a_time_does(monkeypatch):
+def test_continuous_batching_answers_as_one_at_a_time_does(runtime_with):
     # fp32: padded batches are exact up to rounding there (bf16 may flip a greedy choice)
-    monkeypatch.setenv("CTXGATE_DTYPE", "fp32")
+    runtime_with(dtype="fp32")
     reader = LocalReader("smollm2", prefix_cache=False)
     asks = [
         Ask("Answer briefly.", "What is the capital of France?", 6, []),  # hits its cap

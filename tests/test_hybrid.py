@@ -20,10 +20,10 @@ def scorer(comp):
 
 
 @pytest.fixture()
-def fp32_scorer(monkeypatch):
+def fp32_scorer(runtime_with):
     """The scorer in fp32 whatever the machine's default: these tests check exactness, which bf16
     (the default on AMX CPUs) cannot give (padding alone moves a bf16 NLL by up to ~0.2)."""
-    monkeypatch.setenv("CTXGATE_DTYPE", "fp32")
+    runtime_with(dtype="fp32")
     scorer = LMScorer("smollm2")
     assert next(scorer._load()[0].parameters()).dtype == torch.float32
     return scorer

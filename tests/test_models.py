@@ -30,9 +30,8 @@ def _fake_package(tmp_path, monkeypatch, payload: bytes) -> ModelSpec:
     )
 
 
-def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypatch):
-    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("CTXGATE_MODELS")
+def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypatch, runtime_with):
+    runtime_with(home=tmp_path / "home", models=tmp_path / "home" / "models")
     spec = _fake_package(tmp_path, monkeypatch, b"0123456789abcdef")
     with pytest.raises(ChecksumMismatch, match="expected .*nothing was used"):
         models.prepare(spec, log=lambda m: None)
@@ -43,9 +42,8 @@ def test_sha_mismatch_is_one_clear_error_and_nothing_is_kept(tmp_path, monkeypat
     assert not ok and "SHA-256" in msg
 
 
-def test_unknown_and_unprepared_models_say_what_to_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "empty"))
-    monkeypatch.delenv("CTXGATE_MODELS")
+def test_unknown_and_unprepared_models_say_what_to_run(tmp_path, runtime_with):
+    runtime_with(home=tmp_path / "empty", models=tmp_path / "empty" / "models")
     with pytest.raises(ModelNotPrepared, match="ctxgate models prepare smollm2"):
         models.resolve("scorer")
     with pytest.raises(ModelError, match="unknown model 'nope'"):
@@ -71,27 +69,47 @@ def test_local_folder_and_role_names_resolve_to_the_same_weights():
     assert by_role.fingerprint == by_path.fingerprint
 
 
-def test_device_and_dtype_choice(monkeypatch):
+def test_device_and_dtype_choice(runtime_with):
     import torch
 
-    monkeypatch.setenv("CTXGATE_DEVICE", "cpu")
+    runtime_with(device="cpu", dtype=None)
     assert models.pick_device() == "cpu"
     expected = torch.bfloat16 if models.cpu_has_native_bf16() else torch.float32
-    monkeypatch.delenv("CTXGATE_DTYPE", raising=False)
     assert models.pick_dtype("cpu") == expected
-    monkeypatch.setenv("CTXGATE_DTYPE", "fp64")
-    with pytest.raises(Exception, match="CTXGATE_DTYPE"):
-        models.pick_dtype("cpu")
+    runtime_with(dtype="fp16")
+    assert models.pick_dtype("cpu") == torch.float16
 
 
-def test_a_copied_cache_verifies_without_the_package_and_a_changed_file_is_caught(tmp_path, monkeypatch):
+def test_runtime_is_read_from_the_environment_once_and_validated(tmp_path, monkeypatch):
+    from ctxgate.compressor import ConfigError, Runtime, runtime, set_runtime
+
+    env = {"CTXGATE_HOME": str(tmp_path), "CTXGATE_DTYPE": " BFloat16 ", "CTXGATE_ALLOW_HUB": "yes"}
+    rt = Runtime.from_env(env)
+    assert (rt.home, rt.models, rt.dtype, rt.allow_hub, rt.device) == (
+        tmp_path,
+        tmp_path / "models",
+        "bf16",
+        True,
+        None,
+    )
+    for name, bad in [("CTXGATE_DTYPE", "fp64"), ("CTXGATE_STUDENT_PRECISION", "int4"), ("CTXGATE_DEVICE", "gpu")]:
+        with pytest.raises(ConfigError, match=name):
+            Runtime.from_env({name: bad})
+    # read once: a variable changed later does not move a running process's state
+    first = runtime()
+    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path / "elsewhere"))
+    assert runtime() is first and models.home() == first.home != tmp_path / "elsewhere"
+    set_runtime(None)  # until it is asked to read again
+    assert models.home() == tmp_path / "elsewhere"
+
+
+def test_a_copied_cache_verifies_without_the_package_and_a_changed_file_is_caught(tmp_path, monkeypatch, runtime_with):
     import shutil
 
     spec = models.lookup("minilm")
     models.prepare(spec, log=lambda m: None)  # records the prepared files' hashes
     src = models.model_dir("minilm")
-    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path))
-    monkeypatch.delenv("CTXGATE_MODELS")
+    runtime_with(home=tmp_path, models=tmp_path / "models")
     shutil.copytree(src, models.model_dir("minilm"))
     monkeypatch.setattr(sys, "path", [p for p in sys.path if "site-packages" not in p])  # package out of reach
     assert models.missing_packages(spec)

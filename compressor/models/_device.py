@@ -8,16 +8,10 @@ Override with ``CTXGATE_DEVICE`` (cpu, cuda, cuda:1) and ``CTXGATE_DTYPE`` (fp32
 from __future__ import annotations
 
 import functools
-import os
 
-_DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-}
+from .._runtime import runtime
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @functools.cache
@@ -31,9 +25,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def pick_device() -> str:
-    env = os.environ.get("CTXGATE_DEVICE", "").strip()
-    if env:
-        return env
+    chosen = runtime().device
+    if chosen:
+        return chosen
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -42,13 +36,9 @@ def pick_device() -> str:
 def pick_dtype(device: str):
     import torch
 
-    env = os.environ.get("CTXGATE_DTYPE", "").strip().lower()
-    if env:
-        if env not in _DTYPES:
-            from .._errors import InvalidRequest
-
-            raise InvalidRequest(f"CTXGATE_DTYPE must be one of fp32, bf16, fp16; got {env!r}")
-        return getattr(torch, _DTYPES[env])
+    chosen = runtime().dtype  # validated when the runtime was read
+    if chosen:
+        return getattr(torch, _DTYPES[chosen])
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32

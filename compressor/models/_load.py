@@ -8,7 +8,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._errors import ChecksumMismatch, ModelError, ModelNotPrepared
+from .._errors import ChecksumMismatch, ConfigError, ModelError, ModelNotPrepared
+from .._runtime import runtime
 from ._cache import model_dir, offline_env
 from ._device import pick_device, pick_dtype
 from ._prepare import is_prepared, read_manifest
@@ -213,15 +214,11 @@ _PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def student_precision(device: str) -> str:
     """int8 dynamic quantisation on CPU (fastest on every CPU kind measured, and the same numbers
     on all of them), the LMs' dtype on CUDA; ``CTXGATE_STUDENT_PRECISION`` overrides."""
-    import os
-
-    env = os.environ.get("CTXGATE_STUDENT_PRECISION", "").strip().lower()
-    if env:
-        if env not in ("int8", *_PRECISION):
-            raise ModelError(f"CTXGATE_STUDENT_PRECISION must be int8, fp32, bf16 or fp16; got {env!r}")
-        if env == "int8" and not device.startswith("cpu"):
-            raise ModelError("int8 student precision is CPU-only")
-        return env
+    chosen = runtime().student_precision  # validated when the runtime was read
+    if chosen:
+        if chosen == "int8" and not device.startswith("cpu"):
+            raise ConfigError(f"CTXGATE_STUDENT_PRECISION=int8 is CPU-only; the device is {device}")
+        return chosen
     if device.startswith("cpu"):
         return "int8"
     return str(pick_dtype(device)).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")

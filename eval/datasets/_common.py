@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ctxgate.compressor import CtxgateError
+from ctxgate.compressor import CtxgateError, runtime
 
 T = TypeVar("T")
 
@@ -23,7 +23,7 @@ class DataError(CtxgateError, ValueError):
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """``--data-dir``, else ``$CTXGATE_DATA``, else ``../shared/data`` beside the repo root."""
-    raw = explicit or os.environ.get("CTXGATE_DATA") or REPO_ROOT.parent / "shared" / "data"
+    raw = explicit or runtime().data or REPO_ROOT.parent / "shared" / "data"
     path = Path(raw).expanduser().resolve()
     if "holdout" in path.parts:
         raise DataError(f"{path}: the holdout set is not for development evals; point --data-dir elsewhere")
