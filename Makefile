@@ -75,12 +75,12 @@ bench: setup models
 chaos: setup models system-deps
 	$(BIN)/ctxgate bench chaos --seconds 90 --streams 50 --out eval/results/chaos.json
 
-# LiteLLM's proxy with ctxgate as its headroom guardrail and as a model's api_base (tests/test_litellm_guardrail.py).
+# LiteLLM's proxy with ctxgate as its headroom guardrail and as a model's api_base (tests/service/test_litellm_guardrail.py).
 # litellm[proxy] lives in its own venv: a few hundred MB nothing else needs.
 LITELLM_VENV ?= .venv-litellm
 litellm: setup models system-deps
 	test -x $(LITELLM_VENV)/bin/litellm || (python3.11 -m venv $(LITELLM_VENV) && $(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==1.108.7')
-	CTXGATE_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m pytest -q tests/test_litellm_guardrail.py
+	CTXGATE_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m pytest -q tests/service/test_litellm_guardrail.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,5 +1,6 @@
-"""Shared fixtures: real servers on real free ports (uvicorn in a thread), a real redis-server, and
-real NQ documents. Keep each fixture small and documented; add new ones below the existing ones."""
+"""Shared fixtures: per-test state, the test upstream, a sidecar factory, a real redis-server, and
+real NQ documents. Code that is not a fixture lives in tests/helpers. Keep each fixture small and
+documented; add new ones below the existing ones."""
 
 from __future__ import annotations
 
@@ -14,14 +15,13 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.helpers.data import DATA
+from tests.helpers.servers import free_port, run_sidecar, serve
 
 # Environment a test run may take from the shell: where data, models and optional tools are.
 # Every other CTXGATE_* variable (a policy override, a cache URL) would change what is tested.
@@ -73,47 +73,10 @@ def runtime_with():
     return change
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(app, port: int | None = None, timeout: float = 60.0) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread; yields its base URL.
-    The lifespan runs (startup before the yield, shutdown after)."""
-    import uvicorn
-
-    port = port or free_port()
-    opts = dict(host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
-    settings = getattr(getattr(app, "state", None), "settings", None)
-    if settings is not None:  # the sidecar: with its own connection limits, as `ctxgate serve` runs it
-        from ctxgate.service._server import server_config
-
-        config = server_config(app, settings, **opts)
-    else:
-        config = uvicorn.Config(app, access_log=False, **opts)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"server on port {port} did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="session")
 def test_upstream():
-    """The recording, fault-injecting upstream of tests/upstreams.py, shared by the session."""
-    from tests.upstreams import TestUpstream
+    """The recording, fault-injecting upstream of tests/helpers/upstreams.py, shared by the session."""
+    from tests.helpers.upstreams import TestUpstream
 
     up = TestUpstream()
     with serve(up) as url:
@@ -160,23 +123,6 @@ def nq_item() -> dict:
     """The first NQ 20-document item: question, answers and 20 real Wikipedia passages."""
     with (DATA / "nq" / "nq-open-20docs-derived_first500.jsonl").open(encoding="utf-8") as f:
         return json.loads(f.readline())
-
-
-@contextlib.contextmanager
-def run_sidecar(settings, ready_timeout: float = 120.0) -> Iterator[str]:
-    """A ctxgate sidecar (service.create_app) on ``settings.port``; waits for /readyz unless it reports failure."""
-    import httpx
-
-    from ctxgate.service import create_app
-
-    with serve(create_app(settings), port=settings.port) as url:
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            r = httpx.get(url + "/readyz", timeout=5)
-            if r.status_code == 200 or r.json().get("status") == "failed":
-                break
-            time.sleep(0.05)
-        yield url
 
 
 @pytest.fixture()

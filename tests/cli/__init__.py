@@ -1,0 +1,1 @@
+"""The offline CLI and its Ray batch mode."""

@@ -1,0 +1,1 @@
+"""The compression engine (ctxgate.compressor): methods, models, caches, structured content."""

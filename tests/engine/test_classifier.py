@@ -1,0 +1,138 @@
+"""``classifier``: the shipped student artifact, its pin, and the method's contract on real text.
+
+NQ items here are rows 100-111 of the 20-document file: the student never trained on rows 100-199.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ctxgate.compressor import Compressor, InvalidRequest
+from ctxgate.compressor.models import STUDENTS, clear_loaded, verify_student
+from ctxgate.compressor.models import _load as load_mod
+from ctxgate.compressor.models._prepare import sha256_file
+from tests.helpers.data import DATA, PROTECTED, answer_kept, check_protected, nq_docs, nq_items
+
+HELD_OUT = slice(100, 112)
+
+
+@pytest.fixture(scope="module")
+def comp():
+    return Compressor(default_method="classifier")
+
+
+def _held_out():
+    return nq_items(HELD_OUT.stop)[HELD_OUT]
+
+
+def test_artifact_is_small_pinned_and_verified():
+    spec = STUDENTS["student"]
+    path = load_mod.WEIGHTS_DIR / spec.file
+    assert path.stat().st_size <= 20 * 2**20
+    assert sha256_file(path) == spec.sha256 == verify_student("student")
+
+
+def test_a_damaged_artifact_is_a_clear_error(tmp_path, monkeypatch):
+    spec = STUDENTS["student"]
+    bad = tmp_path / spec.file
+    shutil.copy(load_mod.WEIGHTS_DIR / spec.file, bad)
+    with open(bad, "r+b") as f:
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    monkeypatch.setattr(load_mod, "WEIGHTS_DIR", tmp_path)
+    clear_loaded()
+    try:
+        with pytest.raises(load_mod.ChecksumMismatch, match="does not match the pinned"):
+            Compressor(default_method="classifier").compress(context="word " * 400, rate=0.5)
+    finally:
+        clear_loaded()
+
+
+def test_deterministic_and_independent_of_the_batch(comp):
+    item = _held_out()[0]
+    docs = nq_docs(item)
+    a = comp.compress(context=docs, question=item["question"], rate=0.1)
+    b = comp.compress(context=docs, question=item["question"], rate=0.1)
+    assert a.compressed.encode() == b.compressed.encode()
+    assert [d.score for d in a.documents] == [d.score for d in b.documents]
+    text = (DATA / "arxiv" / "article_25.txt").read_text()[:3000]
+    assert comp.compress(context=text, rate=0.3).compressed == comp.compress(context=text, rate=0.3).compressed
+
+
+def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(runtime_with):
+    runtime_with(student_precision="fp32")
+    clear_loaded()
+    try:
+        from ctxgate.compressor._units import segment
+        from ctxgate.compressor.methods.classifier import Classifier
+
+        method = Classifier()
+        item = _held_out()[1]
+        segs = [segment(d) for d in nq_docs(item)]
+        _, together, rel_all, _ = method.score(segs, item["question"])
+        _, alone, rel_one, _ = method.score(segs[3:4], item["question"])
+        n0 = sum(len(s.units) for s in segs[:3])
+        assert np.allclose(together[n0 : n0 + len(segs[3].units)], alone, atol=1e-4)
+        assert abs(rel_all[3] - rel_one[0]) < 1e-4
+    finally:
+        clear_loaded()
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.1, 0.05])
+def test_budget_is_met_from_2x_to_20x(comp, rate):
+    item = _held_out()[2]
+    docs = nq_docs(item)
+    r = comp.compress(context=docs, question=item["question"], rate=rate)
+    assert abs(r.compressed_tokens - rate * r.original_tokens) <= 0.15 * rate * r.original_tokens + 3
+    text = (DATA / "arxiv" / "article_26.txt").read_text()[:6000]
+    r = comp.compress(context=text, rate=rate)
+    assert abs(r.compressed_tokens - rate * r.original_tokens) <= 0.15 * rate * r.original_tokens + 3
+
+
+def test_output_is_the_input_words_in_order(comp):
+    item = _held_out()[3]
+    src = "\n".join(nq_docs(item))
+    out = comp.compress(context=src, question=item["question"], rate=0.2).compressed
+    words, pos = src.split(), 0
+    for w in out.split():
+        pos = words.index(w, pos) + 1  # raises ValueError if a word is new or out of order
+
+
+@pytest.mark.parametrize("question", [None, "What does the service cost per month?"])
+def test_protected_spans_survive_whole(comp, question):
+    filler = (DATA / "arxiv" / "article_27.txt").read_text()[:2500]
+    r = comp.compress(context=PROTECTED + filler, question=question, rate=0.3)
+    check_protected(r.compressed, filler)
+    assert r.compressed_tokens < 0.45 * r.original_tokens
+
+
+def test_gold_answer_survives_4x_on_held_out_nq(comp):
+    items = _held_out()
+    kept = [
+        answer_kept(comp.compress(context=nq_docs(it), question=it["question"], rate=0.25).compressed, it["answers"])
+        for it in items
+    ]
+    assert sum(kept) >= len(items) - 1, kept
+
+
+def test_rate_auto_decides_the_size_and_reports_it(comp):
+    items = _held_out()[:6]
+    results = [comp.compress(context=nq_docs(it), question=it["question"], rate="auto") for it in items]
+    for r in results:
+        assert r.ratio > 2.0 and r.compressed_tokens > 0
+        assert r.rate == pytest.approx(r.compressed_tokens / r.original_tokens, abs=1e-3)
+    assert sum(answer_kept(r.compressed, it["answers"]) for r, it in zip(results, items)) >= 5
+    # no question: a typical passage keeps its better half
+    text = (DATA / "arxiv" / "article_28.txt").read_text()[:4000]
+    r = comp.compress(context=text, rate="auto")
+    assert 1.2 < r.ratio < 5
+
+
+def test_rate_auto_needs_a_method_that_can_decide(comp):
+    with pytest.raises(InvalidRequest, match="auto"):
+        comp.compress(context="some words " * 100, rate="auto", method="truncate")
+    with pytest.raises(InvalidRequest, match="auto"):
+        comp.compress(context="some words " * 100, rate="most")

@@ -1,0 +1,1 @@
+"""The eval harness and the benchmarks (ctxgate eval, ctxgate bench)."""

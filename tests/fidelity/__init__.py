@@ -1,0 +1,1 @@
+"""Shadow fidelity checks, the controller, the store, the fleet state and the dashboard."""

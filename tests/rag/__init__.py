@@ -1,0 +1,1 @@
+"""The RAG plugins: Python API, LangChain, LlamaIndex, and the remote (sidecar) mode."""

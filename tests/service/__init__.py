@@ -1,0 +1,1 @@
+"""The sidecar (ctxgate.service): proxy routes, errors, cache, hardening, real SDKs."""
