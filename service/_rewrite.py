@@ -704,6 +704,10 @@ class Rewriter:
             get_counter(name)
         except Exception:  # unknown model name or an HF id we cannot reach: count in the default
             name = self.compressor.tokenizer or "smollm2"
+            try:
+                get_counter(name)
+            except Exception:  # the default's own files are missing (models not prepared): estimate,
+                name = "estimate"  # so the proxy still forwards (fails open) instead of answering 503
         if len(self._counters) >= MAX_TOKENIZER_NAMES:  # names come from clients' model strings
             self._counters.clear()
         self._counters[requested] = name

@@ -203,6 +203,48 @@ def test_serve_entry_point_starts_and_answers(tmp_path, upstream):
     assert "sk-" not in out and "Traceback" not in out
 
 
+def test_without_prepared_models_the_proxy_still_forwards_every_request(tmp_path, upstream, nq_item):
+    """A sidecar started before `ctxgate models prepare` (or with a broken model cache) reports
+    failed readiness and fails open: requests reach the upstream unchanged, never a 503."""
+    from tests.helpers.clients import ant, oai, rag_prompt
+    from tests.helpers.servers import free_port
+
+    port = free_port()
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    env = {**os.environ, "CTXGATE_HOME": str(tmp_path / "home"), "CTXGATE_MODELS": str(empty)}
+    cmd = [sys.executable, "-m", "ctxgate.service", "--port", str(port), "--upstream", upstream.url + "/v1"]
+    cmd += ["--anthropic-upstream", upstream.url, "--cache", "memory", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, "the sidecar did not come up"
+            try:
+                ready = httpx.get(url + "/readyz", timeout=1)
+                if ready.json().get("status") == "failed":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert ready.status_code == 503 and "ctxgate models prepare" in ready.json()["error"]
+        prompt = rag_prompt(nq_item, 10)
+        messages = [{"role": "user", "content": prompt}]
+        got = oai(url).chat.completions.with_raw_response.create(model="some-model", messages=messages)
+        assert got.http_response.status_code == 200
+        assert upstream.last().json["messages"][0]["content"] == prompt  # unchanged
+        sent = ant(url).messages.with_raw_response.create(model="claude-x", max_tokens=8, messages=messages)
+        assert sent.http_response.status_code == 200
+        assert upstream.last().json["messages"][0]["content"] == prompt
+        empty_chat = httpx.post(url + "/v1/chat/completions", json={"model": "x", "messages": []}, timeout=10)
+        assert empty_chat.status_code == 200  # was 503: counting needed the scorer's tokenizer
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "Traceback" not in out and "sk-" not in out
+
+
 def test_dockerfile_lints_clean():
     dockerfile = ROOT / "Dockerfile"
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
