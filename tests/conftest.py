@@ -44,6 +44,35 @@ def _models_dir() -> str:
 _MODELS = _models_dir()  # resolved once, before any test moves CTXGATE_HOME
 
 
+@pytest.fixture(scope="session", autouse=True)
+def real_state_untouched():
+    """Fails the session if any test wrote into the real state directory (the shell's
+    ``$CTXGATE_HOME``, default ``~/.cache/ctxgate``) outside the shared model cache."""
+    from pathlib import Path
+
+    from ctxgate.compressor import Runtime
+
+    real = Runtime.from_env()
+    models = Path(_MODELS).resolve()
+    start = time.time()
+    yield
+
+    def written(root: Path) -> list[str]:
+        if not root.is_dir():
+            return []
+        out = []
+        for path in root.rglob("*"):
+            resolved = path.resolve()
+            if resolved == models or models in resolved.parents:
+                continue
+            if path.is_file() and path.stat().st_mtime >= start:
+                out.append(str(path))
+        return out
+
+    touched = written(real.home)
+    assert not touched, f"tests wrote into the real state directory: {touched[:5]}"
+
+
 @pytest.fixture(autouse=True)
 def isolated_state(monkeypatch, tmp_path_factory):
     """Each test gets its own empty ``$CTXGATE_HOME`` (segment cache, fidelity store) over the one

@@ -27,6 +27,7 @@ def ctxgate(*args, stdin: bytes | None = None, check=True):
     return proc
 
 
+@pytest.mark.models
 def test_compress_stdin_reports_tokens_on_stderr():
     text = (DATA / "arxiv" / "article_5.txt").read_text()[:3000]
     p = ctxgate("compress", "--method", "truncate", "--rate", "0.25", stdin=text.encode())
@@ -35,6 +36,7 @@ def test_compress_stdin_reports_tokens_on_stderr():
     assert "tokens" in p.stderr.decode() and "truncate" in p.stderr.decode()
 
 
+@pytest.mark.models
 def test_compress_docs_from_dataset_row_json():
     p = ctxgate("compress", "--docs", NQ, "--row", 2, "--rate", "0.25", "--method", "random", "--json")
     r = json.loads(p.stdout)
@@ -45,6 +47,7 @@ def test_compress_docs_from_dataset_row_json():
     assert r["documents"][0]["metadata"]["title"]  # metadata carried through
 
 
+@pytest.mark.models
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok text " * 3 + b"\xc3\x28 tail")
@@ -65,6 +68,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert p.returncode == 2 and "over the limit of 1000" in p.stderr.decode() and "Traceback" not in p.stderr.decode()
 
 
+@pytest.mark.models
 def test_batch_mode_streams_rows_and_resumes(tmp_path):
     rows = [json.loads(line) for line in NQ.open().readlines()[:3]]
     src = tmp_path / "in.jsonl"
@@ -95,6 +99,7 @@ def test_batch_mode_streams_rows_and_resumes(tmp_path):
     assert got[0]["compressed"] == again[0]["compressed"]
 
 
+@pytest.mark.models
 def test_models_list_and_verify():
     assert "smollm2" in ctxgate("models", "list").stdout.decode()
     p = ctxgate("models", "verify", "smollm2", "minilm")

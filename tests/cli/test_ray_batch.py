@@ -19,7 +19,7 @@ from tests.helpers.data import DATA
 from tests.helpers.servers import free_port
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.models]
 BIN = Path(sys.executable).parent
 ROWS = 16
 

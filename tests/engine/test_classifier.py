@@ -33,6 +33,7 @@ def test_artifact_is_small_pinned_and_verified():
     assert sha256_file(path) == spec.sha256 == verify_student("student")
 
 
+@pytest.mark.models
 def test_a_damaged_artifact_is_a_clear_error(tmp_path, monkeypatch):
     spec = STUDENTS["student"]
     bad = tmp_path / spec.file
@@ -51,6 +52,7 @@ def test_a_damaged_artifact_is_a_clear_error(tmp_path, monkeypatch):
         clear_loaded()
 
 
+@pytest.mark.models
 def test_deterministic_and_independent_of_the_batch(comp):
     item = _held_out()[0]
     docs = nq_docs(item)
@@ -62,6 +64,7 @@ def test_deterministic_and_independent_of_the_batch(comp):
     assert comp.compress(context=text, rate=0.3).compressed == comp.compress(context=text, rate=0.3).compressed
 
 
+@pytest.mark.models
 def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(runtime_with):
     runtime_with(student_precision="fp32")
     clear_loaded()
@@ -81,6 +84,7 @@ def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(runtime_with
         clear_loaded()
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("rate", [0.5, 0.25, 0.1, 0.05])
 def test_budget_is_met_from_2x_to_20x(comp, rate):
     item = _held_out()[2]
@@ -92,6 +96,7 @@ def test_budget_is_met_from_2x_to_20x(comp, rate):
     assert abs(r.compressed_tokens - rate * r.original_tokens) <= 0.15 * rate * r.original_tokens + 3
 
 
+@pytest.mark.models
 def test_output_is_the_input_words_in_order(comp):
     item = _held_out()[3]
     src = "\n".join(nq_docs(item))
@@ -101,6 +106,7 @@ def test_output_is_the_input_words_in_order(comp):
         pos = words.index(w, pos) + 1  # raises ValueError if a word is new or out of order
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("question", [None, "What does the service cost per month?"])
 def test_protected_spans_survive_whole(comp, question):
     filler = (DATA / "arxiv" / "article_27.txt").read_text()[:2500]
@@ -109,6 +115,7 @@ def test_protected_spans_survive_whole(comp, question):
     assert r.compressed_tokens < 0.45 * r.original_tokens
 
 
+@pytest.mark.models
 def test_gold_answer_survives_4x_on_held_out_nq(comp):
     items = _held_out()
     kept = [
@@ -118,6 +125,7 @@ def test_gold_answer_survives_4x_on_held_out_nq(comp):
     assert sum(kept) >= len(items) - 1, kept
 
 
+@pytest.mark.models
 def test_rate_auto_decides_the_size_and_reports_it(comp):
     items = _held_out()[:6]
     results = [comp.compress(context=nq_docs(it), question=it["question"], rate="auto") for it in items]
@@ -131,6 +139,7 @@ def test_rate_auto_decides_the_size_and_reports_it(comp):
     assert 1.2 < r.ratio < 5
 
 
+@pytest.mark.models
 def test_rate_auto_needs_a_method_that_can_decide(comp):
     with pytest.raises(InvalidRequest, match="auto"):
         comp.compress(context="some words " * 100, rate="auto", method="truncate")

@@ -35,6 +35,7 @@ def text():
     return row["ctxs"][0]["text"][:600]
 
 
+@pytest.mark.models
 def test_constructor_never_calls_tiktoken(monkeypatch, pc):
     # tiktoken.encoding_for_model downloads its BPE table; the constructor must not need it
     import tiktoken
@@ -52,6 +53,7 @@ def test_constructor_never_calls_tiktoken(monkeypatch, pc):
     assert fresh.device == "cpu" and fresh.max_position_embeddings == pc.model.config.max_position_embeddings
 
 
+@pytest.mark.models
 def test_constructor_leaves_the_shared_tokenizer_alone(pc):
     # upstream load_model switches padding to the left; the tokenizer is shared with our counters
     from ctxgate.compressor.models import load_tokenizer
@@ -60,6 +62,7 @@ def test_constructor_leaves_the_shared_tokenizer_alone(pc):
     assert pc.tokenizer.padding_side == "right"
 
 
+@pytest.mark.models
 def test_get_ppl_with_cache_matches_a_plain_forward(pc, text):
     import torch
 
@@ -79,6 +82,7 @@ def test_get_ppl_with_cache_matches_a_plain_forward(pc, text):
     assert abs(cached.item() - plain.item()) < 1e-3 * plain.item()
 
 
+@pytest.mark.models
 def test_upstream_get_ppl_breaks_on_this_transformers(pc, text):
     # the reason for the override (#210/#215): legacy tuples are rejected by transformers 5.x
     import transformers
@@ -139,6 +143,7 @@ def test_context_budget_is_parsed_never_evaluated():
             compat.context_budget(bad, 1)
 
 
+@pytest.mark.models
 def test_compress_prompt_rejects_online_and_unsafe_settings_before_any_work(pc, text):
     with pytest.raises(InvalidRequest, match="rank_method"):
         pc.compress_prompt([text, text], question="q?", rank_method="sentbert")
@@ -148,6 +153,7 @@ def test_compress_prompt_rejects_online_and_unsafe_settings_before_any_work(pc, 
         )
 
 
+@pytest.mark.models
 def test_sentence_level_filter_is_a_clear_error_without_punkt_tab(pc, text):
     if compat.sentence_filter_available():
         pytest.skip("nltk punkt_tab data is installed here")
@@ -155,6 +161,7 @@ def test_sentence_level_filter_is_a_clear_error_without_punkt_tab(pc, text):
         pc.compress_prompt([text], question="q?", rank_method="longllmlingua", use_sentence_level_filter=True)
 
 
+@pytest.mark.models
 def test_compress_prompt_runs_offline_end_to_end(pc, text):
     out = pc.compress_prompt(
         [text],

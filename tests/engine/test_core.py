@@ -27,6 +27,7 @@ def comp():
     return Compressor(default_method="truncate")
 
 
+@pytest.mark.models
 def test_empty_context_is_returned_with_ratio_one(comp):
     r = comp.compress(context="", rate=0.1)
     assert (r.compressed, r.ratio, r.original_tokens) == ("", 1.0, 0)
@@ -34,6 +35,7 @@ def test_empty_context_is_returned_with_ratio_one(comp):
     assert (r.compressed, r.documents, r.ratio) == ("", [], 1.0)
 
 
+@pytest.mark.models
 def test_context_within_budget_is_untouched(comp):
     r = comp.compress(context="Short text, 42 words at most.", target_tokens=500)
     assert r.compressed == "Short text, 42 words at most." and r.ratio == 1.0
@@ -47,12 +49,14 @@ def test_bad_options_are_clear_errors(comp, bad):
         comp.compress(context="some text " * 50, **bad)
 
 
+@pytest.mark.models
 def test_input_limit_is_enforced(text):
     small = Compressor(default_method="truncate", max_input_tokens=100)
     with pytest.raises(InputTooLarge, match="over the limit of 100"):
         small.compress(context=text, rate=0.5)
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("rate", [0.5, 0.2, 0.1, 0.05])
 def test_budget_is_honoured_within_15_percent(comp, text, rate):
     r = comp.compress(context=text, rate=rate, method="random")
@@ -62,6 +66,7 @@ def test_budget_is_honoured_within_15_percent(comp, text, rate):
     assert r.compressed_tokens == get_counter().count(r.compressed)  # honest accounting
 
 
+@pytest.mark.models
 def test_documents_keep_metadata_and_report_drops(comp):
     docs = [
         Document(text="first document " * 40, id="a", metadata={"src": 1}),
@@ -74,6 +79,7 @@ def test_documents_keep_metadata_and_report_drops(comp):
     assert sum(d.original_tokens for d in r.documents) == r.original_tokens
 
 
+@pytest.mark.models
 def test_keep_markup_survives_and_compress_regions_are_the_only_ones_compressed(comp, text):
     doc = f"{text[:800]} <ctxgate:keep>The secret code is XJ-42.</ctxgate:keep> {text[800:1600]}"
     r = comp.compress(context=doc, rate=0.2, method="random")
@@ -84,6 +90,7 @@ def test_keep_markup_survives_and_compress_regions_are_the_only_ones_compressed(
     assert r.compressed_tokens < 0.5 * r.original_tokens
 
 
+@pytest.mark.models
 def test_budget_below_protected_content_keeps_it_and_warns(comp):
     block = '```json\n{"ids": [101, 202, 303], "url": "https://example.com/x"}\n```'
     r = comp.compress(context=f"some words here\n{block}\nand more words\n" * 3, target_tokens=5, method="random")
@@ -91,6 +98,7 @@ def test_budget_below_protected_content_keeps_it_and_warns(comp):
     assert any("protected content" in w for w in r.warnings)
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("cache_factory", [lambda p: MemoryCache(), lambda p: SQLiteCache(p / "c.sqlite")])
 def test_cache_hit_returns_identical_bytes(tmp_path, text, cache_factory):
     comp = Compressor(default_method="random", cache=cache_factory(tmp_path))
@@ -123,6 +131,7 @@ def test_memory_cache_ttl_and_lru():
     assert expired.get("x") is None
 
 
+@pytest.mark.models
 def test_token_counters_exact_or_labelled():
     assert not get_counter("gpt-4o").estimated and get_counter("gpt-4o").count("hello world") == 2
     assert get_counter("claude-3-5-sonnet").estimated

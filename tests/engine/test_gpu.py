@@ -9,7 +9,7 @@ import pytest
 from tests.helpers.data import answer_kept, nq_docs, nq_items
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.models]
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 

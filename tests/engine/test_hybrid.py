@@ -8,6 +8,8 @@ from ctxgate.compressor import Compressor, get_counter
 from ctxgate.compressor._scorer import LMScorer
 from tests.helpers.data import DATA, PROTECTED, check_protected, nq_docs, nq_items, squad_article
 
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 
 @pytest.fixture(scope="module")
 def comp():

@@ -17,6 +17,8 @@ from ctxgate.compressor import Compressor, InvalidRequest
 from ctxgate.compressor.models import resolve
 from tests.helpers.data import DATA
 
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 DOCS = 3
 
 

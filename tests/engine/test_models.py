@@ -52,6 +52,7 @@ def test_unknown_and_unprepared_models_say_what_to_run(tmp_path, runtime_with):
         models.resolve(str(tmp_path))
 
 
+@pytest.mark.models
 def test_prepared_embedded_models_verify_and_prepare_is_idempotent():
     for name in ("smollm2", "minilm"):
         spec = models.lookup(name)
@@ -62,6 +63,7 @@ def test_prepared_embedded_models_verify_and_prepare_is_idempotent():
         assert (models.model_dir(name) / "ctxgate-model.json").stat().st_mtime == before
 
 
+@pytest.mark.models
 def test_local_folder_and_role_names_resolve_to_the_same_weights():
     by_role = models.resolve("scorer")
     by_path = models.resolve(str(models.model_dir("smollm2")))

@@ -11,6 +11,8 @@ import pytest
 from ctxgate.compressor import Compressor
 from tests.helpers.data import answer_kept, nq_docs, nq_items
 
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 N_ITEMS = {"hybrid": 12, "extractive": 25}
 RATE = 0.25
 

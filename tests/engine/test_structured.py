@@ -50,6 +50,7 @@ def test_kinds_are_detected_and_rag_documents_stay_prose(nq_items):
             assert [p.kind for p in split(doc)] == ["prose"], doc[:80]
 
 
+@pytest.mark.models
 def test_json_search_result_stays_valid_keeps_paths_the_answer_and_the_anomalies(comp):
     text, items = search_payload()
     r = comp.compress(context=text, question=QUESTION, rate=0.2)
@@ -69,6 +70,7 @@ def test_json_search_result_stays_valid_keeps_paths_the_answer_and_the_anomalies
     assert set(_leaves(out)) - {("results", "[]", "_ctxgate_omitted")} <= original_paths
 
 
+@pytest.mark.models
 def test_json_numbers_keep_their_spelling_and_output_is_deterministic(comp):
     rows = [
         {"id": f"item-{i:04d}", "price": "1.0" if i % 2 else "2.50", "big": "1e5", "when": f"2026-01-{i % 28 + 1:02d}"}
@@ -90,6 +92,7 @@ def test_json_numbers_keep_their_spelling_and_output_is_deterministic(comp):
     json.loads(a.compressed)
 
 
+@pytest.mark.models
 def test_json_without_a_question_keeps_a_spread_sample_and_all_anomalies(comp):
     text, _ = search_payload()
     out = json.loads(comp.compress(context=text, rate=0.1).compressed)
@@ -99,6 +102,7 @@ def test_json_without_a_question_keeps_a_spread_sample_and_all_anomalies(comp):
     assert any(60 <= i <= 140 for i in ids) and any(i > 150 for i in ids if i != 199)  # spread, not a head
 
 
+@pytest.mark.models
 def test_json_object_map_and_key_value_lookup_keep_the_exact_value(comp):
     rnd = random.Random(3)
     kv = {f"{rnd.getrandbits(128):032x}": f"{rnd.getrandbits(128):032x}" for _ in range(300)}
@@ -109,6 +113,7 @@ def test_json_object_map_and_key_value_lookup_keep_the_exact_value(comp):
     assert "_ctxgate_omitted" in out and len(out) < 60
 
 
+@pytest.mark.models
 def test_ndjson_lines_are_kept_byte_for_byte(comp):
     lines = [json.dumps({"i": i, "msg": "ok" if i != 33 else "upstream timeout error"}) for i in range(200)]
     r = comp.compress(context="\n".join(lines), rate=0.1)
@@ -120,6 +125,7 @@ def test_ndjson_lines_are_kept_byte_for_byte(comp):
     assert json.loads(out[-1])["_ctxgate_omitted"].startswith(f"{200 - len(out) + 1} of 200")
 
 
+@pytest.mark.models
 def test_long_string_values_are_pruned_but_never_ids_numbers_or_urls(comp):
     rnd = random.Random(5)
     words = "the river runs past the old mill where the miller kept his grain in wooden barrels".split()
@@ -141,6 +147,7 @@ def test_long_string_values_are_pruned_but_never_ids_numbers_or_urls(comp):
             assert set(d["text"].split()) <= set(src["text"].split())
 
 
+@pytest.mark.models
 def test_bad_json_is_text_and_deep_or_huge_input_is_bounded(comp):
     r = comp.compress(context='{"a": [1, 2, 3, "unterminated ' + "word " * 200, rate=0.3)
     assert r.kinds == [] and r.compressed_tokens < r.original_tokens
@@ -159,6 +166,7 @@ def test_bad_json_is_text_and_deep_or_huge_input_is_bounded(comp):
         Compressor(default_method="classifier", max_input_tokens=1_000).compress(context=huge, rate=0.1)
 
 
+@pytest.mark.models
 def test_mixed_prose_around_json_is_split_and_each_part_handled(comp):
     files = [{"name": f"file{i}.txt", "size": i * 10} for i in range(100)]
     prose = " ".join(["The listing below was produced by the storage service for the current project."] * 6)
@@ -179,6 +187,7 @@ def _log(n: int, seed: int = 1) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.models
 def test_logs_collapse_repeats_and_keep_every_error_warning_and_trace(comp):
     lines = _log(1500).split("\n")
     failures = {
@@ -210,6 +219,7 @@ def test_logs_collapse_repeats_and_keep_every_error_warning_and_trace(comp):
     assert gaps + sum(not ln.startswith("[… ") for ln in out) == len(lines)  # every line accounted for
 
 
+@pytest.mark.models
 def test_tables_keep_header_alignment_and_relevant_rows(comp):
     rows = ["| city | country | population |", "|---|---|---|"] + [
         f"| City{i} | Country{i % 7} | {1000 * i} |" for i in range(120)
@@ -253,6 +263,7 @@ def compute_tax_COPY(amount, rate):
     return "import os\n" + "".join(block.replace("COPY", str(i)) for i in range(copies))
 
 
+@pytest.mark.models
 def test_code_is_cut_only_in_whole_marked_regions(comp):
     src = _code(4)
     r = comp.compress(context=src, question="How does compute_tax_2 round the tax?", rate=0.45)
@@ -264,6 +275,7 @@ def test_code_is_cut_only_in_whole_marked_regions(comp):
     assert "lines omitted" in r.compressed
 
 
+@pytest.mark.models
 def test_diffs_keep_headers_and_changed_lines(comp):
     ctx = "\n".join(f" unchanged line {i}" for i in range(80))
     diff = (
@@ -278,6 +290,7 @@ def test_diffs_keep_headers_and_changed_lines(comp):
         assert must in r.compressed.split("\n")
 
 
+@pytest.mark.models
 def test_html_pages_become_text(comp):
     page = (
         "<!doctype html><html><head><style>body{color:red}</style><script>var x=1;</script></head><body>"
@@ -288,6 +301,7 @@ def test_html_pages_become_text(comp):
     assert "<p>" not in r.compressed and "var x" not in r.compressed and "nine" in r.compressed
 
 
+@pytest.mark.models
 def test_structured_false_keeps_the_old_protected_behaviour(comp):
     text, _ = search_payload()
     r = comp.compress(context=text, question=QUESTION, rate=0.2, options={"structured": False})
@@ -295,6 +309,7 @@ def test_structured_false_keeps_the_old_protected_behaviour(comp):
     assert any("protected content" in w for w in r.warnings)
 
 
+@pytest.mark.models
 def test_expand_returns_the_stored_original():
     c = Compressor(default_method="classifier", cache=MemoryCache())
     text, _ = search_payload()
@@ -325,6 +340,7 @@ def test_tool_output_datasets_hold_what_they_claim(name):
     assert needed_kept(items[0], "nothing here") == 0.0
 
 
+@pytest.mark.models
 def test_bench_tools_reports_per_dataset(comp):
     import contextlib
     import io
@@ -339,6 +355,7 @@ def test_bench_tools_reports_per_dataset(comp):
     assert all(r.split("|")[5].strip() == "1.000" for r in rows)  # needed kept on these at 5x
 
 
+@pytest.mark.models
 def test_json_without_collections_prunes_prose_values_and_keeps_every_key(comp):
     rnd = random.Random(9)
     words = "the committee met on tuesday to discuss the budget and the new library building plans".split()

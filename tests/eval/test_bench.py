@@ -58,6 +58,7 @@ def test_report_describes_machine_and_command(report):
     }
 
 
+@pytest.mark.models
 def test_every_method_is_measured_in_its_own_process(report):
     res = {r["method"]: r for r in report["results"]}
     assert list(res) == ["passthrough", "truncate", "longllmlingua"]

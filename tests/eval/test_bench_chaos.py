@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 
 def test_a_short_chaos_run_loses_and_mixes_up_nothing(tmp_path):
     from ctxgate.eval import bench_chaos

@@ -51,6 +51,7 @@ def test_burst_arrivals_start_together():
     assert spread < 0.05, spread
 
 
+@pytest.mark.models
 def test_a_tiny_run_reports_every_scenario(tmp_path):
     out = tmp_path / "bench_proxy.json"
     rc = bench_proxy.main(
@@ -87,6 +88,7 @@ def test_a_tiny_run_reports_every_scenario(tmp_path):
     assert report["settings"]["pin"] is None
 
 
+@pytest.mark.models
 def test_pin_puts_the_sidecar_and_the_upstream_on_their_own_cpus(tmp_path):
     import os
 

@@ -199,6 +199,7 @@ def test_a_run_resumed_on_another_machine_says_which_rows_ran_where(tmp_path):
     assert _machine_lines(sessions[:2]) == [f"Machine: {lines[2].split(': ', 1)[1]}."]
 
 
+@pytest.mark.models
 def test_continuous_batching_answers_as_one_at_a_time_does(runtime_with):
     # fp32: padded batches are exact up to rounding there (bf16 may flip a greedy choice)
     runtime_with(dtype="fp32")

@@ -13,6 +13,8 @@ import pytest
 from tests.helpers.needle import NeedleUpstream, ask, wait_samples
 from tests.helpers.servers import free_port, run_sidecar, serve
 
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 CHROMIUM = os.environ.get("CTXGATE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",

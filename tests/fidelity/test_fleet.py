@@ -26,7 +26,7 @@ from ctxgate.service.fidelity._fleet import FleetState
 from tests.helpers.needle import NEEDLE, NeedleUpstream, context
 from tests.helpers.servers import free_port, serve
 
-pytestmark = pytest.mark.replicas
+pytestmark = [pytest.mark.replicas, pytest.mark.models]
 DAY = "2026-12-02"
 
 

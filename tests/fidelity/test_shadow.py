@@ -33,6 +33,8 @@ from tests.helpers.needle import (
 )
 from tests.helpers.servers import free_port, run_sidecar, serve
 
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 # ----------------------------------------------------------------------------- fixtures and helpers
 
 

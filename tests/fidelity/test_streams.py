@@ -24,6 +24,7 @@ def shadowing(sidecar, tmp_path):
     return sidecar(fidelity=FidelitySettings(sample_rate=1.0, path=str(tmp_path / "fid.sqlite")))
 
 
+@pytest.mark.models
 def test_a_broken_stream_is_not_compared(shadowing, upstream, nq_item):
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": long_prompt(nq_item)}]}
     with shadowing as url:
@@ -44,6 +45,7 @@ def test_a_broken_stream_is_not_compared(shadowing, upstream, nq_item):
     assert len(upstream.calls) == 1  # no shadow call
 
 
+@pytest.mark.models
 def test_a_client_that_hangs_up_still_cancels_upstream_and_is_not_compared(shadowing, upstream, nq_item):
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": long_prompt(nq_item)}]}
     with shadowing as url:

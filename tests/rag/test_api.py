@@ -21,6 +21,7 @@ def docs():
     return [dict(p, metadata=dict(p["metadata"])) for p in nq_passages(1)[:8]]
 
 
+@pytest.mark.models
 def test_kept_documents_are_compressed_with_metadata_untouched_and_drops_reported(engine, docs):
     q, _ = question()
     r = RAGCompressor(method=METHOD, rate=0.3, compressor=engine).compress(docs, question=q)
@@ -39,6 +40,7 @@ def test_kept_documents_are_compressed_with_metadata_untouched_and_drops_reporte
     assert docs[0]["metadata"] == nq_passages(1)[0]["metadata"]  # not modified either
 
 
+@pytest.mark.models
 def test_target_tokens_and_per_call_overrides(engine, docs):
     rag = RAGCompressor(method=METHOD, rate=0.9, compressor=engine)
     r = rag.compress(docs, target_tokens=120)
@@ -47,11 +49,13 @@ def test_target_tokens_and_per_call_overrides(engine, docs):
     assert r2.method == "random" and r2.budget == -(-r2.original_tokens // 2)
 
 
+@pytest.mark.models
 def test_relevance_order_without_scores_keeps_input_order(engine, docs):
     r = RAGCompressor(method=METHOD, rate=0.5, order="relevance", compressor=engine).compress(docs)
     assert [d.index for d in r.documents] == sorted(d.index for d in r.documents)
 
 
+@pytest.mark.models
 def test_relevance_order_follows_the_methods_scores(docs):
     """Needs a method that scores documents: extractive ranks them with MiniLM."""
     q, _ = question()
@@ -64,6 +68,7 @@ def test_relevance_order_follows_the_methods_scores(docs):
     assert [d.index for d in same.documents] == sorted(d.index for d in r.documents)
 
 
+@pytest.mark.models
 def test_accepts_strings_documents_and_mappings(engine):
     r = RAGCompressor(method=METHOD, rate=1.0, compressor=engine).compress(
         [
@@ -130,6 +135,7 @@ MIXED = [
 ]
 
 
+@pytest.mark.models
 def test_mixed_languages_code_and_json_keep_their_protected_spans(engine):
     r = RAGCompressor(method="random", rate=0.4, compressor=engine).compress(MIXED)
     assert r.compressed_tokens < 0.6 * r.original_tokens
@@ -146,6 +152,7 @@ def test_mixed_languages_code_and_json_keep_their_protected_spans(engine):
         assert d.original_text == MIXED[d.index] and d.text == ""
 
 
+@pytest.mark.models
 def test_chinese_document_is_compressed_not_dropped(engine):
     r = RAGCompressor(method="random", rate=0.5, compressor=engine).compress([MIXED[0]])
     assert not r.dropped and 0 < r.compressed_tokens < r.original_tokens
@@ -155,6 +162,7 @@ def test_chinese_document_is_compressed_not_dropped(engine):
         assert out.count(number[:3]) == out.count(number)
 
 
+@pytest.mark.models
 def test_budget_below_protected_content_returns_it_with_a_warning_flag(engine):
     block = '```json\n{"order_id": "A-7731", "sku": [1001, 1002], "url": "https://shop.example.com/o/7731"}\n```'
     docs = [f"Order summary follows.\n{block}\nThanks for shopping with us." for _ in range(3)]
@@ -163,6 +171,7 @@ def test_budget_below_protected_content_returns_it_with_a_warning_flag(engine):
     assert sum(d.text.count(block) for d in r.documents) == 3
 
 
+@pytest.mark.models
 def test_acompress_matches_compress(engine, docs):
     rag = RAGCompressor(method=METHOD, rate=0.3, compressor=engine)
     a, b = rag.compress(docs), asyncio.run(rag.acompress(docs))

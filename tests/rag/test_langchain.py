@@ -55,6 +55,7 @@ def check_pipeline_output(raw: list[Document], out: list[Document], *, compresse
         assert sum(len(d.page_content) for d in out) < 0.75 * before
 
 
+@pytest.mark.models
 def test_contextual_compression_retriever_compresses_each_document(store, local_rag):
     q, answers = question()
     base = store.as_retriever(search_kwargs={"k": K})
@@ -67,6 +68,7 @@ def test_contextual_compression_retriever_compresses_each_document(store, local_
     assert out[0].id == raw[0].id and out[0].page_content == raw[0].page_content  # truncate keeps the head
 
 
+@pytest.mark.models
 def test_async_retriever_matches_sync(store, local_rag):
     q, _ = question()
     retriever = ContextualCompressionRetriever(
@@ -77,6 +79,7 @@ def test_async_retriever_matches_sync(store, local_rag):
     assert [(d.id, d.page_content, d.metadata) for d in a] == [(d.id, d.page_content, d.metadata) for d in b]
 
 
+@pytest.mark.models
 def test_core_runnable_chain_with_field_configuration(store):
     """The same compressor built from its own fields, in an LCEL chain of langchain-core pieces."""
     q, _ = question()
@@ -87,6 +90,7 @@ def test_core_runnable_chain_with_field_configuration(store):
     assert all("ctxgate" not in d.metadata for d in out)
 
 
+@pytest.mark.models
 def test_users_own_ctxgate_key_is_not_overwritten(local_rag):
     docs = [Document(page_content="alpha beta gamma " * 30, metadata={"ctxgate": "mine", "k": 1})]
     out = CtxgateDocumentCompressor(rag=local_rag).compress_documents(docs, "q")

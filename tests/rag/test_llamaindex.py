@@ -59,6 +59,7 @@ def check_nodes(raw: list[NodeWithScore], out: list[NodeWithScore]):
     assert sum(len(n.node.text) for n in out) < 0.6 * sum(len(n.node.text) for n in raw)
 
 
+@pytest.mark.models
 def test_query_engine_with_postprocessor(index, local_rag):
     q, answers = question()
     retriever = index.as_retriever(similarity_top_k=K)
@@ -76,6 +77,7 @@ def test_query_engine_with_postprocessor(index, local_rag):
     assert [n.node.text for n in retriever.retrieve(q)] == originals  # the index itself is untouched
 
 
+@pytest.mark.models
 def test_no_query_needed_and_async_matches_sync(index, local_rag):
     raw = index.as_retriever(similarity_top_k=K).retrieve(question()[0])
     pp = CtxgateNodePostprocessor(rag=local_rag)
@@ -86,6 +88,7 @@ def test_no_query_needed_and_async_matches_sync(index, local_rag):
     assert [(n.node.node_id, n.node.text, n.score) for n in a] == [(n.node.node_id, n.node.text, n.score) for n in b]
 
 
+@pytest.mark.models
 def test_fields_configure_the_compressor():
     nodes = [
         NodeWithScore(node=TextNode(text="gamma delta " * 80, metadata={"k": i}), score=1.0 - i / 10) for i in range(3)

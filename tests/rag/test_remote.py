@@ -81,6 +81,7 @@ def docs():
 # ------------------------------------------------------------------ real sidecar
 
 
+@pytest.mark.models
 def test_remote_mode_matches_local_mode(sidecar, docs):
     q, _ = question()
     local = RAGCompressor(method=METHOD, rate=0.4, compressor=Compressor(default_method=METHOD)).compress(docs, q)
@@ -102,6 +103,7 @@ def test_remote_mode_matches_local_mode(sidecar, docs):
         assert all(d.metadata is docs[d.index]["metadata"] for d in r.documents + r.dropped)
 
 
+@pytest.mark.models
 def test_metadata_never_leaves_the_process(sidecar):
     marker = object()  # not JSON-serialisable: the request would fail if metadata were sent
     r = RAGCompressor(mode="remote", url=sidecar, method=METHOD, rate=0.5).compress(
@@ -111,6 +113,7 @@ def test_metadata_never_leaves_the_process(sidecar):
     assert r.documents[0].metadata["obj"] is marker and r.documents[0].id == "d1"
 
 
+@pytest.mark.models
 def test_langchain_retriever_in_remote_mode(sidecar):
     from langchain_classic.retrievers import ContextualCompressionRetriever
     from langchain_core.documents import Document
@@ -139,6 +142,7 @@ def test_langchain_retriever_in_remote_mode(sidecar):
     assert sum(len(d.page_content) for d in out) < 0.6 * sum(len(d.page_content) for d in raw)
 
 
+@pytest.mark.models
 def test_llamaindex_postprocessor_in_remote_mode(sidecar):
     from llama_index.core.schema import NodeWithScore, TextNode
 

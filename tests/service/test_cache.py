@@ -16,6 +16,7 @@ def _send(url: str, prompt: str):
     )
 
 
+@pytest.mark.models
 def test_sqlite_cache_survives_a_restart(sidecar, upstream, nq_item, tmp_path):
     prompt = rag_prompt(nq_item, 10)
     path = str(tmp_path / "segments.sqlite")
@@ -29,6 +30,7 @@ def test_sqlite_cache_survives_a_restart(sidecar, upstream, nq_item, tmp_path):
         assert value(m, "ctxgate_cache_hits_total") == 1 and value(m, "ctxgate_cache_misses_total") == 0
 
 
+@pytest.mark.models
 def test_redis_cache_is_shared_by_two_instances(sidecar, upstream, nq_item, redis_url):
     import redis
 
@@ -45,6 +47,7 @@ def test_redis_cache_is_shared_by_two_instances(sidecar, upstream, nq_item, redi
     assert keys and all(0 < client.ttl(k) <= 3600 for k in keys)  # bounded by TTL
 
 
+@pytest.mark.models
 def test_redis_down_degrades_to_misses_not_errors(sidecar, upstream, nq_item):
     from tests.helpers.servers import free_port
 
@@ -55,6 +58,7 @@ def test_redis_down_degrades_to_misses_not_errors(sidecar, upstream, nq_item):
         assert value(httpx.get(url + "/metrics").text, "ctxgate_cache_errors_total", op="get") >= 1
 
 
+@pytest.mark.models
 def test_cache_off_compresses_every_time(sidecar, upstream, nq_item):
     prompt = rag_prompt(nq_item, 6)
     with sidecar(cache={"backend": "off"}) as url:
@@ -73,6 +77,7 @@ def test_redis_cache_unit(redis_url):
     c.close()
 
 
+@pytest.mark.models
 def test_concurrent_real_compressions_stay_apart_and_a_twin_miss_compresses_alike(sidecar, upstream):
     """Ten requests at once, each a real 20-document RAG prompt compressed by the CPU default
     (``classifier``), two of them the very same fresh prompt: every upstream body carries its own

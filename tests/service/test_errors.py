@@ -90,6 +90,7 @@ def test_bad_control_headers_are_400_naming_the_header(proxy, upstream, header, 
     assert upstream.requests == []
 
 
+@pytest.mark.models
 def test_unknown_fields_empty_messages_and_non_text_parts_pass_untouched(proxy, upstream, nq_item):
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
     call = {"id": "call_9", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
@@ -183,6 +184,7 @@ def test_an_upstream_that_stalls_mid_stream_ends_it_with_a_timeout_event(proxy, 
     assert after == before + 1
 
 
+@pytest.mark.models
 def test_a_bad_upstream_answer_is_passed_through_not_rewritten(proxy, upstream):
     r = httpx.post(
         proxy + "/v1/chat/completions",
@@ -206,6 +208,7 @@ def test_unreachable_upstream_is_502(sidecar):
         assert exc2.value.status_code == 502
 
 
+@pytest.mark.models
 def test_fail_open_when_the_time_budget_runs_out(sidecar, upstream, nq_item):
     prompt = rag_prompt(nq_item, 20)
     with sidecar(compress_timeout=0.001) as url:
@@ -238,6 +241,7 @@ def _wait_background(url: str, n: int = 1) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.models
 def test_a_compression_that_outlives_its_request_is_cached_but_its_conversation_stays_uncompressed(
     sidecar, upstream, nq_item, slow_truncate
 ):
@@ -263,6 +267,7 @@ def test_a_compression_that_outlives_its_request_is_cached_but_its_conversation_
         assert len(upstream.last("/chat/completions").json["messages"][1]["content"]) < len(prompt) / 1.5
 
 
+@pytest.mark.models
 def test_without_sticky_uncompressed_the_next_turn_takes_the_background_result(
     sidecar, upstream, nq_item, slow_truncate
 ):
@@ -278,6 +283,7 @@ def test_without_sticky_uncompressed_the_next_turn_takes_the_background_result(
         assert len(upstream.last("/chat/completions").json["messages"][0]["content"]) < len(prompt) / 1.5
 
 
+@pytest.mark.models
 def test_a_request_that_waited_for_another_ones_compression_is_a_miss(sidecar, upstream, nq_item, slow_truncate):
     # two requests with the same documents at once: one compresses, the other waits for it in the
     # queue and takes its result from the cache; it paid the wait, so it is not reported as a hit
@@ -308,6 +314,7 @@ def test_fail_open_when_the_method_errors(sidecar, upstream, nq_item):
         assert value(httpx.get(url + "/metrics").text, "ctxgate_fail_open_total", reason="error") == 1
 
 
+@pytest.mark.models
 def test_models_that_fail_to_load_leave_the_proxy_failing_open_and_not_ready(sidecar, upstream, nq_item):
     # warm-up loads the default method's models at start; when that fails, /readyz says why (no
     # traceback), chat traffic still flows uncompressed and is counted, and /v1/compress is a 503
@@ -328,6 +335,7 @@ def test_models_that_fail_to_load_leave_the_proxy_failing_open_and_not_ready(sid
         assert rag.status_code == 503 and "loading" in rag.json()["error"]["message"]
 
 
+@pytest.mark.models
 def test_a_huge_single_message_is_bounded_by_the_budget(sidecar, upstream, nq_item):
     text = "\n\n".join(c["text"] for c in nq_item["ctxs"]) * 60  # ~1.5 MB of real text
     with sidecar(compress_timeout=2.0, max_input_tokens=100_000, max_body_bytes=8 * 1024 * 1024) as url:

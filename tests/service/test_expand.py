@@ -97,6 +97,7 @@ def _check_round_trip(upstream, payload: str, anthropic_route: bool) -> None:
     assert json.loads(original) == json.loads(payload)  # the whole original came back
 
 
+@pytest.mark.models
 def test_openai_tool_output_is_crushed_and_expanded_on_demand(expand_proxy, upstream):
     payload, _ = search_payload()
     client = openai.OpenAI(base_url=expand_proxy + "/v1", api_key="sk-test", max_retries=0, timeout=120)
@@ -110,6 +111,7 @@ def test_openai_tool_output_is_crushed_and_expanded_on_demand(expand_proxy, upst
     assert 'ctxgate_expansions_total{found="yes",route="chat"}' in metrics
 
 
+@pytest.mark.models
 def test_openai_stream_round_trip(expand_proxy, upstream):
     payload, _ = search_payload()
     client = openai.OpenAI(base_url=expand_proxy + "/v1", api_key="sk-test", max_retries=0, timeout=120)
@@ -129,6 +131,7 @@ def test_openai_stream_round_trip(expand_proxy, upstream):
     _check_round_trip(upstream, payload, anthropic_route=False)
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_round_trip(expand_proxy, upstream, stream):
     payload, _ = search_payload()
@@ -146,6 +149,7 @@ def test_anthropic_round_trip(expand_proxy, upstream, stream):
     _check_round_trip(upstream, payload, anthropic_route=True)
 
 
+@pytest.mark.models
 def test_without_expand_no_tool_is_added_and_json_stays_valid(proxy, upstream):
     payload, items = search_payload()
     client = openai.OpenAI(base_url=proxy + "/v1", api_key="sk-test", max_retries=0, timeout=120)
@@ -172,6 +176,7 @@ def test_tool_output_is_byte_identical_on_the_next_turn(proxy, upstream):
     assert again == first
 
 
+@pytest.mark.models
 def test_v1_compress_applies_the_same_compressors(proxy):
     payload, _ = search_payload()
     messages = _openai_messages(payload)

@@ -27,6 +27,7 @@ def _metric(url: str, outcome: str) -> float:
     return metric(url, "ctxgate_fit_context_total", outcome=outcome)
 
 
+@pytest.mark.models
 def test_a_prompt_over_the_window_is_compressed_until_it_fits(sidecar, upstream):
     item = nq_items(1)[0]
     question = item["question"] + "?"
@@ -48,6 +49,7 @@ def test_a_prompt_over_the_window_is_compressed_until_it_fits(sidecar, upstream)
         assert _metric(url, "fitted") == 1
 
 
+@pytest.mark.models
 def test_anthropic_fits_too(sidecar, upstream):
     docs = _docs(1)
     with sidecar(policy={"rate": 0.8}) as url:
@@ -61,6 +63,7 @@ def test_anthropic_fits_too(sidecar, upstream):
         assert prompt_tokens(upstream.last("/messages").json) + 100 <= SMALL_WINDOW
 
 
+@pytest.mark.models
 def test_a_prompt_that_cannot_fit_gets_the_upstreams_own_error(sidecar, upstream):
     # forty short turns: no message is long enough to compress, together far over the window
     turns = [
@@ -76,6 +79,7 @@ def test_a_prompt_that_cannot_fit_gets_the_upstreams_own_error(sidecar, upstream
         assert upstream.last("/chat/completions").json["messages"] == turns
 
 
+@pytest.mark.models
 def test_the_config_window_beats_the_upstream_report(sidecar):
     messages = [{"role": "user", "content": _docs(2) + "\n\nWhich document answers this?"}]
     with sidecar(policy={"rate": 0.6}, context_windows={"small-*": 100_000}) as url:
@@ -86,6 +90,7 @@ def test_the_config_window_beats_the_upstream_report(sidecar):
         assert raw.headers["x-ctxgate-context-window"] == "900"
 
 
+@pytest.mark.models
 def test_a_prompt_that_fits_is_left_to_the_rate(sidecar):
     with sidecar() as url:
         raw = oai(url).chat.completions.with_raw_response.create(
@@ -114,6 +119,7 @@ def test_window_sources():
     assert request_reserve("chat", {"max_tokens": "lots"}) == 0
 
 
+@pytest.mark.models
 def test_anthropic_sdk_error_type_is_kept(sidecar):
     with sidecar() as url:
         with pytest.raises(anthropic.BadRequestError) as err:

@@ -157,6 +157,7 @@ def _healthy(client: httpx.Client) -> None:
     assert time.perf_counter() - t0 < 2.0
 
 
+@pytest.mark.models
 @HTTP_FUZZ
 @given(
     body=bodies, headers=control_headers, path=st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/compress"])

@@ -104,6 +104,7 @@ def test_a_k40_tag_request_is_answered_at_once_while_healthz_stays_fast(proxy, u
     assert done["status"] in (200, 400) and done["seconds"] < 2.0 and health < 2.0, (done, health)
 
 
+@pytest.mark.models
 def test_markup_on_v1_compress_is_linear_too(proxy):
     evil = "<ctxgate:compress" + ' a="x"' * 40 + " >"
     r = httpx.post(proxy + "/v1/compress", json={"context": [evil, "other"], "question": "q"}, timeout=10)
@@ -122,6 +123,7 @@ def test_too_many_markup_regions_is_a_clear_400(proxy, upstream):
     assert not upstream.requests
 
 
+@pytest.mark.models
 def test_many_protected_spans_and_many_tiny_documents_stay_cheap():
     """find_protected on 20k numbers, and 5,000 one-word documents, in bounded time (was quadratic)."""
     from ctxgate.compressor import Compressor, find_protected
@@ -290,6 +292,7 @@ def slow_engine(test_upstream, monkeypatch):
         yield url, calls
 
 
+@pytest.mark.models
 def test_v1_compress_fails_open_at_its_budget_with_counted_tokens(slow_engine):
     url, calls = slow_engine
     t0 = time.perf_counter()
@@ -312,6 +315,7 @@ def _until(condition, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.models
 def test_abandoned_v1_compress_requests_leave_no_queued_work(slow_engine):
     url, calls = slow_engine
     _until(lambda: sum(e == "start" for e, _ in calls) == sum(e == "end" for e, _ in calls))  # earlier tests' calls
@@ -351,6 +355,7 @@ def test_json_nested_1000_deep_is_400(proxy, upstream, path, headers):
     assert not upstream.requests
 
 
+@pytest.mark.models
 @pytest.mark.parametrize(
     "body,needle",
     [
@@ -473,6 +478,7 @@ def test_the_circuit_breaker_skips_a_failing_backend_then_retries_it():
     assert backend.calls == 4
 
 
+@pytest.mark.models
 def test_a_frozen_redis_costs_milliseconds_not_seconds(tmp_path, test_upstream):
     """A real redis-server, stopped with SIGSTOP: after the breaker opens, requests do not wait on it."""
     import shutil
@@ -519,6 +525,7 @@ def test_a_frozen_redis_costs_milliseconds_not_seconds(tmp_path, test_upstream):
         proc.wait()
 
 
+@pytest.mark.models
 def test_a_text_far_over_max_input_tokens_is_refused_before_it_is_tokenized():
     from ctxgate.compressor import Compressor, InputTooLarge
 

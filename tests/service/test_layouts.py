@@ -137,6 +137,7 @@ def _sent_text(body: dict) -> str:
     return "\n".join(p for p in parts if p)
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("layout", ["question_message", "tool_result", "system_prompt", "multi_turn"])
 def test_openai_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout):
     for row in ITEMS:
@@ -154,6 +155,7 @@ def test_openai_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout):
         assert answer_kept(sent, item["answers"]), (layout, row, item["answers"])
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("layout", ["question_block", "question_next_turn", "tool_result", "system_prompt"])
 def test_anthropic_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout):
     for row in ITEMS:
@@ -169,6 +171,7 @@ def test_anthropic_layouts_keep_the_answer_at_4x(layout_proxy, upstream, layout)
         assert answer_kept(_sent_text(upstream.last().json), item["answers"]), (layout, row)
 
 
+@pytest.mark.models
 def test_another_question_over_the_same_documents_is_a_question_correct_miss(layout_proxy, upstream):
     a, b = nq_items(5)[2], nq_items(5)[3]
     docs = _docs(a) + "\n\n" + _docs(b)  # both items' documents, in one message

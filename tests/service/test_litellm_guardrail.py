@@ -26,7 +26,10 @@ from tests.helpers.data import answer_kept, nq_docs, nq_items
 from tests.helpers.servers import free_port
 
 LITELLM = os.environ.get("CTXGATE_LITELLM")
-pytestmark = pytest.mark.skipif(not LITELLM, reason="run with `make litellm` (needs a litellm[proxy] install)")
+pytestmark = [
+    pytest.mark.skipif(not LITELLM, reason="run with `make litellm` (needs a litellm[proxy] install)"),
+    pytest.mark.models,
+]
 KEY = "sk-litellm-test"
 
 

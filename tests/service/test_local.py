@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers.clients import ant, oai, rag_prompt
 
+pytestmark = pytest.mark.models  # every test here loads a prepared model
+
 
 @pytest.fixture(scope="module")
 def embedded(test_upstream):

@@ -20,6 +20,7 @@ from tests.helpers.data import ROOT
 from tests.helpers.metrics import value
 
 
+@pytest.mark.models
 def test_health_ready_and_metrics(sidecar, upstream, nq_item):
     with sidecar(policy={"rate": 0.25}) as url, sidecar() as other:
         assert httpx.get(url + "/healthz").json() == {"status": "ok"}
@@ -96,6 +97,7 @@ def test_settings_from_yaml_toml_env_and_rules(tmp_path):
             load_settings(yaml_file, env={})
 
 
+@pytest.mark.models
 def test_compress_rag_form_returns_a_compress_result(sidecar, upstream, nq_item):
     docs = [
         {"text": c["text"], "id": f"d{i}", "metadata": {"title": c["title"]}}
@@ -127,6 +129,7 @@ def test_compress_rag_form_returns_a_compress_result(sidecar, upstream, nq_item)
         assert httpx.post(url + "/v1/compress", json={"nothing": 1}).status_code == 400
 
 
+@pytest.mark.models
 def test_rag_remote_mode_against_the_sidecar(sidecar, upstream, nq_item):
     from ctxgate.rag import RAGCompressor
 
@@ -139,6 +142,7 @@ def test_rag_remote_mode_against_the_sidecar(sidecar, upstream, nq_item):
     assert result.documents[0].metadata is docs[0]["metadata"]
 
 
+@pytest.mark.models
 def test_compress_messages_form_is_headroom_compatible(sidecar, upstream, nq_item):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": rag_prompt(nq_item)}]
     with sidecar() as url:

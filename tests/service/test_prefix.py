@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 
 import openai
+import pytest
 
 from tests.helpers.clients import SYSTEM, rag_prompt
+
+pytestmark = pytest.mark.models  # every test here loads a prepared model
 
 
 def _client(url: str) -> openai.OpenAI:

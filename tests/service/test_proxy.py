@@ -44,6 +44,7 @@ def proxy(shared_proxy, upstream):
     return shared_proxy
 
 
+@pytest.mark.models
 def test_openai_rag_prompt_is_compressed_and_the_rest_is_verbatim(proxy, upstream, nq_item):
     prompt = rag_prompt(nq_item)
     raw = oai(proxy).chat.completions.with_raw_response.create(
@@ -72,6 +73,7 @@ def test_openai_rag_prompt_is_compressed_and_the_rest_is_verbatim(proxy, upstrea
     assert upstream.last().headers["authorization"] == "Bearer sk-test-secret"
 
 
+@pytest.mark.models
 def test_repeat_is_a_cache_hit_with_identical_bytes(proxy, upstream, nq_item):
     msgs = [{"role": "user", "content": rag_prompt(nq_item, 6)}]
     first = oai(proxy).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=msgs)
@@ -84,6 +86,7 @@ def test_repeat_is_a_cache_hit_with_identical_bytes(proxy, upstream, nq_item):
     assert value(metrics, "ctxgate_cache_hits_total") >= 1
 
 
+@pytest.mark.models
 def test_anthropic_tool_results_are_compressed_and_blocks_kept(proxy, upstream, nq_item):
     docs = "\n\n".join(c["text"] for c in nq_item["ctxs"][:6])
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
@@ -137,6 +140,7 @@ def test_streams_pass_through_byte_for_byte(proxy, upstream, route):
         assert b"".join(chunks).endswith(b"data: [DONE]\n\n") and b'"usage"' in b"".join(chunks)
 
 
+@pytest.mark.models
 def test_sdk_streaming_openai_and_anthropic(proxy, upstream, nq_item):
     stream = oai(proxy).chat.completions.create(
         model="gpt-4o-mini",
@@ -196,6 +200,7 @@ def test_bypass_strips_tags_however_the_json_spells_them(proxy, upstream):
     assert upstream.last().json["messages"][0]["content"] == "code 7 now?"
 
 
+@pytest.mark.models
 def test_rate_and_method_controls(proxy, upstream, nq_item):
     msgs = [{"role": "user", "content": rag_prompt(nq_item)}]
     sizes = {}
@@ -214,6 +219,7 @@ def test_rate_and_method_controls(proxy, upstream, nq_item):
     assert int(r.headers["x-ctxgate-tokens-after"]) < int(r.headers["x-ctxgate-tokens-before"])
 
 
+@pytest.mark.models
 def test_markup_is_honoured_and_never_reaches_upstream(proxy, upstream, nq_item):
     docs = " ".join(c["text"] for c in nq_item["ctxs"][:3])
     keep = "The access code is ZX-4471-QQ."
