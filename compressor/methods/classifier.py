@@ -34,6 +34,7 @@ from .._units import Segmented
 from ._base import Job, MethodOutput
 
 BATCH_ROWS = 32
+PAD_SLACK = 1.3  # see batches()
 COARSE_FACTOR = 1.3
 HOP_WEIGHT = 2.0  # logits for the document that links best to the first hop (not tuned: see _hops)
 _WORD = re.compile(r"\w{3,}", re.UNICODE)
@@ -51,6 +52,21 @@ AUTO_PASSAGE_LOGIT = -1.0
 AUTO_WORD_LOGIT = -1.5
 AUTO_MIN_PASSAGES = 3
 AUTO_WORD_LOGIT_NO_QUESTION = 0.0  # nothing gates passages without a question: the better half of the words
+
+
+def batches(lengths: np.ndarray, max_rows: int = BATCH_ROWS, slack: float = PAD_SLACK) -> list[np.ndarray]:
+    """Row indices per forward pass: windows sorted by length (ties by position, so the batches are
+    a function of the input alone), cut when a batch is full or when the next window is more than
+    ``slack`` x longer than the batch's shortest. Every row of a batch is padded to its longest,
+    and attention costs the square of that: one long window must not pad twenty short ones."""
+    order = np.lexsort((np.arange(len(lengths)), lengths))
+    out: list[np.ndarray] = []
+    start = 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or i - start >= max_rows or lengths[order[i]] > slack * lengths[order[start]]:
+            out.append(order[start:i])
+            start = i
+    return out
 
 
 def _logsigmoid(x: np.ndarray) -> np.ndarray:
@@ -99,11 +115,9 @@ class Classifier:
         piece_logits = np.zeros(enc.input_ids.shape, dtype=np.float32)
         rel = np.zeros(n, dtype=np.float32)
         vecs = np.zeros((n, 0), dtype=np.float32)
-        order = np.lexsort((np.arange(n), lengths))
         device = next(st.net.parameters()).device if st.precision != "int8" else torch.device("cpu")
         with torch.inference_mode():
-            for s in range(0, n, BATCH_ROWS):
-                idx = order[s : s + BATCH_ROWS]
+            for idx in batches(lengths):
                 width = int(lengths[idx].max())
                 t = lambda a: torch.from_numpy(np.ascontiguousarray(a[idx, :width])).to(device)  # noqa: E731, B023  # used at once
                 tok, doc, hidden = st.net(t(enc.input_ids), t(enc.attention), t(enc.types))

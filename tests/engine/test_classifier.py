@@ -145,3 +145,19 @@ def test_rate_auto_needs_a_method_that_can_decide(comp):
         comp.compress(context="some words " * 100, rate="auto", method="truncate")
     with pytest.raises(InvalidRequest, match="auto"):
         comp.compress(context="some words " * 100, rate="most")
+
+
+def test_batches_group_windows_of_similar_length_and_cover_each_once():
+    from ctxgate.compressor.methods.classifier import batches
+
+    lengths = np.array([40, 200, 41, 45, 256, 60, 40, 198])
+    got = batches(lengths, max_rows=3, slack=1.3)
+    flat = np.concatenate(got).tolist()
+    assert sorted(flat) == list(range(len(lengths)))  # every window once
+    assert flat == np.lexsort((np.arange(len(lengths)), lengths)).tolist()  # by length, ties by position
+    for b in got:
+        assert len(b) <= 3 and lengths[b].max() <= 1.3 * lengths[b].min()
+    assert [b.tolist() for b in got] == [[0, 6, 2], [3], [5], [7, 1, 4]]
+    # one long window no longer pads the short ones: 996 padded pieces, not 8 x 256 = 2,048
+    assert sum(len(b) * int(lengths[b].max()) for b in got) == 3 * 41 + 45 + 60 + 3 * 256
+    assert [len(b) for b in batches(np.full(70, 100))] == [32, 32, 6]
