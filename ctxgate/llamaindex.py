@@ -52,18 +52,7 @@ class CtxgateNodePostprocessor(BaseNodePostprocessor):
     _rag: RAGCompressor = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
-        self._rag = self.rag or RAGCompressor(
-            mode=self.mode,
-            url=self.url,
-            method=self.method,
-            rate=self.rate,
-            target_tokens=self.target_tokens,
-            order=self.order,
-            strict=self.strict,
-            timeout=self.timeout,
-            tokenizer=self.tokenizer,
-            options=self.options,
-        )
+        self._rag = self.rag or RAGCompressor.from_settings(self)
 
     @classmethod
     def class_name(cls) -> str:

@@ -85,6 +85,14 @@ class RAGCompressor:
 
     # ------------------------------------------------------------------ public
 
+    SETTINGS = ("mode", "url", "method", "rate", "target_tokens", "order", "strict", "timeout", "tokenizer", "options")
+
+    @classmethod
+    def from_settings(cls, source: Any) -> RAGCompressor:
+        """One built from the same-named attributes of ``source`` (the LangChain and LlamaIndex
+        plugins declare these fields themselves, as pydantic needs, and build through here)."""
+        return cls(**{name: getattr(source, name) for name in cls.SETTINGS})
+
     def compress(
         self,
         documents: Sequence[DocumentLike],

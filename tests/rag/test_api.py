@@ -177,3 +177,17 @@ def test_acompress_matches_compress(engine, docs):
     a, b = rag.compress(docs), asyncio.run(rag.acompress(docs))
     assert [(d.index, d.text) for d in a.documents] == [(d.index, d.text) for d in b.documents]
     assert [d.index for d in a.dropped] == [d.index for d in b.dropped]
+
+
+def test_the_plugins_declare_every_setting_the_rag_compressor_takes():
+    import inspect
+
+    from ctxgate.langchain import CtxgateDocumentCompressor
+    from ctxgate.llamaindex import CtxgateNodePostprocessor
+
+    params = set(inspect.signature(RAGCompressor.__init__).parameters) - {"self", "headers", "compressor"}
+    assert set(RAGCompressor.SETTINGS) == params  # a new constructor setting is listed, or this fails
+    for plugin in (CtxgateDocumentCompressor, CtxgateNodePostprocessor):
+        assert set(RAGCompressor.SETTINGS) <= set(plugin.model_fields), plugin.__name__
+        made = plugin(rate=0.4, order="relevance", timeout=5.0, options={"structured": False})._rag
+        assert (made.rate, made.order, made.timeout, made.options) == (0.4, "relevance", 5.0, {"structured": False})
