@@ -45,17 +45,22 @@ _MODELS = _models_dir()  # resolved once, before any test moves CTXGATE_HOME
 
 
 @pytest.fixture(scope="session", autouse=True)
-def real_state_untouched():
+def real_state_untouched(tmp_path_factory):
     """Fails the session if any test wrote into the real state directory (the shell's
     ``$CTXGATE_HOME``, default ``~/.cache/ctxgate``) outside the shared model cache."""
     from pathlib import Path
 
-    from ctxgate.compressor import Runtime
+    from ctxgate.compressor import Runtime, set_runtime
 
     real = Runtime.from_env()
     models = Path(_MODELS).resolve()
     start = time.time()
-    yield
+    # Module- and session-scoped fixtures (shared sidecars, sidecar processes) start before any
+    # test's own isolated_state: they get a session-wide empty home, never the shell's.
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, tmp_path_factory.mktemp("ctxgate-session-home"))
+        yield
+    set_runtime(None)
 
     def written(root: Path) -> list[str]:
         if not root.is_dir():
@@ -79,13 +84,20 @@ def isolated_state(monkeypatch, tmp_path_factory):
     shared model cache, and no ``CTXGATE_*`` setting from the shell."""
     from ctxgate.compressor import set_runtime
 
-    for key in [k for k in os.environ if k.startswith("CTXGATE_") and k not in _KEEP_ENV]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("CTXGATE_MODELS", _MODELS)
-    monkeypatch.setenv("CTXGATE_HOME", str(tmp_path_factory.mktemp("ctxgate-home")))
-    set_runtime(None)  # the library reads the variables above once, on first use in this test
+    _isolate(monkeypatch, tmp_path_factory.mktemp("ctxgate-home"))
     yield
     set_runtime(None)
+
+
+def _isolate(mp: pytest.MonkeyPatch, home) -> None:
+    """No CTXGATE_* setting from the shell but the kept ones; the shared models; ``home`` as state."""
+    from ctxgate.compressor import set_runtime
+
+    for key in [k for k in os.environ if k.startswith("CTXGATE_") and k not in _KEEP_ENV]:
+        mp.delenv(key)
+    mp.setenv("CTXGATE_MODELS", _MODELS)
+    mp.setenv("CTXGATE_HOME", str(home))
+    set_runtime(None)  # the library reads the variables above once, on first use
 
 
 @pytest.fixture()

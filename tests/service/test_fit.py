@@ -24,7 +24,7 @@ def _docs(row: int = 0, n: int = 20) -> str:
 
 
 def _metric(url: str, outcome: str) -> float:
-    return metric(url, "ctxgate_fit_context_total", outcome=outcome)
+    return metric(url, "ctxgate_fit_context_total", route="chat", outcome=outcome)
 
 
 @pytest.mark.models
