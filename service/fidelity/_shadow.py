@@ -88,6 +88,7 @@ class Fidelity:
         # without shared state, N workers on one host split the daily caps between them
         self._share = 1 if self.fleet else max(1, settings.workers)
         self._refresher: asyncio.Task | None = None
+        self._closing = False
         self.day, self.calls, self.tokens = _day(), 0, 0
         self.pending = 0
         self._slots = asyncio.Semaphore(self.cfg.max_concurrency)
@@ -143,9 +144,10 @@ class Fidelity:
 
     async def _refresh_loop(self) -> None:
         assert self.fleet is not None
-        while True:
-            await asyncio.sleep(self.fleet.state.refresh)
-            await self._refresh()
+        while not self._closing:  # a flag as well as cancel(): a cancel that lands inside a Redis
+            await asyncio.sleep(self.fleet.state.refresh)  # call can come back as its error
+            if not self._closing:
+                await self._refresh()
 
     def _background(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -153,9 +155,14 @@ class Fidelity:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        """Bounded: a refresher that does not stop within its Redis timeout is left behind."""
+        self._closing = True
         if self._refresher is not None:
             self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+            assert self.fleet is not None
+            done, _ = await asyncio.wait({self._refresher}, timeout=self.fleet.state.timeout + 1.0)
+            if not done:
+                log.warning("fidelity: the shared-state refresher did not stop; shutting down without it")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -101,6 +102,60 @@ def test_a_redis_outage_fails_open():
         await f.redis.aclose()
 
     asyncio.run(go())
+
+
+def test_shutdown_is_bounded_when_a_refresh_swallows_its_cancel(redis_url, tmp_path, monkeypatch):
+    """A cancel() that lands inside a Redis call may come back as that call's error (the injected
+    fault: a refresh that catches it). Found in CI: a replica hung in shutdown for minutes,
+    refreshing, after SIGTERM. Shutdown must end anyway, within the Redis timeout."""
+    from ctxgate.service import Settings
+    from ctxgate.service._metrics import Metrics
+    from ctxgate.service.fidelity import Fidelity
+
+    refreshes = []
+    real = Fidelity._refresh
+
+    async def swallowing(self):
+        refreshes.append(time.monotonic())
+        try:
+            await asyncio.sleep(0.3)  # "in a Redis call"
+        except asyncio.CancelledError:
+            pass  # what a library that turns the cancel into its own error amounts to
+        await real(self)
+
+    monkeypatch.setattr(Fidelity, "_refresh", swallowing)
+
+    async def go():
+        s = Settings(
+            state=_state(backend="redis", url=redis_url, refresh=0.05, timeout=0.5),
+            fidelity=FidelitySettings(path=str(tmp_path / "f.sqlite")),
+        )
+        async with httpx.AsyncClient() as client:
+            fid = Fidelity(s, Metrics(), client, lambda provider, path: None)
+            await fid.start()
+            await asyncio.sleep(0.5)  # several refreshes, one in flight now
+            t0 = time.monotonic()
+            await asyncio.wait_for(fid.close(), 10)
+            assert time.monotonic() - t0 < 5
+        n = len(refreshes)
+        await asyncio.sleep(0.3)
+        assert len(refreshes) == n  # and the loop stopped: no refresh after close
+
+    # in a thread of its own: the regression hangs its event loop for good, and must fail, not hang
+    errors: list[BaseException] = []
+    runner = threading.Thread(target=lambda: _capture(errors, lambda: asyncio.run(go())), daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "Fidelity.close() did not return: shutdown hangs"
+    if errors:
+        raise errors[0]
+
+
+def _capture(errors: list[BaseException], fn) -> None:
+    try:
+        fn()
+    except BaseException as exc:  # handed to the test's thread
+        errors.append(exc)
 
 
 def test_a_sidecar_with_redis_down_still_serves(sidecar, upstream):
