@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.data import DATA
-from tests.helpers.servers import free_port, run_sidecar, serve
+from tests.helpers.servers import free_port, proxy_settings, run_sidecar, serve
 
 # Environment a test run may take from the shell: where data, models and optional tools are.
 # Every other CTXGATE_* variable (a policy override, a cache URL) would change what is tested.
@@ -170,16 +170,9 @@ def nq_item() -> dict:
 def sidecar(upstream, tmp_path):
     """Factory: ``with sidecar(**settings) as url`` runs a sidecar in front of the test upstream.
     Defaults: the deterministic model-free ``truncate`` method, an in-memory cache, min_tokens=50."""
-    from ctxgate.service import CacheSettings, Policy, Settings
 
-    def make(*, policy: dict | None = None, cache: dict | None = None, **kw):
-        kw.setdefault("upstream", upstream.url + "/v1")
-        kw.setdefault("anthropic_upstream", upstream.url)
-        kw.setdefault("default_method", "truncate")
-        kw.setdefault("port", free_port())
-        pol = {"min_tokens": 50, "rate": 0.3, **(policy or {})}
-        cch = {"backend": "memory", **(cache or {})}
-        return run_sidecar(Settings(policy=Policy(**pol), cache=CacheSettings(**cch), **kw))
+    def make(**kw):
+        return run_sidecar(proxy_settings(upstream.url, **kw))
 
     return make
 

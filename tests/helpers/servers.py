@@ -62,3 +62,18 @@ def run_sidecar(settings, ready_timeout: float = 120.0) -> Iterator[str]:
                 break
             time.sleep(0.05)
         yield url
+
+
+def proxy_settings(upstream_url: str, *, policy: dict | None = None, cache: dict | None = None, **kw):
+    """Sidecar ``Settings`` in front of a test upstream at ``upstream_url`` (both providers), on a
+    free port. Defaults: the deterministic model-free ``truncate`` method, an in-memory cache,
+    ``min_tokens=50`` and ``rate=0.3``; ``policy``/``cache`` entries and keywords override them."""
+    from ctxgate.service import CacheSettings, Policy, Settings
+
+    kw.setdefault("upstream", upstream_url + "/v1")
+    kw.setdefault("anthropic_upstream", upstream_url)
+    kw.setdefault("default_method", "truncate")
+    kw.setdefault("port", free_port())
+    pol = {"min_tokens": 50, "rate": 0.3, **(policy or {})}
+    cch = {"backend": "memory", **(cache or {})}
+    return Settings(policy=Policy(**pol), cache=CacheSettings(**cch), **kw)

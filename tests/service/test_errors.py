@@ -19,20 +19,9 @@ from tests.helpers.servers import free_port
 
 @pytest.fixture(scope="module")
 def shared(test_upstream):
-    from ctxgate.service import CacheSettings, Policy, Settings
-    from tests.helpers.servers import free_port, run_sidecar
+    from tests.helpers.servers import proxy_settings, run_sidecar
 
-    s = Settings(
-        upstream=test_upstream.url + "/v1",
-        anthropic_upstream=test_upstream.url,
-        port=free_port(),
-        default_method="truncate",
-        cache=CacheSettings(backend="memory"),
-        upstream_timeout=1.0,
-        policy=Policy(min_tokens=50, rate=0.3),
-        max_body_bytes=256 * 1024,
-        compress_timeout=120,
-    )
+    s = proxy_settings(test_upstream.url, upstream_timeout=1.0, max_body_bytes=256 * 1024, compress_timeout=120)
     with run_sidecar(s) as url:
         yield url
 

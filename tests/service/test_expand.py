@@ -25,19 +25,9 @@ CLIENT_TOOL = {
 
 
 def _sidecar(test_upstream, **policy):
-    from ctxgate.service import CacheSettings, Policy, Settings
-    from tests.helpers.servers import free_port, run_sidecar
+    from tests.helpers.servers import proxy_settings, run_sidecar
 
-    s = Settings(
-        upstream=test_upstream.url + "/v1",
-        anthropic_upstream=test_upstream.url,
-        port=free_port(),
-        default_method="truncate",
-        cache=CacheSettings(backend="memory"),
-        policy=Policy(min_tokens=50, rate=0.2, **policy),
-        compress_timeout=120,
-    )
-    return run_sidecar(s)
+    return run_sidecar(proxy_settings(test_upstream.url, policy={"rate": 0.2, **policy}, compress_timeout=120))
 
 
 @pytest.fixture(scope="module")

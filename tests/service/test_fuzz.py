@@ -135,18 +135,9 @@ control_headers = st.dictionaries(
 
 @pytest.fixture(scope="module")
 def fuzz_proxy(test_upstream):
-    from ctxgate.service import CacheSettings, Policy, Settings
-    from tests.helpers.servers import free_port, run_sidecar
+    from tests.helpers.servers import proxy_settings, run_sidecar
 
-    s = Settings(
-        upstream=test_upstream.url + "/v1",
-        anthropic_upstream=test_upstream.url,
-        port=free_port(),
-        default_method="truncate",
-        policy=Policy(min_tokens=20, rate=0.3),
-        cache=CacheSettings(backend="memory"),
-        compress_timeout=5,
-    )
+    s = proxy_settings(test_upstream.url, policy={"min_tokens": 20}, compress_timeout=5)
     with run_sidecar(s) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client
 

@@ -23,19 +23,14 @@ def _chat(content: str, **extra) -> dict:
 @pytest.fixture(scope="module")
 def hard(test_upstream, tmp_path_factory):
     """One sidecar with short connection limits, an admin token and its state in a temp folder."""
-    from ctxgate.service import CacheSettings, Policy, Settings
     from ctxgate.service._config import FidelitySettings, Limits
-    from tests.helpers.servers import free_port, run_sidecar
+    from tests.helpers.servers import proxy_settings, run_sidecar
 
     state = tmp_path_factory.mktemp("state")
-    s = Settings(
-        upstream=test_upstream.url + "/v1",
-        anthropic_upstream=test_upstream.url,
-        port=free_port(),
-        default_method="truncate",
-        policy=Policy(min_tokens=50, rate=0.3),
+    s = proxy_settings(
+        test_upstream.url,
         compress_timeout=5,
-        cache=CacheSettings(backend="sqlite", path=str(state / "cache" / "segments.sqlite")),
+        cache={"backend": "sqlite", "path": str(state / "cache" / "segments.sqlite")},
         fidelity=FidelitySettings(path=str(state / "cache" / "fidelity.sqlite")),
         limits=Limits(header_timeout=1.0, body_timeout=1.0, max_headers=50, max_header_bytes=16 * 1024),
         admin_token="s3cret-admin",

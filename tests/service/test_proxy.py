@@ -23,19 +23,9 @@ from tests.helpers.upstreams import stream_events
 @pytest.fixture(scope="module")
 def shared_proxy(test_upstream):
     """One sidecar for the tests below that need no special settings."""
-    from ctxgate.service import CacheSettings, Policy, Settings
-    from tests.helpers.servers import free_port, run_sidecar
+    from tests.helpers.servers import proxy_settings, run_sidecar
 
-    s = Settings(
-        upstream=test_upstream.url + "/v1",
-        anthropic_upstream=test_upstream.url,
-        port=free_port(),
-        default_method="truncate",
-        cache=CacheSettings(backend="memory"),
-        policy=Policy(min_tokens=50, rate=0.3),
-        compress_timeout=120,
-    )
-    with run_sidecar(s) as url:
+    with run_sidecar(proxy_settings(test_upstream.url, compress_timeout=120)) as url:
         yield url
 
 
