@@ -56,6 +56,17 @@ class RAGResult:
     fallback: bool = False
     warnings: list[str] = field(default_factory=list)
 
+    def info(self, doc: RAGDocument) -> dict[str, Any]:
+        """What the LangChain and LlamaIndex plugins add to a kept document's metadata."""
+        return {
+            "index": doc.index,
+            "original_tokens": doc.original_tokens,
+            "compressed_tokens": doc.compressed_tokens,
+            "score": doc.score,
+            "method": self.method,
+            "fallback": self.fallback,
+        }
+
     @property
     def over_budget(self) -> bool:
         """True when the kept text is larger than the budget (e.g. protected spans that had to stay whole)."""

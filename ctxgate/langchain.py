@@ -90,14 +90,7 @@ class CtxgateDocumentCompressor(BaseDocumentCompressor):
                     self.metadata_key,
                 )
             else:
-                meta[self.metadata_key] = {
-                    "index": d.index,
-                    "original_tokens": d.original_tokens,
-                    "compressed_tokens": d.compressed_tokens,
-                    "score": d.score,
-                    "method": result.method,
-                    "fallback": result.fallback,
-                }
+                meta[self.metadata_key] = result.info(d)
             out.append(LCDocument(page_content=d.text, metadata=meta, id=src.id))
         return out
 

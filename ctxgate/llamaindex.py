@@ -87,17 +87,7 @@ class CtxgateNodePostprocessor(BaseNodePostprocessor):
             if key in src.node.metadata:
                 log.warning("node metadata already has a %r key; ctxgate info not added (set metadata_key)", key)
             else:
-                node.metadata = {
-                    **src.node.metadata,
-                    key: {
-                        "index": d.index,
-                        "original_tokens": d.original_tokens,
-                        "compressed_tokens": d.compressed_tokens,
-                        "score": d.score,
-                        "method": result.method,
-                        "fallback": result.fallback,
-                    },
-                }
+                node.metadata = {**src.node.metadata, key: result.info(d)}
                 node.excluded_llm_metadata_keys = [*src.node.excluded_llm_metadata_keys, key]
                 node.excluded_embed_metadata_keys = [*src.node.excluded_embed_metadata_keys, key]
             out.append(NodeWithScore(node=node, score=src.score))

@@ -4,6 +4,7 @@ collide with an application's own ``service`` or ``eval`` package. Built and ins
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,8 +67,6 @@ def test_the_wheel_installs_one_namespace_and_imports_beside_an_apps_own_service
     env["PYTHONPATH"] = os.pathsep.join([str(app), str(site)])
     probe = subprocess.run([sys.executable, "-c", _PROBE], cwd=app, capture_output=True, text=True, env=env)
     assert probe.returncode == 0, probe.stderr[-3000:]
-    import json
-
     got = json.loads(probe.stdout.strip().splitlines()[-1])
     assert got["app_service"] == "the app service" and got["app_eval"] == "the app eval"
     for name, path in got["files"].items():
