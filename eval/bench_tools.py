@@ -13,40 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import metrics
 from .bench import machine
 from .datasets import load_dataset
+from .datasets.tools import needed_kept, valid_json
 
 DEFAULT = ("tools-nq", "tools-squad", "tools-kv", "tools-logs", "tools-hotpot")
-
-
-def needed_kept(item, compressed: str) -> float:
-    need = item.meta.get("needed")
-    if need == "lines":
-        out = set(compressed.split("\n"))
-        return float(all(ln in out for ln in item.meta["lines"]))
-    if need == "supports":
-        return _supports(item, compressed)
-    return metrics.answer_kept(compressed, item.references)
-
-
-def _supports(item, compressed: str) -> float:
-    """Both supporting paragraphs survive: their results are still in the JSON with the sentence."""
-    try:
-        kept = {r.get("id"): r.get("snippet", "") for r in json.loads(compressed)["results"] if isinstance(r, dict)}
-    except (ValueError, KeyError, TypeError):
-        return 0.0
-    prefix = item.id.removeprefix("tools-")
-    docs = [kept.get(f"doc-{prefix}-{d}", "") for d in range(max(int(d) for d, _ in item.meta["supports"]) + 1)]
-    return metrics.supports_kept(item.meta["supports"], docs)
-
-
-def valid_json(text: str) -> bool:
-    try:
-        json.loads(text)
-        return True
-    except ValueError:
-        return False
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class Cell:
     cap_hits: int
     cache_hits: int = 0
     supports_kept: float | None = None  # multi-hop datasets: both hops survived
+    valid_json: float | None = None  # JSON tool outputs: the compressed output still parses
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -99,6 +100,7 @@ def aggregate(rows: list[Row], method_order: list[str] | None = None) -> list[Ce
                 cap_hits=sum(r.hit_cap for r in rs),
                 cache_hits=sum(r.compress_cache == "hit" for r in rs),
                 supports_kept=_mean([r.metrics.get("supports_kept") for r in rs]),
+                valid_json=_mean([r.metrics.get("valid_json") for r in rs]),
             )
         )
     return cells
@@ -112,12 +114,14 @@ def table(cells: list[Cell]) -> str:
     """A Markdown table for the cells of one dataset."""
     task_metric = "accuracy"
     hops = any(c.supports_kept is not None for c in cells)
+    js = any(c.valid_json is not None for c in cells)
     lines = [
         f"| method | rate | n | {task_metric} (±95%) | full prompt, same items | fidelity cos | fidelity F1 "
         "| agrees w/ full | answer kept |"
         + (" both hops kept |" if hops else "")
+        + (" valid JSON |" if js else "")
         + " achieved ratio | prompt tok | compress s p50 | reader s p50 | cap hits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if hops else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if hops else "") + ("---|" if js else ""),
     ]
     for c in cells:
         acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}" + (f" ±{c.accuracy_ci:.2f}" if c.accuracy_ci else "")
@@ -126,6 +130,7 @@ def table(cells: list[Cell]) -> str:
             f"| {_f(c.full_same_items)} | {_f(c.fidelity_cosine)} | {_f(c.fidelity_f1)} | {_f(c.fidelity_em)} "
             f"| {_f(c.kept, 2)} |"
             + (f" {_f(c.supports_kept, 2)} |" if hops else "")
+            + (f" {_f(c.valid_json, 2)} |" if js else "")
             + f" {c.ratio:.2f}x | {c.prompt_tokens:.0f} | {c.compress_s:.2f}"
             + (f" ({c.cache_hits} cached)" if c.cache_hits else "")
             + f" | {c.reader_s:.2f} "

@@ -25,6 +25,7 @@ from ctxgate.compressor.methods import AUTO_RATE_METHODS
 from . import metrics
 from ._types import AUTO_RATE, EvalConfig, Item, Row
 from .datasets import load_dataset
+from .datasets.tools import needed_kept, valid_json
 from .readers import Ask, make_reader
 
 log = logging.getLogger("ctxgate.eval")
@@ -226,7 +227,17 @@ def _row(
     item: Item, method: str, rate: float, result, ans, reader_name: str, reference: Row | None, fidelity: _Fidelity
 ) -> Row:
     acc, scores = metrics.score(item.task, ans.text, item.references)
-    if item.meta.get("supports"):
+    kept = metrics.kept(item.task, result.compressed, item.references)
+    if item.meta.get("needed"):  # a tool output: one string, checked the way ``ctxgate bench tools`` does
+        need = needed_kept(item, result.compressed)
+        scores["needed_kept"] = need
+        if item.meta["needed"] == "supports":
+            scores["supports_kept"] = need
+        elif item.meta["needed"] == "lines":
+            kept = need
+        if item.meta.get("json"):
+            scores["valid_json"] = float(valid_json(result.compressed))
+    elif item.meta.get("supports"):
         scores["supports_kept"] = metrics.supports_kept(item.meta["supports"], [d.text for d in result.documents])
     ref_text = ans.text if reference is None else reference.prediction
     f1, em = metrics.agreement(ans.text, ref_text, item.task)
@@ -248,7 +259,7 @@ def _row(
         fidelity_cosine=cos,
         fidelity_f1=f1,
         fidelity_em=em,
-        answer_kept=metrics.kept(item.task, result.compressed, item.references),
+        answer_kept=kept,
         original_tokens=result.original_tokens,
         compressed_tokens=result.compressed_tokens,
         ratio=result.ratio,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._types import FIRST_LINE, Item
+from ..metrics import answer_kept, supports_kept
 from ._common import data_file, read_jsonl, sample
 from .hotpotqa import load_hotpotqa
 from .kv import FILE as KV_FILE
@@ -55,7 +56,11 @@ def _url(title: str) -> str:
     return "https://en.wikipedia.org/wiki/" + title.replace(" ", "_")
 
 
-def load_tools_nq(root: Path, limit: int | None, seed: int, *, offset: int = 100, **_: Any) -> list[Item]:
+def load_tools_nq(
+    root: Path, limit: int | None, seed: int, *, offset: int = 100, results: int | None = None, **_: Any
+) -> list[Item]:
+    """``results=N`` fixes every item's result count (at least the row's 20 passages) instead of
+    drawing it from SIZES: the reader eval uses 50 so the uncompressed output fits a 1.5B reader."""
     rows = list(read_jsonl(data_file(root, NQ_FILE)))
     pool = [dict(c, id=f"{r}-{j}") for r, row in enumerate(rows) for j, c in enumerate(row["ctxs"])]
     chosen = rows[offset : offset + 100]
@@ -64,6 +69,8 @@ def load_tools_nq(root: Path, limit: int | None, seed: int, *, offset: int = 100
         idx = offset + k
         rnd = random.Random(seed * 1000 + idx)
         n = rnd.choice(SIZES)
+        if results is not None:
+            n = max(int(results), len(row["ctxs"]))
         own = [dict(c, id=f"{idx}-{j}") for j, c in enumerate(row["ctxs"])]
         others = [p for p in pool if not p["id"].startswith(f"{idx}-")]
         passages = own + rnd.sample(others, n - len(own))
@@ -185,9 +192,11 @@ _REASONS = ["card_declined", "insufficient_funds", "fraud_suspected", "gateway_t
 _SERVICES = ["api", "cart", "search", "auth", "inventory"]
 
 
-def planted_log(rnd: random.Random) -> tuple[str, list[str], list[str]]:
+def planted_log(rnd: random.Random, max_lines: int | None = None) -> tuple[str, list[str], list[str]]:
     """(log text, the planted failure lines, their order ids and reasons as references)."""
     n = rnd.randint(1000, 3000)
+    if max_lines is not None:
+        n = max(min(n, int(max_lines)), 40)
     fails = sorted(rnd.sample(range(10, n - 10), rnd.randint(2, 6)))
     lines, planted, refs = [], [], []
     t = rnd.randint(0, 3600)
@@ -214,11 +223,12 @@ def planted_log(rnd: random.Random) -> tuple[str, list[str], list[str]]:
     return "\n".join(lines), planted, refs
 
 
-def load_tools_logs(root: Path, limit: int | None, seed: int, **_: Any) -> list[Item]:
+def load_tools_logs(root: Path, limit: int | None, seed: int, *, lines: int | None = None, **_: Any) -> list[Item]:
+    """``lines=N`` caps each log at N lines (at least 40) so the uncompressed log fits a small reader."""
     items = []
     for idx in range(limit or 20):
         rnd = random.Random(seed * 7919 + idx)
-        text, planted, refs = planted_log(rnd)
+        text, planted, refs = planted_log(rnd, lines)
         items.append(
             Item(
                 id=f"tools-logs-{idx}",
@@ -234,3 +244,34 @@ def load_tools_logs(root: Path, limit: int | None, seed: int, **_: Any) -> list[
             )
         )
     return items
+
+
+def needed_kept(item: Item, compressed: str) -> float:
+    """1.0 when what the item's answer needs (``meta["needed"]``) survived in ``compressed``: the
+    answer string, every planted failure line, or both supporting paragraphs."""
+    need = item.meta.get("needed")
+    if need == "lines":
+        out = set(compressed.split("\n"))
+        return float(all(ln in out for ln in item.meta["lines"]))
+    if need == "supports":
+        return _supports(item, compressed)
+    return answer_kept(compressed, item.references)
+
+
+def _supports(item: Item, compressed: str) -> float:
+    """Both supporting paragraphs survive: their results are still in the JSON with the sentence."""
+    try:
+        kept = {r.get("id"): r.get("snippet", "") for r in json.loads(compressed)["results"] if isinstance(r, dict)}
+    except (ValueError, KeyError, TypeError):
+        return 0.0
+    prefix = item.id.removeprefix("tools-")
+    docs = [kept.get(f"doc-{prefix}-{d}", "") for d in range(max(int(d) for d, _ in item.meta["supports"]) + 1)]
+    return supports_kept(item.meta["supports"], docs)
+
+
+def valid_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False

@@ -325,8 +325,8 @@ def test_expand_returns_the_stored_original():
 
 @pytest.mark.parametrize("name", ["tools-nq", "tools-squad", "tools-kv", "tools-logs", "tools-hotpot"])
 def test_tool_output_datasets_hold_what_they_claim(name):
-    from ctxgate.eval.bench_tools import needed_kept, valid_json
     from ctxgate.eval.datasets import load_dataset
+    from ctxgate.eval.datasets.tools import needed_kept, valid_json
 
     items = load_dataset(name, limit=2, seed=0)
     assert len(items) == 2 and items[0].id != items[1].id
