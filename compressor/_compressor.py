@@ -16,6 +16,7 @@ import msgspec
 
 from ._cache import CompressionCache, cache_key
 from ._errors import InputTooLarge, InvalidRequest
+from ._hops import MULTI_HOP
 from ._markup import Markup, parse_markup
 from ._route import Routed, route
 from ._tokens import TokenCounter, get_counter
@@ -25,7 +26,7 @@ from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
 from .structured import Relevance, Tools
 
-CACHE_VERSION = 3  # 3: structured parts (JSON, logs, tables, code) are routed to their compressors
+CACHE_VERSION = 4  # 3: structured parts routed to their compressors; 4: multi-hop hops raised (_hops)
 EXPAND_PREFIX = "expand:"
 DEFAULT_RATE = 0.5
 MAX_SEPARATOR_CHARS = 64
@@ -329,6 +330,7 @@ class Compressor:
             Relevance(request.question, dense),
             prune=lambda texts, rate: self._prune(method, request, counter, texts, rate),
             ref=ref,
+            multi_hop=bool(request.options.get("multi_hop", MULTI_HOP)),
         )
 
     def _store_original(self, ref: str, text: str) -> None:

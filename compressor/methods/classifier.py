@@ -6,11 +6,8 @@ gives a keep logit per word piece and a relevance logit per window. A word's sco
 worth keeping, times the probability that its passage matters. ``fit`` then takes the best words
 to the exact budget, as every unit-scoring method does, and protected units are always kept.
 
-Multi-hop (``options={"multi_hop": True}``, off by default): the most relevant document is picked
-first, and every other one is raised by the rare words it shares with that first hop but not with
-the question (``_hops``), so a bridge passage that names the first hop's entity climbs. Measured,
-it did not help: on NQ rows 400-449 it lowered answer kept at 10x from 0.86 to 0.76, and on
-HotpotQA it kept both hops no more often (README, multi-hop table).
+Multi-hop (``options={"multi_hop": ...}``, default ``_hops.MULTI_HOP``): the documents the best one
+leads to by title (``_hops.hops``) are raised right behind it before the coarse cut.
 
 Without a question and with several documents (few-shot demonstrations), whole documents are
 ranked by how typical they are (similarity to the mean document) and kept up to
@@ -22,12 +19,12 @@ them, the words it calls worth keeping, whatever the ratio (thresholds: AUTO_* b
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from .._embed import centrality, rank
+from .._hops import MULTI_HOP, lifted
 from .._select import fit, unit_token_counts
 from .._student import Encoded, encode, unit_means
 from .._units import Segmented
@@ -36,13 +33,6 @@ from ._base import Job, MethodOutput
 BATCH_ROWS = 32
 PAD_SLACK = 1.3  # see batches()
 COARSE_FACTOR = 1.3
-HOP_WEIGHT = 2.0  # logits for the document that links best to the first hop (not tuned: see _hops)
-_WORD = re.compile(r"\w{3,}", re.UNICODE)
-_STOP = frozenset(
-    "the and for that with from this was were are his her their its which who what when where how has have had "
-    "not but also been into than then them they one two all any can may such other more most some these those "
-    "after before over under about there here only both each after while would could should will".split()
-)
 UNSELECTED = -1e6
 # rate="auto": keep passages whose relevance logit reaches AUTO_PASSAGE_LOGIT (at least the best
 # AUTO_MIN_PASSAGES) and, in them, words whose keep logit reaches AUTO_WORD_LOGIT (0 is the teacher's
@@ -144,9 +134,9 @@ class Classifier:
         for w, win in enumerate(enc.windows):
             a = enc.unit_offset[win.doc]
             window_of_unit[a + win.first : a + win.last] = w
-        if question is not None and job.options.get("multi_hop", False):
-            rel = self._hops(job, enc, rel, question)
         doc_scores = self._doc_scores(enc, rel, len(docs)) if question is not None else None
+        if question is not None and job.options.get("multi_hop", MULTI_HOP):
+            rel = lifted(rel, [w.doc for w in enc.windows], [d.text for d in docs], question).astype(rel.dtype)
         if job.options.get("auto"):
             texts = self._auto(job, enc, unit_logit, rel, window_of_unit, question)
             return MethodOutput(texts=texts, scores=doc_scores)
@@ -164,42 +154,6 @@ class Classifier:
         fitted = fit(per_doc, docs, job.budget, job.counter, costs=costs)
         out: list[str | None] = [t if t.strip() or not d.text.strip() else None for t, d in zip(fitted, docs)]
         return MethodOutput(texts=out, scores=doc_scores)
-
-    @staticmethod
-    def _hops(job: Job, enc: Encoded, rel: np.ndarray, question: str) -> np.ndarray:
-        """Second hop: with the most relevant document picked, every other document is scored
-        against the question *plus that document*, as multi-hop dense retrievers re-query. Here the
-        added query is lexical, so it costs no second pass: the rare words (by document frequency
-        in this prompt) a document shares with the first hop and not with the question. The
-        documents that link best gain up to HOP_WEIGHT logits."""
-        docs = job.docs
-        if len({w.doc for w in enc.windows}) < 3:
-            return rel
-        words = [frozenset(m.group(0).lower() for m in _WORD.finditer(seg.text)) - _STOP for seg in docs]
-        qwords = frozenset(m.group(0).lower() for m in _WORD.finditer(question))
-        df: dict[str, int] = {}
-        for ws in words:
-            for w in ws:
-                df[w] = df.get(w, 0) + 1
-        n = len(docs)
-        idf = {w: float(np.log(n / c)) for w, c in df.items()}
-        first = enc.windows[int(rank(rel)[0])].doc
-        hop = words[first] - qwords
-        link = np.zeros(n)
-        for d, ws in enumerate(words):
-            own = ws - qwords
-            total = sum(idf[w] for w in own)
-            if d != first and total > 0:
-                link[d] = sum(idf[w] for w in own & hop) / total
-        others = np.array([d for d in range(n) if d != first and words[d]])
-        if not len(others):
-            return rel
-        base, top = float(np.median(link[others])), float(link[others].max())
-        if top <= base:
-            return rel
-        lift = HOP_WEIGHT * np.clip((link - base) / (top - base), 0.0, 1.0)
-        lift[first] = 0.0
-        return rel + lift[np.array([w.doc for w in enc.windows])]
 
     @staticmethod
     def _coarse(

@@ -4,7 +4,8 @@ No language model reads the text: MiniLM embeds each chunk, faiss ranks chunks b
 similarity to the question (or, without one, to the mean of all chunks: centrality), and
 near-duplicates of better-ranked chunks are dropped. Chunks are taken greedily in rank order
 while they fit; the best chunk that did not fit then fills what is left with its first words,
-so the output lands on the budget instead of a chunk's length below it.
+so the output lands on the budget instead of a chunk's length below it. With a question over
+several documents, the multi-hop hops (``_hops``) are raised right behind the best first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._embed import Embedder, centrality, near_duplicates, rank, similarities
+from .._hops import MULTI_HOP, lifted
 from .._select import fit_measured, unit_token_counts
 from .._tokens import TokenCounter
 from .._units import Segmented
@@ -158,7 +160,10 @@ class Extractive:
         scores, doc_scores = chunk_scores(
             self.embedder, chunks, vecs, len(docs), job.question, bool(job.options.get("is_documents"))
         )
-        order = [int(i) for i in rank(scores)]
+        ranking = scores
+        if job.question and job.options.get("is_documents") and job.options.get("multi_hop", MULTI_HOP):
+            ranking = lifted(scores, [c.doc for c in chunks], [d.text for d in docs], job.question)
+        order = [int(i) for i in rank(ranking)]
         skip = near_duplicates(vecs, order)
         texts = fit_chunks(chunks, order, skip, docs, costs, job.budget, job.counter)
         out = [t if t.strip() or not d.text.strip() else None for t, d in zip(texts, docs)]

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._embed import Embedder, centrality, near_duplicates, rank, similarities
+from .._hops import MULTI_HOP, lifted
 from .._scorer import LMScorer, TokenScores
 from .._select import fit, unit_token_counts
 from .._units import Segmented
@@ -75,7 +76,9 @@ class Hybrid:
         doc_scores: list[float | None] | None = None
         # selected unit ranges (doc, first, last) with the bonus their words get
         if opts.get("is_documents") and len(docs) > 1:
-            ranges, doc_scores = self._coarse_documents(docs, costs, question, job.budget * factor)
+            ranges, doc_scores = self._coarse_documents(
+                docs, costs, question, job.budget * factor, bool(opts.get("multi_hop", MULTI_HOP))
+            )
         elif question is None:
             ranges = [(d, 0, len(seg.units), 0.0) for d, seg in enumerate(docs) if seg.units]
         else:
@@ -88,9 +91,12 @@ class Hybrid:
 
     # ------------------------------------------------------------------ coarse
 
-    def _coarse_documents(self, docs: Sequence[Segmented], costs, question: str | None, allowance: float):
+    def _coarse_documents(
+        self, docs: Sequence[Segmented], costs, question: str | None, allowance: float, multi_hop: bool = MULTI_HOP
+    ):
         """Whole documents up to ``allowance`` tokens: with a question, by their best chunk's
-        similarity to it; without one, by their similarity to the mean document (most typical first)."""
+        similarity to it (the multi-hop hops right behind the best, ``_hops``); without one, by their similarity
+        to the mean document (most typical first)."""
         chunks = chunk_sentences(docs, costs, min_tokens=DOC_CHUNK_TOKENS[0], max_tokens=DOC_CHUNK_TOKENS[1])
         head = [question] if question is not None else []
         vecs = self.embedder.embed(head + [c.text(docs) for c in chunks])
@@ -107,7 +113,10 @@ class Hybrid:
         else:
             present = sorted({c.doc for c in chunks})
             best[present] = centrality(unit[present])
-        order = [int(d) for d in rank(best) if np.isfinite(best[d])]
+        ranking = best
+        if question is not None and multi_hop:
+            ranking = lifted(best, range(len(docs)), [d.text for d in docs], question)
+        order = [int(d) for d in rank(ranking) if np.isfinite(ranking[d])]
         dup = near_duplicates(unit, order)
         must = {d for d, seg in enumerate(docs) if seg.must_keep}
         chosen: list[int] = []

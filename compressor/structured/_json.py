@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._hops import hops
 from ._detect import is_number, parse_json
 from ._rank import _bitrev
 from ._types import Crushed, Tools
@@ -30,6 +31,7 @@ ANOMALY_SHARE = 0.4  # anomalies are always kept, up to this share of the budget
 SAMPLE_ITEMS = 64  # items per collection tokenized to learn the characters-per-token ratio
 SCORE_CHARS = 2000
 MARK = "_ctxgate_omitted"
+TITLE_KEYS = ("title", "name")  # a record's own name, for multi-hop links
 
 _BAD = re.compile(
     r"error|fail|fatal|crit|exception|timeout|timed.?out|denied|reject|abort|cancel|invalid|"
@@ -165,6 +167,8 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     relevance = tools.relevance
     scores = relevance.score([_label(colls[c], i) for c, i in items]) if relevance.active else None
     order = _order(items, scores, colls)
+    if scores is not None and tools.multi_hop:
+        order = _second_hop(order, scores, items, colls, relevance.question)
     rank = {k: r for r, k in enumerate(order)}
     top = set(order[:WHOLE_TOP]) if tools.prune is not None else set(order)
     # costs in tokens; items below the top few are costed as if their long prose were pruned
@@ -320,6 +324,22 @@ def _order(items, scores, colls) -> list[int]:
     if scores is None:
         return sorted(range(len(items)), key=lambda k: (spread[k], k))
     return sorted(range(len(items)), key=lambda k: (-scores[k], spread[k], k))
+
+
+def _second_hop(order: list[int], scores, items, colls, question: str) -> list[int]:
+    """``order`` with the records the best one leads to by title (``_hops.hops``) right after it;
+    records name themselves with a ``title`` or ``name`` field (search results, entities)."""
+    titles = []
+    for c, i in items:
+        item = _item(colls[c], i)
+        title = next((item[k] for k in TITLE_KEYS if isinstance(item, dict) and isinstance(item.get(k), str)), None)
+        titles.append(title)
+    if sum(t is not None for t in titles) < 2:
+        return order
+    found = hops(scores, [_label(colls[c], i) for c, i in items], question, titles)
+    if not found:
+        return order
+    return [order[0], *found, *(k for k in order[1:] if k not in set(found))]
 
 
 def _anomalies(colls: list[_Coll]) -> list[int]:

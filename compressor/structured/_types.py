@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .._hops import MULTI_HOP
 from .._tokens import TokenCounter
 from ._rank import Relevance
 
@@ -22,6 +23,7 @@ class Tools:
     relevance: Relevance
     prune: Prune | None = None
     ref: str | None = None
+    multi_hop: bool = MULTI_HOP  # records with titles: the one the best record names ranks second
 
     def marker(self, what: str) -> str:
         return f"{what}; ctxgate_expand ref={self.ref}" if self.ref else what
