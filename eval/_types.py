@@ -91,6 +91,7 @@ class EvalConfig(msgspec.Struct, kw_only=True):
     progress: bool = True
     command: str = ""  # the exact command line, for the report
     dataset_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    compress_options: dict[str, Any] = msgspec.field(default_factory=dict)  # e.g. multi_hop=false
 
 
 class Row(msgspec.Struct, kw_only=True, omit_defaults=False):

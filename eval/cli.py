@@ -44,6 +44,12 @@ def _option(s: str) -> tuple[str, object]:
     return k.strip(), v
 
 
+def _flag(v: object) -> object:
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ctxgate eval",
@@ -63,6 +69,14 @@ def parser() -> argparse.ArgumentParser:
         help="dataset option, e.g. docs=10 gold_position=4 (nq), keys=25 (kv), context=article (squad)",
     )
     p.add_argument(
+        "--compress-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="compression option for every condition, e.g. multi_hop=false (true/false are booleans)",
+    )
+    p.add_argument(
         "--methods",
         type=_csv,
         default=_csv(DEFAULT_METHODS),
@@ -74,7 +88,11 @@ def parser() -> argparse.ArgumentParser:
         default=[0.25, 0.1],
         help="fractions kept, e.g. 0.5,0.25,0.1,0.05; auto lets classifier decide",
     )
-    p.add_argument("--reader", default="qwen-1.5b", help="local model name, or the model name sent to --reader-url")
+    p.add_argument(
+        "--reader",
+        default="qwen-1.5b",
+        help="local model name, the model name sent to --reader-url, or none (compression metrics only)",
+    )
     p.add_argument("--reader-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8340/v1")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="for --reader-url ($OPENAI_API_KEY)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the dataset's answer length cap")
@@ -140,6 +158,7 @@ def config_from_args(argv: list[str]) -> EvalConfig:
         plots=not a.no_plots,
         progress=not a.quiet,
         dataset_options=dict(a.option),
+        compress_options={k: _flag(v) for k, v in a.compress_option},
         command="ctxgate eval " + shlex.join(argv),
     )
 

@@ -289,5 +289,26 @@ class HTTPReader:
         self._client.close()
 
 
+NO_READER = "none"
+
+
+class NoReader:
+    """``--reader none``: nothing answers, so a run measures compression alone (answer kept,
+    both hops kept, valid JSON, ratio, time) in seconds rather than reader-hours."""
+
+    name = NO_READER
+
+    def answer(self, system: str | None, user: str, *, max_new_tokens: int, stop: list[str]) -> Answer:
+        return Answer(text="", prompt_tokens=0, new_tokens=0, hit_cap=False, seconds=0.0)
+
+    def answer_many(self, asks: list[Ask], size: int = 1) -> list[Answer]:
+        return [self.answer(a.system, a.user, max_new_tokens=a.max_new_tokens, stop=a.stop) for a in asks]
+
+    def describe(self) -> dict[str, str]:
+        return {"reader": NO_READER, "reader_kind": "none"}
+
+
 def make_reader(model: str, url: str | None = None, api_key: str | None = None) -> Reader:
+    if model == NO_READER and not url:
+        return NoReader()
     return HTTPReader(url, model, api_key) if url else LocalReader(model)

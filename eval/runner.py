@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -26,7 +27,7 @@ from . import metrics
 from ._types import AUTO_RATE, EvalConfig, Item, Row
 from .datasets import load_dataset
 from .datasets.tools import needed_kept, valid_json
-from .readers import Ask, make_reader
+from .readers import NO_READER, Ask, make_reader
 
 log = logging.getLogger("ctxgate.eval")
 
@@ -82,7 +83,7 @@ def _check_out(config: EvalConfig, out: Path) -> None:
         raise EvalError(f"{res_path} already has results; pass --resume to continue it or choose another --out")
     if cfg_path.exists() and config.resume:
         old = json.loads(cfg_path.read_text())
-        for key in ("dataset", "reader", "reader_url", "seed", "tokenizer", "data_dir"):
+        for key in ("dataset", "reader", "reader_url", "seed", "tokenizer", "data_dir", "compress_options"):
             if old.get(key) != msgspec.to_builtins(config).get(key):
                 raise EvalError(
                     f"{out} was run with {key}={old.get(key)!r}, not {getattr(config, key)!r}; use another --out"
@@ -212,8 +213,9 @@ def _rescore(out: Path, saved: dict) -> None:
     log.warning("rescored %d rows of %s: %d changed accuracy or agreement", len(rows), path, changed)
 
 
-def _compress(item: Item, method: str, rate: float, compressor):
+def _compress(item: Item, method: str, rate: float, compressor, extra: dict[str, Any] | None = None):
     options = {"separator": item.separator} if isinstance(item.context, list) else {}
+    options.update(extra or {})
     return compressor.compress(
         context=item.context,
         question=item.compression_question,
@@ -226,7 +228,8 @@ def _compress(item: Item, method: str, rate: float, compressor):
 def _row(
     item: Item, method: str, rate: float, result, ans, reader_name: str, reference: Row | None, fidelity: _Fidelity
 ) -> Row:
-    acc, scores = metrics.score(item.task, ans.text, item.references)
+    answered = reader_name != NO_READER
+    acc, scores = metrics.score(item.task, ans.text, item.references) if answered else (None, {})
     kept = metrics.kept(item.task, result.compressed, item.references)
     if item.meta.get("needed"):  # a tool output: one string, checked the way ``ctxgate bench tools`` does
         need = needed_kept(item, result.compressed)
@@ -240,11 +243,17 @@ def _row(
     elif item.meta.get("supports"):
         scores["supports_kept"] = metrics.supports_kept(item.meta["supports"], [d.text for d in result.documents])
     ref_text = ans.text if reference is None else reference.prediction
-    f1, em = metrics.agreement(ans.text, ref_text, item.task)
-    if item.task in ("qa", "squad", "kv"):
-        cos = fidelity.cosine(metrics.first_line(ans.text), metrics.first_line(ref_text))
+    f1: float | None
+    em: float | None
+    cos: float | None
+    if not answered:
+        f1 = em = cos = None
     else:
-        cos = fidelity.cosine(ans.text, ref_text)
+        f1, em = metrics.agreement(ans.text, ref_text, item.task)
+        if item.task in ("qa", "squad", "kv"):
+            cos = fidelity.cosine(metrics.first_line(ans.text), metrics.first_line(ref_text))
+        else:
+            cos = fidelity.cosine(ans.text, ref_text)
     return Row(
         dataset=item.dataset,
         item=item.id,
@@ -342,7 +351,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
     if todo:
         reader = make_reader(config.reader, config.reader_url, config.reader_api_key)
         reader_name = reader.name
-        tokenizer = config.tokenizer or (reader_name if config.reader_url is None else "smollm2")
+        local = config.reader_url is None and reader_name != NO_READER
+        tokenizer = config.tokenizer or (reader_name if local else "smollm2")
         # the cache only hits where items share a context compressed the same way (GSM8K's demos,
         # which are not compressed question-aware): one compression serves every question, as in use
         compressor = Compressor(
@@ -363,7 +373,9 @@ def run_eval(config: EvalConfig) -> EvalResults:
         size = config.batch if config.reader_url is None else 1
         with res_path.open("ab") as sink:
             for chunk in _chunks(todo, size):
-                results = [_compress(item, method, rate, compressor) for item, method, rate in chunk]
+                results = [
+                    _compress(item, method, rate, compressor, config.compress_options) for item, method, rate in chunk
+                ]
                 asks = [
                     Ask(
                         item.system,

@@ -270,3 +270,25 @@ def test_rescore_recomputes_metrics_from_the_stored_answers(tmp_path, capsys):
     assert [(r.accuracy, r.fidelity_em) for r in fixed] == [(1.0, 1.0), (1.0, 1.0)]
     assert len(load_rows(tmp_path / "results.jsonl.bak")) == 2
     assert "| truncate | 0.1 | 1 | 1.000" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.models
+def test_reader_none_measures_compression_alone_and_compress_options_reach_the_compressor(tmp_path, capsys):
+    base = ["--dataset", "hotpotqa", "--limit", "4", "--reader", "none", "--methods", "extractive", "--rates", "0.25"]
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert main([*base, "--quiet", "--no-plots", "--out", str(on)]) == 0
+    assert main([*base, "--compress-option", "multi_hop=false", "--quiet", "--no-plots", "--out", str(off)]) == 0
+    rows = load_rows(on / "results.jsonl")
+    assert len(rows) == 8 and all(r.reader == "none" and r.prediction == "" for r in rows)
+    assert all(r.accuracy is None and r.fidelity_f1 is None for r in rows)  # nothing answered: no score
+    full = [r for r in rows if r.method == "passthrough"]
+    assert all(r.metrics["supports_kept"] == 1.0 for r in full)  # both hops are in the uncompressed prompt
+    assert all(r.answer_kept is not None and 3.0 <= r.ratio <= 5.0 for r in rows if r.method == "extractive")
+    assert json.loads((off / "config.json").read_text())["compress_options"] == {"multi_hop": False}
+    assert "| extractive | 0.25 | 4 | - |" in (on / "report.md").read_text()
+    # resuming with other compression options would mix two configurations: refused
+    assert (
+        main([*base, "--quiet", "--no-plots", "--out", str(on), "--resume", "--compress-option", "multi_hop=false"])
+        == 2
+    )
+    assert "compress_options" in capsys.readouterr().err
