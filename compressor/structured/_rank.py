@@ -93,28 +93,37 @@ class Relevance:
         return scores
 
     def _bm25(self, texts: Sequence[str]) -> list[float]:
-        q = set(self.terms)
-        if not q:
-            return [0.0] * len(texts)
-        tfs: list[Counter] = []
-        df: Counter = Counter()
-        lengths = []
-        for t in texts:
-            ws = words(t)
-            lengths.append(len(ws))
-            c = Counter(w for w in ws if w in q)
-            tfs.append(c)
-            df.update(c.keys())
-        n = len(texts)
-        avg = (sum(lengths) / n) or 1.0
-        idf = {w: math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5)) for w in q}
-        out = []
-        for c, ln in zip(tfs, lengths):
-            s = 0.0
-            for w, f in c.items():
-                s += idf[w] * f * (K1 + 1) / (f + K1 * (1 - B + B * ln / avg))
-            out.append(s)
-        return out
+        return _bm25(self.terms, texts)
+
+
+def bm25(question: str, texts: Sequence[str]) -> list[float]:
+    """Okapi BM25 of each text against the question's content words (0 for all without any)."""
+    return _bm25(list(dict.fromkeys(words(question))), texts)
+
+
+def _bm25(terms: Sequence[str], texts: Sequence[str]) -> list[float]:
+    q = set(terms)
+    if not q:
+        return [0.0] * len(texts)
+    tfs: list[Counter] = []
+    df: Counter = Counter()
+    lengths = []
+    for t in texts:
+        ws = words(t)
+        lengths.append(len(ws))
+        c = Counter(w for w in ws if w in q)
+        tfs.append(c)
+        df.update(c.keys())
+    n = len(texts)
+    avg = (sum(lengths) / n) or 1.0
+    idf = {w: math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5)) for w in q}
+    out = []
+    for c, ln in zip(tfs, lengths):
+        s = 0.0
+        for w, f in c.items():
+            s += idf[w] * f * (K1 + 1) / (f + K1 * (1 - B + B * ln / avg))
+        out.append(s)
+    return out
 
 
 def _bitrev(i: int, bits: int) -> int:

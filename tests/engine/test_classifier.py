@@ -161,3 +161,26 @@ def test_batches_group_windows_of_similar_length_and_cover_each_once():
     # one long window no longer pads the short ones: 996 padded pieces, not 8 x 256 = 2,048
     assert sum(len(b) * int(lengths[b].max()) for b in got) == 3 * 41 + 45 + 60 + 3 * 256
     assert [len(b) for b in batches(np.full(70, 100))] == [32, 32, 6]
+
+
+def test_bm25_scores_the_question_terms_and_nothing_else():
+    from ctxgate.compressor.structured._rank import bm25
+
+    texts = ["The Eiffel Tower was completed in 1889.", "A river and a stone.", "Tower records, towers of Eiffel."]
+    s = bm25("When was the Eiffel Tower completed?", texts)
+    assert s[0] > s[2] > s[1] == 0.0
+    assert bm25("what is it?", texts) == [0.0, 0.0, 0.0]  # stop words only: no evidence
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_a_dominant_lexical_weight_keeps_the_best_bm25_document(comp, k):
+    from ctxgate.compressor.structured._rank import bm25
+
+    item = nq_items()[k]
+    docs, q = nq_docs(item), item["question"]
+    scores = bm25(q, docs)
+    best = int(np.argmax(scores))
+    opts = {"lexical_weight": 100.0, "multi_hop": False}  # BM25 z-scores outweigh any student logit
+    out = comp.compress(context=docs, question=q, rate=0.05, method="classifier", options=opts)
+    kept = [d for d, doc in enumerate(out.documents) if doc.text.strip()]
+    assert best in kept
