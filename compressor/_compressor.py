@@ -26,7 +26,7 @@ from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
 from .structured import Relevance, Tools
 
-CACHE_VERSION = 4  # 3: structured parts routed to their compressors; 4: multi-hop hops raised (_hops)
+CACHE_VERSION = 4  # 3: structured parts routed to their compressors; 4: multi-hop hops, classifier BM25 fusion
 EXPAND_PREFIX = "expand:"
 DEFAULT_RATE = 0.5
 MAX_SEPARATOR_CHARS = 64

@@ -5,6 +5,8 @@ gives a keep logit per word piece and a relevance logit per window. A word's sco
 ``log sigmoid(keep) + log sigmoid(relevance of its window)``: the probability that the word is
 worth keeping, times the probability that its passage matters. ``fit`` then takes the best words
 to the exact budget, as every unit-scoring method does, and protected units are always kept.
+With a question and a fixed rate, a window's relevance also gets LEXICAL_WEIGHT x its BM25 z-score
+(``_lexical``): the exact-term evidence a 3-block encoder blurs.
 
 Multi-hop (``options={"multi_hop": ...}``, default ``_hops.MULTI_HOP``): the documents the best one
 leads to by title (``_hops.hops``) are raised right behind it before the coarse cut.
