@@ -165,10 +165,11 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     compact = full if render is dumps else dumps(value)
     skeleton = max(0, len(compact) - sum(len(t) + 1 for t in texts)) * ratio + 12 * len(colls)
     relevance = tools.relevance
-    scores = relevance.score([_label(colls[c], i) for c, i in items]) if relevance.active else None
+    labels = [_label(colls[c], i) for c, i in items] if relevance.active else []
+    scores = relevance.score(labels) if relevance.active else None
     order = _order(items, scores, colls)
     if scores is not None and tools.multi_hop:
-        order = _second_hop(order, scores, items, colls, relevance.question)
+        order = _second_hop(order, scores, items, colls, labels, relevance.question)
     rank = {k: r for r, k in enumerate(order)}
     top = set(order[:WHOLE_TOP]) if tools.prune is not None else set(order)
     # costs in tokens; items below the top few are costed as if their long prose were pruned
@@ -326,7 +327,7 @@ def _order(items, scores, colls) -> list[int]:
     return sorted(range(len(items)), key=lambda k: (-scores[k], spread[k], k))
 
 
-def _second_hop(order: list[int], scores, items, colls, question: str) -> list[int]:
+def _second_hop(order: list[int], scores, items, colls, labels: list[str], question: str) -> list[int]:
     """``order`` with the records the best one leads to by title (``_hops.hops``) right after it;
     records name themselves with a ``title`` or ``name`` field (search results, entities)."""
     titles = []
@@ -336,10 +337,11 @@ def _second_hop(order: list[int], scores, items, colls, question: str) -> list[i
         titles.append(title)
     if sum(t is not None for t in titles) < 2:
         return order
-    found = hops(scores, [_label(colls[c], i) for c, i in items], question, titles)
+    found = hops(scores, labels, question, titles)
     if not found:
         return order
-    return [order[0], *found, *(k for k in order[1:] if k not in set(found))]
+    raised = set(found)
+    return [order[0], *found, *(k for k in order[1:] if k not in raised)]
 
 
 def _anomalies(colls: list[_Coll]) -> list[int]:
