@@ -1,7 +1,7 @@
 """Embedded models from PyPI, HF ids and local paths; SHA-256 checks; device choice."""
 
 from ._cache import home, model_dir, models_dir, offline_env
-from ._device import cpu_has_native_bf16, pick_device, pick_dtype
+from ._device import bf16_is_fast, cpu_prefers_bf16, pick_device, pick_dtype
 from ._load import (
     LoadedStudent,
     ResolvedModel,
@@ -26,7 +26,8 @@ __all__ = [
     "ResolvedModel",
     "StudentSpec",
     "clear_loaded",
-    "cpu_has_native_bf16",
+    "bf16_is_fast",
+    "cpu_prefers_bf16",
     "home",
     "is_prepared",
     "load_causal_lm",

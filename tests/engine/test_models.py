@@ -76,10 +76,25 @@ def test_device_and_dtype_choice(runtime_with):
 
     runtime_with(device="cpu", dtype=None)
     assert models.pick_device() == "cpu"
-    expected = torch.bfloat16 if models.cpu_has_native_bf16() else torch.float32
+    expected = torch.bfloat16 if models.cpu_prefers_bf16() else torch.float32
     assert models.pick_dtype("cpu") == expected
     runtime_with(dtype="fp16")
     assert models.pick_dtype("cpu") == torch.float16
+
+
+def _cpuinfo(vendor: str, flags: str) -> str:
+    core = f"vendor_id\t: {vendor}\nmodel name\t: test\nflags\t\t: fpu sse2 avx2 fma {flags}\n\n"
+    return core + core.replace("fpu", "fpu ht")  # two cores, as /proc/cpuinfo lists them
+
+
+def test_bf16_only_where_it_was_measured_faster():
+    assert models.bf16_is_fast(_cpuinfo("GenuineIntel", "avx512f avx512_bf16 amx_bf16 amx_tile"))
+    assert models.bf16_is_fast(_cpuinfo("AuthenticAMD", "avx512f avx512_bf16"))
+    # an AVX512-BF16 Xeon without AMX ran fp32 faster; AVX2 emulates bf16
+    assert not models.bf16_is_fast(_cpuinfo("GenuineIntel", "avx512f avx512_bf16 avx512_vnni"))
+    assert not models.bf16_is_fast(_cpuinfo("AuthenticAMD", ""))
+    assert not models.bf16_is_fast(_cpuinfo("AuthenticAMD", "avx512_bf16_x"))  # whole flags only
+    assert not models.bf16_is_fast("")
 
 
 def test_runtime_is_read_from_the_environment_once_and_validated(tmp_path, monkeypatch):
