@@ -26,7 +26,8 @@ from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
 from .structured import Relevance, Tools
 
-CACHE_VERSION = 4  # 3: structured parts routed to their compressors; 4: multi-hop hops, classifier BM25 fusion
+CACHE_VERSION = 5  # 3: structured parts routed to their compressors; 4: multi-hop hops, classifier BM25 fusion;
+# 5: structured re-rank without opaque ids, int8 re-ranker on CPU
 EXPAND_PREFIX = "expand:"
 DEFAULT_RATE = 0.5
 MAX_SEPARATOR_CHARS = 64
@@ -81,6 +82,7 @@ class Compressor:
         self._lock = threading.Lock()  # one model call at a time: 2 cores, no oversubscription
         self._build_lock = threading.Lock()
         self._embedder: Any = None  # an Embedder, built on first use
+        self._rerank: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -188,9 +190,11 @@ class Compressor:
             return self._methods[name]
 
     def warm_up(self, methods: tuple[str, ...] = ()) -> None:
-        """Load the models behind ``methods`` (default: the default method) ahead of traffic."""
+        """Load the models behind ``methods`` (default: the default method) ahead of traffic, and the
+        structured re-ranker, so that a first tool output does not wait for it either."""
         for name in methods or (self.default_method,):
             self.compress(context="warm up " * 64, question="warm up?", rate=0.5, method=name)
+        self._dense(["warm up"], "warm up?")
 
     # ----------------------------------------------------------------- helpers
 
@@ -219,6 +223,8 @@ class Compressor:
                 CACHE_VERSION,
                 method_name,
                 method.model_id,
+                self.embedder,
+                self._rerank_setup()[1],  # structured items' ranking depends on it
                 counter.name,
                 budget,
                 request.rate,
@@ -337,14 +343,28 @@ class Compressor:
         if self.cache is not None:
             self.cache.set(EXPAND_PREFIX + ref, text.encode("utf-8", "surrogatepass"))
 
-    def _dense(self, texts, question: str) -> list[float]:
+    def _rerank_setup(self) -> tuple[str, str]:
+        """(device, precision) of the embedder that re-ranks structured items (int8 on CPU)."""
+        if self._rerank is None:
+            from .models import pick_device, rerank_precision
+
+            device = self.device or pick_device()
+            self._rerank = (device, rerank_precision(device))
+        return self._rerank
+
+    def _reranker(self):
         from ._embed import Embedder
 
+        device, precision = self._rerank_setup()
         with self._build_lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.embedder, self.device)
+                self._embedder = Embedder(self.embedder, device, precision=precision)
+        return self._embedder
+
+    def _dense(self, texts, question: str) -> list[float]:
+        reranker = self._reranker()
         with self._lock:
-            emb = self._embedder.embed([*texts, question])
+            emb = reranker.embed([*texts, question])
         return (emb[:-1] @ emb[-1]).tolist()
 
     def _prune(self, method: Method, request: CompressRequest, counter: TokenCounter, texts, rate: float) -> list[str]:

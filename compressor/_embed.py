@@ -17,12 +17,16 @@ DUPLICATE_THRESHOLD = 0.95
 
 
 class Embedder:
-    """A lazily loaded sentence-transformer; ``embed`` dedupes identical texts within a call."""
+    """A lazily loaded sentence-transformer; ``embed`` dedupes identical texts within a call.
+    ``precision`` (fp32, bf16, fp16, or int8 on CPU) defaults to the LMs' dtype."""
 
-    def __init__(self, name: str = "minilm", device: str | None = None, *, batch_size: int = 32) -> None:
+    def __init__(
+        self, name: str = "minilm", device: str | None = None, *, batch_size: int = 32, precision: str | None = None
+    ) -> None:
         self.name = name
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
         self._model = None
         self._resolved: Any = None  # a ResolvedModel once known
 
@@ -30,7 +34,7 @@ class Embedder:
         if self._model is None:
             from .models import load_embedder
 
-            self._model, self._resolved = load_embedder(self.name, self.device)
+            self._model, self._resolved = load_embedder(self.name, self.device, self.precision)
         return self._model
 
     @property

@@ -31,6 +31,16 @@ _STOP = frozenset(
 
 
 _SUFFIX = re.compile(r"(?:ing|ed|es|s|ly)$")
+# what the embedder is not shown: URLs and opaque identifiers (10+ characters mixing letters and
+# digits, or 10+ digits). They cost it many word pieces and carry no meaning it can match; the
+# lexical score already matches them exactly (``atoms``).
+_OPAQUE = re.compile(r"\b(?:https?://|www\.)\S+|\b(?=[\w.:-]*\d)(?=[\w.:-]*[^\W\d_])[\w.:-]{10,}|\b\d{10,}\b")
+_SPACES = re.compile(r"\s{2,}")
+
+
+def dense_text(text: str) -> str:
+    """``text`` as the embedder reads it: opaque tokens removed, at most DENSE_CHARS characters."""
+    return _SPACES.sub(" ", _OPAQUE.sub(" ", text[: 4 * DENSE_CHARS])).strip()[:DENSE_CHARS]
 
 
 def words(text: str) -> list[str]:
@@ -83,7 +93,7 @@ class Relevance:
             bits = max(1, (len(texts) - 1).bit_length())  # ties: spread over the list, not its head
             k = max(4, min(DENSE_CANDIDATES, sum(map(len, texts)) // DENSE_CHARS_PER_CANDIDATE))
             order = sorted(range(len(texts)), key=lambda i: (-scores[i], _bitrev(i, bits)))[:k]
-            cos = self.dense([texts[i][:DENSE_CHARS] for i in order], self.question)
+            cos = self.dense([dense_text(texts[i]) for i in order], self.question)
             ranked = set(order)
             for i in range(len(texts)):  # below every re-ranked candidate (those are >= 0), in lexical order
                 if i not in ranked:

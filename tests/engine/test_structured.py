@@ -370,3 +370,66 @@ def test_json_without_collections_prunes_prose_values_and_keeps_every_key(comp):
     assert list(_leaves(out)) == list(_leaves(doc))
     assert (out["id"], out["created"], out["notes"]["author"]) == ("rec-7", "2026-03-04", "J. Smith")
     assert len(out["summary"]) < len(doc["summary"]) and r.compressed_tokens < r.original_tokens * 0.6
+
+
+def test_the_embedder_reads_records_without_urls_and_opaque_ids():
+    from ctxgate.compressor.structured._rank import DENSE_CHARS, dense_text
+
+    record = (
+        "id doc-hotpotqa-5ae4a3265542995ad6573de5-0 title Atsushi Sakurai url https://en.wikipedia.org/wiki/A_S "
+        "at 2024-01-01T10:00:00Z user 5551234567890 snippet born March 7, 1966 (1966-03-07), COVID19 B2B 12.50"
+    )
+    assert dense_text(record) == (
+        "id title Atsushi Sakurai url at user snippet born March 7, 1966 (1966-03-07), COVID19 B2B 12.50"
+    )
+    assert len(dense_text("word " * 1000)) <= DENSE_CHARS
+
+
+def test_rerank_precision_is_int8_on_cpu_and_can_be_overridden(runtime_with):
+    from ctxgate.compressor import ConfigError, Runtime
+    from ctxgate.compressor.models import rerank_precision
+
+    runtime_with(rerank_precision=None, dtype="fp32")
+    assert rerank_precision("cpu") == "int8"
+    assert rerank_precision("cuda") == "fp32"  # the LMs' dtype on a GPU
+    runtime_with(rerank_precision="bf16")
+    assert rerank_precision("cpu") == "bf16"
+    runtime_with(rerank_precision="int8")
+    with pytest.raises(ConfigError, match="CPU-only"):
+        rerank_precision("cuda")
+    with pytest.raises(ConfigError, match="CTXGATE_RERANK_PRECISION"):
+        Runtime.from_env({"CTXGATE_RERANK_PRECISION": "int4"})
+    assert Runtime.from_env({"CTXGATE_RERANK_PRECISION": "FP32"}).rerank_precision == "fp32"
+
+
+@pytest.mark.models
+def test_int8_reranker_is_quantised_and_still_ranks_by_meaning():
+    import torch
+
+    from ctxgate.compressor._embed import Embedder
+
+    e = Embedder("minilm", "cpu", precision="int8")
+    vecs = e.embed(
+        [
+            "Bananas are a yellow fruit.",
+            "Paris is the capital and largest city of France.",
+            "What is the capital of France?",
+        ]
+    )
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in e._load().modules())
+    sims = vecs[:2] @ vecs[2]
+    assert sims[1] > sims[0] + 0.2
+    fp32 = Embedder("minilm", "cpu", precision="fp32").embed(["Paris is the capital and largest city of France."])
+    assert float(fp32[0] @ vecs[1]) > 0.9  # the same embedding space, approximately
+
+
+@pytest.mark.models
+def test_cached_structured_output_is_keyed_by_the_rerank_precision(runtime_with):
+    cache = MemoryCache()
+    text, _ = search_payload()
+    runtime_with(rerank_precision="int8")
+    first = Compressor(default_method="classifier", cache=cache).compress(context=text, question=QUESTION, rate=0.2)
+    again = Compressor(default_method="classifier", cache=cache).compress(context=text, question=QUESTION, rate=0.2)
+    runtime_with(rerank_precision="fp32")
+    other = Compressor(default_method="classifier", cache=cache).compress(context=text, question=QUESTION, rate=0.2)
+    assert (first.cache, again.cache, other.cache) == ("miss", "hit", "miss")
