@@ -83,6 +83,15 @@ def exact_kept(context: str, references: list[str]) -> float:
     return float(any(r and r in context for r in references))
 
 
+def facts_found(text: str, references: list[str]) -> float:
+    """Fraction of the references whose every word appears in ``text`` (any case, any order): a
+    listing answer ("which orders failed, and why") names each fact's parts in its own layout."""
+    if not references:
+        return 0.0
+    words = set(re.findall(r"[\w.-]+", text.lower()))
+    return sum(all(w in words for w in re.findall(r"[\w.-]+", r.lower())) for r in references) / len(references)
+
+
 def score(task: str, prediction: str, references: list[str]) -> tuple[float | None, dict[str, float]]:
     """(headline accuracy, all metrics) of one prediction for ``task``."""
     if task == "qa":
@@ -102,6 +111,9 @@ def score(task: str, prediction: str, references: list[str]) -> tuple[float | No
     if task == "kv":
         acc = exact_kept(prediction, references)
         return acc, {"exact_value": acc}
+    if task == "facts":  # every reference, anywhere in the answer
+        found = facts_found(prediction, references)
+        return float(found == 1.0), {"all_facts": float(found == 1.0), "facts_recall": found}
     if task == "fidelity":
         return None, {}
     raise ValueError(f"unknown task {task!r}")
@@ -113,6 +125,8 @@ def kept(task: str, context: str, references: list[str]) -> float | None:
         return answer_kept(context, references)
     if task == "kv":
         return exact_kept(context, references)
+    if task == "facts":
+        return float(facts_found(context, references) == 1.0)
     return None
 
 

@@ -22,6 +22,7 @@ HEADLINE = {
     "math": "final-number acc",
     "summary": "ROUGE-L",
     "kv": "exact value",
+    "facts": "all facts named",
     "fidelity": "(no reference)",
 }
 

@@ -204,9 +204,12 @@ def _rescore(out: Path, saved: dict) -> None:
         )
     fixed = []
     for r in rows:
-        acc, scores = metrics.score(r.task, r.prediction, by_id[r.item].references)
-        f1, em = metrics.agreement(r.prediction, r.reference_answer, r.task)
-        fixed.append(msgspec.structs.replace(r, accuracy=acc, metrics=scores, fidelity_f1=f1, fidelity_em=em))
+        task = by_id[r.item].task  # the dataset's task now: a fix may be to which metric applies
+        acc, scores = metrics.score(task, r.prediction, by_id[r.item].references)
+        f1, em = metrics.agreement(r.prediction, r.reference_answer, task)
+        fixed.append(
+            msgspec.structs.replace(r, task=task, accuracy=acc, metrics=scores, fidelity_f1=f1, fidelity_em=em)
+        )
     changed = sum(a.accuracy != b.accuracy or a.fidelity_em != b.fidelity_em for a, b in zip(rows, fixed))
     path.replace(path.with_name(RESULTS + ".bak"))
     path.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in fixed))

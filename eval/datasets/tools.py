@@ -233,7 +233,7 @@ def load_tools_logs(root: Path, limit: int | None, seed: int, *, lines: int | No
             Item(
                 id=f"tools-logs-{idx}",
                 dataset="tools-logs",
-                task="qa",
+                task="facts",  # every failed order and its reason (eval.metrics.facts_found)
                 context=text,
                 question="Which orders failed to be charged, and why?",
                 template=TEMPLATE,

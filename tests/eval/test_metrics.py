@@ -101,3 +101,13 @@ def test_supports_kept_needs_every_hop():
     assert supports_kept(supports, [docs[0], "noise", "released"]) == 0.0  # second hop lost
     assert supports_kept(supports, ["", "noise", docs[2]]) == 0.0  # first hop lost
     assert supports_kept(supports, docs[:2]) == 0.0  # a document missing
+
+
+def test_facts_task_needs_every_fact_anywhere_in_the_answer():
+    refs = ["ord_839543 expired_card", "ord_775433 gateway_timeout"]
+    listing = "The orders that failed:\n- ord_775433\n- ord_839543\nReasons:\n- Expired_card\n- gateway_timeout"
+    assert m.score("facts", listing, refs) == (1.0, {"all_facts": 1.0, "facts_recall": 1.0})
+    acc, scores = m.score("facts", "ord_839543 failed: expired_card", refs)
+    assert acc == 0.0 and scores["facts_recall"] == 0.5
+    assert m.score("facts", "ord_8395430 expired_card ord_775433 gateway_timeout", refs)[0] == 0.0  # whole ids
+    assert m.kept("facts", listing, refs) == 1.0 and m.kept("facts", "nothing", refs) == 0.0
