@@ -43,16 +43,12 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"CTXGATE_DTYPE must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        if self.student_precision is not None and self.student_precision not in STUDENT_PRECISIONS:
-            raise ConfigError(
-                f"CTXGATE_STUDENT_PRECISION must be one of {', '.join(STUDENT_PRECISIONS)}; "
-                f"got {self.student_precision!r}"
-            )
-        if self.rerank_precision is not None and self.rerank_precision not in STUDENT_PRECISIONS:
-            raise ConfigError(
-                f"CTXGATE_RERANK_PRECISION must be one of {', '.join(STUDENT_PRECISIONS)}; "
-                f"got {self.rerank_precision!r}"
-            )
+        for variable, value in (
+            ("CTXGATE_STUDENT_PRECISION", self.student_precision),
+            ("CTXGATE_RERANK_PRECISION", self.rerank_precision),
+        ):
+            if value is not None and value not in STUDENT_PRECISIONS:
+                raise ConfigError(f"{variable} must be one of {', '.join(STUDENT_PRECISIONS)}; got {value!r}")
         if self.device is not None and not (self.device == "cpu" or self.device.startswith(("cuda", "mps", "xpu"))):
             raise ConfigError(f"CTXGATE_DEVICE must be cpu, cuda, cuda:N, mps or xpu; got {self.device!r}")
 

@@ -16,7 +16,7 @@ import re
 
 from .._runtime import runtime
 
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype name
 
 
 def bf16_is_fast(cpuinfo: str) -> bool:
@@ -50,7 +50,13 @@ def pick_dtype(device: str):
 
     chosen = runtime().dtype  # validated when the runtime was read
     if chosen:
-        return getattr(torch, _DTYPES[chosen])
+        return getattr(torch, DTYPE_NAMES[chosen])
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
+
+
+def dtype_precision(device: str) -> str:
+    """The LMs' dtype for ``device`` as a precision name (fp32, bf16, fp16)."""
+    torch_name = str(pick_dtype(device)).removeprefix("torch.")
+    return next(p for p, name in DTYPE_NAMES.items() if name == torch_name)

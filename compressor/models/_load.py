@@ -11,7 +11,7 @@ from pathlib import Path
 from .._errors import ChecksumMismatch, ConfigError, ModelError, ModelNotPrepared
 from .._runtime import runtime
 from ._cache import model_dir, offline_env
-from ._device import pick_device, pick_dtype
+from ._device import DTYPE_NAMES, dtype_precision, pick_device, pick_dtype
 from ._prepare import is_prepared, read_manifest
 from ._registry import lookup
 
@@ -104,9 +104,6 @@ def load_causal_lm(name: str, device: str | None = None):
     return model, tok, resolved
 
 
-_PRECISION = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
 @functools.lru_cache(maxsize=4)
 def _embedder(location: str, device: str, precision: str):
     """In the LMs' dtype: bf16 MiniLM on an AMX CPU measured 3x faster than fp32 (2.8 s -> 0.95 s for
@@ -115,7 +112,7 @@ def _embedder(location: str, device: str, precision: str):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    dtype = torch.float32 if precision == "int8" else getattr(torch, _PRECISION[precision])
+    dtype = torch.float32 if precision == "int8" else getattr(torch, DTYPE_NAMES[precision])
     try:
         model = SentenceTransformer(location, device=device, model_kwargs={"dtype": dtype})
     except Exception as exc:
@@ -133,21 +130,20 @@ def _quantized(model):
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def dtype_precision(device: str) -> str:
-    """The LMs' dtype for ``device`` as a precision name (fp32, bf16, fp16)."""
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(pick_dtype(device)).removeprefix("torch.")]
+def _precision(chosen: str | None, variable: str, device: str) -> str:
+    """``chosen`` (validated when the runtime was read) or int8 on CPU, the LMs' dtype elsewhere."""
+    if chosen:
+        if chosen == "int8" and not device.startswith("cpu"):
+            raise ConfigError(f"{variable}=int8 is CPU-only; the device is {device}")
+        return chosen
+    return "int8" if device.startswith("cpu") else dtype_precision(device)
 
 
 def rerank_precision(device: str) -> str:
     """The embedder's precision for re-ranking structured items (records, lines, rows): int8 on CPU,
     where it measured 1.4-1.9x faster than fp32 on the Xeon VM with the same needed items kept on
     held-apart tool outputs; the LMs' dtype on GPUs. ``CTXGATE_RERANK_PRECISION`` overrides."""
-    chosen = runtime().rerank_precision  # validated when the runtime was read
-    if chosen:
-        if chosen == "int8" and not device.startswith("cpu"):
-            raise ConfigError(f"CTXGATE_RERANK_PRECISION=int8 is CPU-only; the device is {device}")
-        return chosen
-    return "int8" if device.startswith("cpu") else dtype_precision(device)
+    return _precision(runtime().rerank_precision, "CTXGATE_RERANK_PRECISION", device)
 
 
 def load_embedder(name: str = "embedder", device: str | None = None, precision: str | None = None):
@@ -232,21 +228,14 @@ def _student(name: str, device: str, precision: str) -> LoadedStudent:
     if precision == "int8":
         net = _quantized(net)
     else:
-        net = net.to(device=device, dtype=getattr(torch, _PRECISION[precision]))
+        net = net.to(device=device, dtype=getattr(torch, DTYPE_NAMES[precision]))
     return LoadedStudent(net, _tokenizer(location), max_len, sha[:16], name, precision)
 
 
 def student_precision(device: str) -> str:
     """int8 dynamic quantisation on CPU (fastest on every CPU kind measured, and the same numbers
     on all of them), the LMs' dtype on CUDA; ``CTXGATE_STUDENT_PRECISION`` overrides."""
-    chosen = runtime().student_precision  # validated when the runtime was read
-    if chosen:
-        if chosen == "int8" and not device.startswith("cpu"):
-            raise ConfigError(f"CTXGATE_STUDENT_PRECISION=int8 is CPU-only; the device is {device}")
-        return chosen
-    if device.startswith("cpu"):
-        return "int8"
-    return dtype_precision(device)
+    return _precision(runtime().student_precision, "CTXGATE_STUDENT_PRECISION", device)
 
 
 def load_student(name: str = "student", device: str | None = None) -> LoadedStudent:
