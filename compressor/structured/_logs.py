@@ -2,9 +2,11 @@
 
 Lines are compared by a *signature* (timestamps, numbers, ids and quoted values normalised), so
 10,000 "GET /health 200 3ms" lines become one line with a count. What is kept, in order of
-priority: the head and tail, the first line of every distinct error or warning signature with its
-stack trace, lines relevant to the question, the other error lines, then one line of each other
-signature. Kept lines are copied verbatim; each gap becomes one "… N lines omitted" line.
+priority: the first and last line and the first line of every distinct error signature with its
+stack trace (even over the budget); the rest of the head and tail, within a quarter of the budget;
+lines relevant to the question; the other error lines; the first line of every warning signature;
+the rest of the head and tail; then one line of each other signature. So a tight budget goes to
+what went wrong and what was asked, not to the first and last few lines. Kept lines are copied verbatim; each gap becomes one "… N lines omitted" line.
 """
 
 from __future__ import annotations
@@ -89,33 +91,60 @@ def crush_log(text: str, tools: Tools) -> Crushed:
     first_of: dict[str, int] = {}
     for i, s in enumerate(sigs):
         first_of.setdefault(s, i)
-    tiers: list[list[int]] = [[], [], [], []]
-    tiers[0] = [i for i in range(n) if i < HEAD or i >= n - TAIL]
-    tiers[0] += [i for i in range(n) if sev[i] and first_of[sigs[i]] == i and i not in in_trace]
-    tiers[1] = [hit_idx[k] for k in sorted(range(len(hit_idx)), key=lambda k: (-hit_scores[k], k))]
-    tiers[2] = [i for i in range(n) if sev[i] == 2 and i not in in_trace]
-    tiers[3] = [i for i in range(n) if first_of[sigs[i]] == i and lines[i].strip()]
+    ends = [i for i in _ends(n) if lines[i].strip() or i in (0, n - 1)]
+    firsts = [i for i in range(n) if sev[i] and first_of[sigs[i]] == i and i not in in_trace]
+    # forced: the first and last line, and the first line of every error signature
+    forced = ends[:2] + [i for i in firsts if sev[i] == 2]
+    warnings_first = [i for i in firsts if sev[i] == 1]
+    relevant = [hit_idx[k] for k in sorted(range(len(hit_idx)), key=lambda k: (-hit_scores[k], k))]
+    errors = [i for i in range(n) if sev[i] == 2 and i not in in_trace]
+    distinct = [i for i in range(n) if first_of[sigs[i]] == i and lines[i].strip()]
+    # the rest of the head and tail is context: it may take a quarter of the budget ahead of the
+    # relevant and error lines, and only what is left after them beyond that, so a tight budget
+    # spends itself on the lines that say what happened rather than on the first and last few
+    tiers: list[tuple[list[int], int]] = [  # (lines, the most tokens the tier may add)
+        (forced, -1),  # -1: kept even over the budget
+        (ends[2:], tools.budget // 4 - sum(costs[i] + 8 for i in ends[:2])),
+        (relevant, tools.budget),
+        (errors, tools.budget),
+        (warnings_first, tools.budget),
+        (ends[2:], tools.budget),
+        (distinct, tools.budget),
+    ]
 
     keep: set[int] = set()
     spent = 0
     marker_cost = 8
     over = False
-    for t, tier in enumerate(tiers):
+    for tier, cap in tiers:
+        added = 0
         for i in tier:
             if i in keep:
                 continue
             block = [i] + [j for j in traces.get(i, ()) if j not in keep]
             c = sum(costs[j] for j in block) + marker_cost
-            if spent + c > tools.budget and t > 0:
+            if cap >= 0 and (spent + c > tools.budget or added + c > cap):
                 continue
-            if spent + c > tools.budget:
-                over = True
+            over = over or spent + c > tools.budget
             keep.update(block)
             spent += c
+            added += c
     warnings = (
-        [f"log errors, head and tail ({spent} tokens) exceed the budget ({tools.budget}); kept them"] if over else []
+        [f"log errors, first and last line ({spent} tokens) exceed the budget ({tools.budget}); kept them"]
+        if over
+        else []
     )
     return Crushed(_render(lines, sigs, keep, tools), n - len(keep), warnings)
+
+
+def _ends(n: int) -> list[int]:
+    """Line indexes from both ends inwards, last first: n-1, 0, n-2, 1, ... within HEAD and TAIL."""
+    tail = list(range(n - 1, max(n - 1 - TAIL, -1), -1))
+    head = [i for i in range(min(HEAD, n)) if i not in tail]
+    out = []
+    for k in range(max(len(head), len(tail))):
+        out += tail[k : k + 1] + head[k : k + 1]
+    return out
 
 
 def _render(lines: list[str], sigs: list[str], keep: set[int], tools: Tools) -> str:

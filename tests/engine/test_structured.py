@@ -220,6 +220,27 @@ def test_logs_collapse_repeats_and_keep_every_error_warning_and_trace(comp):
 
 
 @pytest.mark.models
+def test_a_tight_log_budget_goes_to_failures_before_the_head_and_tail(comp):
+    # 60 lines at 5x leave room for about a dozen: five same-signature failures, whose order ids
+    # differ, must all come back verbatim rather than fold into "[+4 similar]" behind the 3 head
+    # and 5 tail lines
+    lines = _log(60, seed=3).split("\n")
+    planted = {}
+    for k, i in enumerate((12, 20, 31, 40, 47)):
+        planted[i] = (
+            lines[i].split(" INFO ")[0]
+            + f" ERROR payments charge failed order=ord_{91000 + 7 * k} reason=card_declined"
+        )
+        lines[i] = planted[i]
+    r = comp.compress(context="\n".join(lines), question="Which orders failed to be charged?", rate=0.2)
+    out = r.compressed.split("\n")
+    assert [ln for ln in planted.values() if ln not in out] == []
+    assert out[0] == lines[0] and out[-1] == lines[-1]
+    assert r.compressed_tokens <= r.original_tokens * 0.2 + 1
+    assert not r.warnings
+
+
+@pytest.mark.models
 def test_tables_keep_header_alignment_and_relevant_rows(comp):
     rows = ["| city | country | population |", "|---|---|---|"] + [
         f"| City{i} | Country{i % 7} | {1000 * i} |" for i in range(120)
