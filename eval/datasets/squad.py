@@ -7,19 +7,27 @@ from pathlib import Path
 from typing import Any
 
 from .._types import FIRST_LINE, Item
-from ._common import data_file, sample
+from ._common import DataError, data_file, sample
 
 FILE = "squad/squad_v2_dev_subset_san_mrc.json"
 TEMPLATE = "Answer the question using the passage below.\n\nPassage: {context}\n\nQuestion: {question}\nAnswer:"
 SYSTEM = "Answer with the exact short span from the passage: a few words, no explanation."
 
 
-def load_squad(root: Path, limit: int | None, seed: int, *, context: str = "paragraph", **_: Any) -> list[Item]:
+def load_squad(
+    root: Path, limit: int | None, seed: int, *, context: str = "paragraph", articles: Any = None, **_: Any
+) -> list[Item]:
     """``context="paragraph"`` (default) gives the question's own paragraph; ``"article"`` gives
-    every paragraph of its article as documents (a long, RAG-like context)."""
+    every paragraph of its article as documents (a long, RAG-like context). ``articles="4"`` (a
+    comma list of 0-based article positions in the file) keeps only those articles: the student's
+    training questions come from articles 0-3 of the stored subset, so a ``classifier`` result is
+    reported on article 4."""
     data = json.loads(data_file(root, FILE).read_text(encoding="utf-8"))["data"]
+    wanted = _positions(articles, len(data))
     rows = []
-    for article in data:
+    for a, article in enumerate(data):
+        if wanted is not None and a not in wanted:
+            continue
         paragraphs = [p["context"] for p in article["paragraphs"]]
         for p in article["paragraphs"]:
             for qa in p["qas"]:
@@ -44,3 +52,16 @@ def load_squad(root: Path, limit: int | None, seed: int, *, context: str = "para
             )
         )
     return items
+
+
+def _positions(articles: Any, n: int) -> set[int] | None:
+    if articles is None or articles == "":
+        return None
+    try:
+        out = {int(x) for x in str(articles).split(",")}
+    except ValueError:
+        raise DataError(f"squad articles must be a comma list of positions, got {articles!r}") from None
+    bad = sorted(x for x in out if not 0 <= x < n)
+    if bad:
+        raise DataError(f"squad articles {bad} out of range: the file has {n} articles (0-{n - 1})")
+    return out

@@ -4,7 +4,9 @@ Every example has a stable ``key`` (source, row, part), so a labels file stores 
 only and never a copy of the data. Rows that eval reports use are left out here:
 
 - NQ 20-doc: rows 0-99 and 200-499 train; rows 100-199 are the headline rows and never appear.
-- SQuAD: articles whose title hash is not 0 mod 4 (``squad_split``); the rest are held out.
+- SQuAD: articles whose title hash is not 0 mod 4 (``squad_split``), up to 500 answerable
+  questions. All five articles of the stored subset hash to 'train', and the cap is reached in
+  article 3, so article 4 (Victoria) is the unseen one: reports use ``--option articles=4``.
 - GSM8K: ``train.jsonl`` worked solutions (the eval reads ``test.jsonl`` and the CoT demos).
 - arXiv: articles 0-19 (20-29 are held out); QMSum: meetings with an even index.
 - JSON and log text: NQ training rows rendered as API results and as log lines.

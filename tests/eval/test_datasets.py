@@ -61,6 +61,20 @@ def test_seeded_samples_are_stable_and_seed_dependent():
     assert a != [i.id for i in load_dataset("squad", limit=5, seed=1)]
 
 
+def test_squad_articles_option_reports_on_the_article_the_student_never_saw():
+    from pathlib import Path
+
+    from ctxgate.eval.train.examples import build_examples
+
+    trained = {e.text for e in build_examples(Path(DATA)) if e.source == "squad"}
+    held = load_dataset("squad", limit=None, articles=4)
+    assert len(held) > 50 and not {i.context for i in held} & trained
+    both = load_dataset("squad", limit=None, articles="3,4")
+    assert {i.id for i in held} < {i.id for i in both}
+    with pytest.raises(DataError, match="out of range"):
+        load_dataset("squad", articles=5)
+
+
 def test_gsm8k_compresses_the_demonstrations_not_the_question():
     it = load_dataset("gsm8k", limit=1)[0]
     # eight demonstrations, as a list (LLMLingua's setup), each one worked example
