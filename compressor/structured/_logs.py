@@ -6,7 +6,8 @@ priority: the first and last line and the first line of every distinct error sig
 stack trace (even over the budget); the rest of the head and tail, within a quarter of the budget;
 lines relevant to the question; the other error lines; the first line of every warning signature;
 the rest of the head and tail; then one line of each other signature. So a tight budget goes to
-what went wrong and what was asked, not to the first and last few lines. Kept lines are copied verbatim; each gap becomes one "… N lines omitted" line.
+what went wrong and what was asked, not to the first and last few lines. Kept lines are copied
+verbatim; each gap becomes one "… N lines omitted" line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ._types import Crushed, Tools
 
 HEAD, TAIL = 3, 5
 TRACE_MAX = 40  # a longer stack trace keeps its first 30 and last 10 lines
+MARKER_COST = 8  # tokens a kept block may add in gap markers and [+N similar] counts
 
 _NORM = [
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>"),
@@ -102,9 +104,9 @@ def crush_log(text: str, tools: Tools) -> Crushed:
     # the rest of the head and tail is context: it may take a quarter of the budget ahead of the
     # relevant and error lines, and only what is left after them beyond that, so a tight budget
     # spends itself on the lines that say what happened rather than on the first and last few
-    tiers: list[tuple[list[int], int]] = [  # (lines, the most tokens the tier may add)
-        (forced, -1),  # -1: kept even over the budget
-        (ends[2:], tools.budget // 4 - sum(costs[i] + 8 for i in ends[:2])),
+    tiers: list[tuple[list[int], int | None]] = [  # (lines, the most tokens the tier may add)
+        (forced, None),  # None: kept even over the budget
+        (ends[2:], tools.budget // 4 - sum(costs[i] + MARKER_COST for i in ends[:2])),
         (relevant, tools.budget),
         (errors, tools.budget),
         (warnings_first, tools.budget),
@@ -114,7 +116,6 @@ def crush_log(text: str, tools: Tools) -> Crushed:
 
     keep: set[int] = set()
     spent = 0
-    marker_cost = 8
     over = False
     for tier, cap in tiers:
         added = 0
@@ -122,8 +123,8 @@ def crush_log(text: str, tools: Tools) -> Crushed:
             if i in keep:
                 continue
             block = [i] + [j for j in traces.get(i, ()) if j not in keep]
-            c = sum(costs[j] for j in block) + marker_cost
-            if cap >= 0 and (spent + c > tools.budget or added + c > cap):
+            c = sum(costs[j] for j in block) + MARKER_COST
+            if cap is not None and (spent + c > tools.budget or added + c > cap):
                 continue
             over = over or spent + c > tools.budget
             keep.update(block)

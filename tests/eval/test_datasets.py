@@ -62,11 +62,9 @@ def test_seeded_samples_are_stable_and_seed_dependent():
 
 
 def test_squad_articles_option_reports_on_the_article_the_student_never_saw():
-    from pathlib import Path
-
     from ctxgate.eval.train.examples import build_examples
 
-    trained = {e.text for e in build_examples(Path(DATA)) if e.source == "squad"}
+    trained = {e.text for e in build_examples(DATA) if e.source == "squad"}
     held = load_dataset("squad", limit=None, articles=4)
     assert len(held) > 50 and not {i.context for i in held} & trained
     both = load_dataset("squad", limit=None, articles="3,4")
