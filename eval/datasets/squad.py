@@ -15,13 +15,22 @@ SYSTEM = "Answer with the exact short span from the passage: a few words, no exp
 
 
 def load_squad(
-    root: Path, limit: int | None, seed: int, *, context: str = "paragraph", articles: Any = None, **_: Any
+    root: Path,
+    limit: int | None,
+    seed: int,
+    *,
+    context: str = "paragraph",
+    articles: Any = None,
+    skip: Any = 0,
+    **_: Any,
 ) -> list[Item]:
     """``context="paragraph"`` (default) gives the question's own paragraph; ``"article"`` gives
     every paragraph of its article as documents (a long, RAG-like context). ``articles="4"`` (a
     comma list of 0-based article positions in the file) keeps only those articles: the student's
     training questions come from articles 0-3 of the stored subset, so a ``classifier`` result is
-    reported on article 4."""
+    reported on article 4. ``skip=N`` drops the first N answerable questions of those articles (in
+    file order) before sampling: the training cap of 500 is reached 27 questions into article 3, so
+    ``articles=3, skip=27`` gives questions the student never saw, for tuning."""
     data = json.loads(data_file(root, FILE).read_text(encoding="utf-8"))["data"]
     wanted = _positions(articles, len(data))
     rows = []
@@ -35,6 +44,7 @@ def load_squad(
                     continue
                 rows.append((qa, p["context"], paragraphs))
     items = []
+    rows = rows[_count(skip, "skip") :]
     for qa, paragraph, paragraphs in sample(rows, limit, seed):
         refs = list(dict.fromkeys(a["text"] for a in qa["answers"]))
         items.append(
@@ -52,6 +62,16 @@ def load_squad(
             )
         )
     return items
+
+
+def _count(value: Any, name: str) -> int:
+    try:
+        n = int(value or 0)
+    except (TypeError, ValueError):
+        raise DataError(f"squad {name} must be a whole number, got {value!r}") from None
+    if n < 0:
+        raise DataError(f"squad {name} must not be negative, got {n}")
+    return n
 
 
 def _positions(articles: Any, n: int) -> set[int] | None:

@@ -73,6 +73,19 @@ def test_squad_articles_option_reports_on_the_article_the_student_never_saw():
         load_dataset("squad", articles=5)
 
 
+def test_squad_skip_gives_the_article_3_questions_past_the_training_cap():
+    from ctxgate.eval.train.examples import build_examples
+
+    trained = {e.question for e in build_examples(DATA) if e.key.startswith("squad:")}
+    article = load_dataset("squad", limit=None, articles=3)
+    tuning = load_dataset("squad", limit=None, articles=3, skip=27)
+    assert [i.id for i in tuning] == [i.id for i in article[27:]] and len(tuning) > 50
+    assert not {i.question for i in tuning} & trained
+    assert {i.question for i in article[:27]} <= trained
+    with pytest.raises(DataError, match="negative"):
+        load_dataset("squad", skip=-1)
+
+
 def test_gsm8k_compresses_the_demonstrations_not_the_question():
     it = load_dataset("gsm8k", limit=1)[0]
     # eight demonstrations, as a list (LLMLingua's setup), each one worked example
