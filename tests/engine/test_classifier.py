@@ -1,6 +1,7 @@
 """``classifier``: the shipped student artifact, its pin, and the method's contract on real text.
 
 NQ items here are rows 100-111 of the 20-document file: the student never trained on rows 100-199.
+SQuAD questions come from article 4 (Victoria), which the student never saw.
 """
 
 import shutil
@@ -12,7 +13,7 @@ from ctxgate.compressor import Compressor, InvalidRequest
 from ctxgate.compressor.models import STUDENTS, clear_loaded, verify_student
 from ctxgate.compressor.models import _load as load_mod
 from ctxgate.compressor.models._prepare import sha256_file
-from tests.helpers.data import DATA, PROTECTED, answer_kept, check_protected, nq_docs, nq_items
+from tests.helpers.data import DATA, PROTECTED, answer_kept, check_protected, nq_docs, nq_items, squad_questions
 
 HELD_OUT = slice(100, 112)
 
@@ -122,6 +123,38 @@ def test_gold_answer_survives_4x_on_held_out_nq(comp):
         answer_kept(comp.compress(context=nq_docs(it), question=it["question"], rate=0.25).compressed, it["answers"])
         for it in items
     ]
+    assert sum(kept) >= len(items) - 1, kept
+
+
+def _squad_unseen(n: int):
+    return squad_questions(4)[::7][:n]  # spread over the article's paragraphs
+
+
+@pytest.mark.models
+def test_one_paragraph_keeps_its_best_sentence_whole(comp):
+    """With one paragraph there is no passage to drop: the sentence stage keeps whole sentences,
+    best first, so the sentence that matches the question best survives intact where it fits."""
+    from ctxgate.compressor._tokens import get_counter
+    from ctxgate.compressor._units import segment
+    from ctxgate.compressor.structured._rank import bm25
+
+    counter = get_counter(comp.tokenizer)
+    fits = whole = 0
+    for paragraph, question, _ in _squad_unseen(16):
+        seg = segment(paragraph)
+        sentences = [paragraph[seg.units[a].start : seg.units[b - 1].end] for a, b in seg.sentences]
+        best = sentences[int(np.argmax(bm25(question, sentences)))]
+        r = comp.compress(context=paragraph, question=question, rate=0.5)
+        if counter.count(best) <= 0.9 * r.compressed_tokens:
+            fits += 1
+            whole += best in r.compressed
+    assert fits >= 10 and whole == fits, (whole, fits)
+
+
+@pytest.mark.models
+def test_gold_answer_survives_2x_in_one_unseen_paragraph(comp):
+    items = _squad_unseen(12)
+    kept = [answer_kept(comp.compress(context=p, question=q, rate=0.5).compressed, list(a)) for p, q, a in items]
     assert sum(kept) >= len(items) - 1, kept
 
 

@@ -42,6 +42,18 @@ def squad_article(index: int = 0, paragraphs: int = 5) -> tuple[str, tuple[tuple
     return "\n\n".join(p["context"] for p in paras), qas
 
 
+@cache
+def squad_questions(index: int) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(paragraph, question, answers) for every answerable question of one SQuAD article."""
+    data = json.loads((DATA / "squad" / "squad_v2_dev_subset_san_mrc.json").read_text(encoding="utf-8"))
+    return tuple(
+        (p["context"], qa["question"], tuple(a["text"] for a in qa["answers"]))
+        for p in data["data"][index]["paragraphs"]
+        for qa in p["qas"]
+        if not qa.get("is_impossible") and qa["answers"]
+    )
+
+
 # Real-looking text with every kind of protected span, plus keep-markup.
 PROTECTED = (
     "Deploy notes. The service listens on https://api.example.com/v2/items?limit=50 and its id is "
