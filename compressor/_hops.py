@@ -17,7 +17,6 @@ elsewhere. The rule is the published one, not fitted to our evaluation rows; REA
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -125,11 +124,11 @@ def hops(
         # a plain substring test first: the word-bounded regex only runs where the name occurs at all,
         # so a 100,000-record array costs a pass of C-speed ``in``, not 100,000 regex compilations
         in_question = {d for d in candidates if lows[d] in asked_low and _mentions(names[d] or "", asked, case=False)}
-        # the longest name the question uses wins: "Shut Up, Make Love" over the "Make Love" inside it
-        # (over distinct names; a name two documents share counts as inside the other, as a pairwise
-        # test over documents has it)
-        used = Counter(lows[d] for d in in_question)
-        inner = {x for x in used if used[x] > 1 or any(x != y and x in y for y in used)}
+        # the longest name the question uses wins: "Shut Up, Make Love" over the "Make Love" inside it.
+        # Over distinct names: two documents that share a name ("Paris (France)", "Paris (Texas)")
+        # both keep the question's link, and the better ranked is taken
+        used = {lows[d] for d in in_question}
+        inner = {x for x in used if any(x != y and x in y for y in used)}
         in_question = {d for d in in_question if lows[d] not in inner}
         best: tuple[int, float, int] | None = None
         for d in candidates:

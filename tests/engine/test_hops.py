@@ -100,6 +100,21 @@ def test_hops_prefer_the_longest_name_the_question_uses_and_skips_the_first_hops
     assert hops([0.1, 0.8, 0.9, 0.7], docs, q, n=1) == [3]
 
 
+def test_two_documents_of_one_name_keep_the_questions_link():
+    docs = [
+        "Document [1](Title: Eiffel Tower) The tower was designed by Gustave Eiffel's company.",
+        "Document [2](Title: Paris (Texas)) Paris is a city in Lamar County, Texas.",
+        "Document [3](Title: Paris) Paris is the capital of France, on the Seine.",
+        "Document [4](Title: Lyon) Lyon is a city in France.",
+    ]
+    q = "How many people live in Paris, home of the Eiffel Tower?"
+    # the best document's body names no Paris; the question does, for both: the better ranked wins
+    assert hops([0.9, 0.1, 0.2, 0.8], docs, q, n=1) == [2]
+    assert hops([0.9, 0.3, 0.2, 0.8], docs, q, n=1) == [1]
+    # and the second one is not taken as a further hop: it has a taken document's name
+    assert 1 not in hops([0.9, 0.1, 0.2, 0.8], docs, q, n=2)
+
+
 def test_lifted_moves_the_hops_behind_the_best_and_keeps_every_other_order():
     docs = [FIRST, BRIDGE, *DISTRACTORS]
     doc_of = [0, 0, 1, 1, 2, 3, 4, 5, 6]  # chunks: two for each of the first two documents
