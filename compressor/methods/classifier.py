@@ -79,8 +79,9 @@ def batches(lengths: np.ndarray, max_rows: int = BATCH_ROWS, slack: float = PAD_
 
 
 def _z(x: np.ndarray) -> np.ndarray:
+    """Standardised over its entries (z-scores), in ``x``'s dtype; all zero when ``x`` is flat."""
     spread = float(x.std())
-    return (x - x.mean()) / spread if spread > 0 else np.zeros_like(x, dtype=np.float64)
+    return (x - x.mean()) / spread if spread > 0 else np.zeros_like(x)
 
 
 def _logsigmoid(x: np.ndarray) -> np.ndarray:
@@ -194,9 +195,7 @@ class Classifier:
             texts.append(
                 docs[win.doc].text[units[win.first].start : units[win.last - 1].end] if win.last > win.first else ""
             )
-        bm = np.asarray(bm25(question, texts), dtype=np.float32)
-        spread = float(bm.std())
-        return (bm - bm.mean()) / spread if spread > 0 else np.zeros_like(bm)
+        return _z(np.asarray(bm25(question, texts), dtype=np.float32))
 
     @staticmethod
     def _coarse(
