@@ -29,10 +29,14 @@ def answer_kept(text: str, answers: list[str]) -> bool:
 
 
 @cache
+def _squad() -> dict:
+    return json.loads((DATA / "squad" / "squad_v2_dev_subset_san_mrc.json").read_text(encoding="utf-8"))
+
+
+@cache
 def squad_article(index: int = 0, paragraphs: int = 5) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The first paragraphs of a SQuAD article as one text, with (question, answer) pairs on it."""
-    data = json.loads((DATA / "squad" / "squad_v2_dev_subset_san_mrc.json").read_text(encoding="utf-8"))
-    paras = data["data"][index]["paragraphs"][:paragraphs]
+    paras = _squad()["data"][index]["paragraphs"][:paragraphs]
     qas = tuple(
         (qa["question"], qa["answers"][0]["text"])
         for p in paras
@@ -45,10 +49,9 @@ def squad_article(index: int = 0, paragraphs: int = 5) -> tuple[str, tuple[tuple
 @cache
 def squad_questions(index: int) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
     """(paragraph, question, answers) for every answerable question of one SQuAD article."""
-    data = json.loads((DATA / "squad" / "squad_v2_dev_subset_san_mrc.json").read_text(encoding="utf-8"))
     return tuple(
         (p["context"], qa["question"], tuple(a["text"] for a in qa["answers"]))
-        for p in data["data"][index]["paragraphs"]
+        for p in _squad()["data"][index]["paragraphs"]
         for qa in p["qas"]
         if not qa.get("is_impossible") and qa["answers"]
     )
