@@ -54,13 +54,30 @@ def to_item(row: dict[str, Any], idx: int, dataset: str, tmpl: str) -> Item:
     )
 
 
-def load_nq20(root: Path, limit: int | None, seed: int, *, offset: int = 0, **_: Any) -> list[Item]:
+def rotated(row: dict[str, Any], by: int) -> dict[str, Any]:
+    """``row`` with its documents moved ``by`` places to the right (wrapping), so they are numbered
+    in the new order and the gold passage sits off the file's 0/4/9/14/19."""
+    ctxs = row["ctxs"]
+    k = by % len(ctxs) if ctxs else 0
+    gold = row.get("gold_index")
+    return {
+        **row,
+        "ctxs": ctxs[len(ctxs) - k :] + ctxs[: len(ctxs) - k],
+        "gold_index": None if gold is None else (gold + k) % len(ctxs),
+    }
+
+
+def load_nq20(root: Path, limit: int | None, seed: int, *, offset: int = 0, rotate: int = 0, **_: Any) -> list[Item]:
     """``limit`` rows from row ``offset`` on: file order cycles the gold position through
     0/4/9/14/19, so any run of rows is balanced and comparable with earlier runs (the seed is not
-    needed). Method defaults were tuned on rows 0-49; ``offset=100`` keeps a headline run clear of them."""
-    offset = int(offset)
+    needed). Method defaults were tuned on rows 0-49; ``offset=100`` keeps a headline run clear of them.
+    ``rotate=N`` moves every row's documents N places (``rotated``): the student's training rows
+    use the same five gold positions, so this is the check that nothing learned them."""
+    offset, rotate = int(offset), int(rotate)
     if offset < 0:
         raise DataError(f"offset must be non-negative, got {offset}")
+    if not 0 <= rotate < 20:
+        raise DataError(f"rotate must be in [0, 19], got {rotate}")
     tmpl = template(root)
     out = []
     for idx, row in enumerate(read_jsonl(data_file(root, DERIVED_20))):
@@ -68,7 +85,7 @@ def load_nq20(root: Path, limit: int | None, seed: int, *, offset: int = 0, **_:
             continue
         if limit is not None and idx >= offset + limit:
             break
-        out.append(to_item(row, idx, "nq20", tmpl))
+        out.append(to_item(rotated(row, rotate) if rotate else row, idx, "nq20", tmpl))
     return out
 
 

@@ -30,6 +30,19 @@ def test_nq20_keeps_file_order_and_lost_in_the_middle_format():
     assert [i.meta["gold_index"] for i in later] == [0, 4, 9]
 
 
+def test_nq20_rotate_moves_the_gold_off_the_training_positions():
+    plain = load_dataset("nq20", limit=5)
+    moved = load_dataset("nq20", limit=5, rotate=2)
+    assert [i.meta["gold_index"] for i in moved] == [2, 6, 11, 16, 1]
+    for a, b in zip(plain, moved):
+        gold_a, gold_b = a.context[a.meta["gold_index"]], b.context[b.meta["gold_index"]]
+        assert gold_a.split(") ", 1)[1] == gold_b.split(") ", 1)[1]  # the same passage, renumbered
+        assert gold_b.startswith(f"Document [{b.meta['gold_index'] + 1}](Title:")
+        assert sorted(c.split("](", 1)[1] for c in a.context) == sorted(c.split("](", 1)[1] for c in b.context)
+    with pytest.raises(DataError, match="rotate"):
+        load_dataset("nq20", limit=1, rotate=20)
+
+
 def test_builder_follows_the_derived_file_rule():
     """The derived file drew distractors from all 2,655 oracle rows; the shared oracle file holds
     the first 2,000, so the builder matches it closely but not exactly."""
