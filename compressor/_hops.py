@@ -152,19 +152,31 @@ def lifted(
     """Per-unit ``scores`` (chunks, windows or whole documents; ``doc_of`` maps each to its
     document) with each hop's units raised by one amount, so that the hops' best units rank
     right below the best unit overall, in hop order, and their other units keep their order."""
+    return chain_lifted(scores, doc_of, texts, question, titles)[0]
+
+
+def chain_lifted(
+    scores: Sequence[float] | np.ndarray,
+    doc_of: Sequence[int] | np.ndarray,
+    texts: Sequence[str],
+    question: str | None,
+    titles: Sequence[str | None] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """``lifted``'s scores and the chain they encode: [best document, *hops], or [] when
+    nothing links (a method's later stages can then keep the chain together)."""
     out = np.asarray(scores, dtype=np.float64).copy()
     doc = np.asarray(doc_of, dtype=np.int64)
     if not len(out):
-        return out
+        return out, []
     best = np.full(len(texts), -np.inf)
     np.maximum.at(best, doc, np.where(np.isfinite(out), out, -np.inf))
     found = hops(best, texts, question, titles)
     if not found:
-        return out
+        return out, []
     top = float(best.max())
     step = 1e-6 * max(1.0, abs(top))
     for k, d in enumerate(found, start=1):
         lift = top - k * step - best[d]
         if lift > 0:
             out[doc == d] += lift
-    return out
+    return out, [int(np.argmax(best)), *found]

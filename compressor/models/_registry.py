@@ -102,9 +102,9 @@ STUDENTS: dict[str, StudentSpec] = {
     for spec in (
         StudentSpec(
             name="student",
-            description="ctxgate student v1: 3 MiniLM blocks + keep/relevance heads, for the classifier method",
-            file="student-v1.safetensors",
-            sha256="d9234ea595455142ce295d9e3ac94e661abe95c9db923662f131c1fe13b7b1db",
+            description="ctxgate student v2: 3 MiniLM blocks + keep/relevance heads, for the classifier method",
+            file="student-v2.safetensors",
+            sha256="aeeb05c0cfb2d4df1d6fcdda072001dd104def307eb334b2e48af7e84a18fded",
             base="minilm",
             layers=3,
             max_len=256,

@@ -1,7 +1,7 @@
 """``ctxgate train labels|fit``: rebuild the ``classifier`` student from the shared data.
 
     ctxgate train labels     # teacher labels -> eval/train/data/labels-v1.msgpack.gz (about 25 min, 2 cores)
-    ctxgate train fit        # student -> compressor/models/weights/student-v1.safetensors (+ .train.json)
+    ctxgate train fit        # student -> compressor/models/weights/student-v2.safetensors (+ .train.json)
 
 ``fit`` prints the artifact's SHA-256; pin it in ``STUDENTS`` (compressor/models/_registry.py).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from ..datasets._common import REPO_ROOT, data_dir
 
 LABELS = REPO_ROOT / "eval" / "train" / "data" / "labels-v1.msgpack.gz"
-ARTIFACT = REPO_ROOT / "compressor" / "models" / "weights" / "student-v1.safetensors"
+ARTIFACT = REPO_ROOT / "compressor" / "models" / "weights" / "student-v2.safetensors"
 
 
 def _log(msg: str) -> None:

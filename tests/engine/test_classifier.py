@@ -4,12 +4,14 @@ NQ items here are rows 100-111 of the 20-document file: the student never traine
 SQuAD questions come from article 4 (Victoria), which the student never saw.
 """
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 
 from ctxgate.compressor import Compressor, InvalidRequest
+from ctxgate.compressor._student import ordinal_span
 from ctxgate.compressor.models import STUDENTS, clear_loaded, verify_student
 from ctxgate.compressor.models import _load as load_mod
 from ctxgate.compressor.models._prepare import sha256_file
@@ -131,6 +133,40 @@ def _squad_unseen(n: int):
 
 
 @pytest.mark.models
+def test_document_numbers_do_not_move_the_scores(comp):
+    """The student must not read "Document [k]": the NQ training rows put the gold passage at fixed
+    positions, and a student that read the labels ranked by them. Renumbering the documents (the
+    texts otherwise unchanged) gives the same scores and keeps the same documents (the words kept
+    may differ by a few: "[10]" and "[3]" cost the budget different token counts)."""
+    item = _held_out()[2]
+    docs = nq_docs(item)
+    n = len(docs)
+    renumbered = [re.sub(r"^Document \[\d+\]", f"Document [{(i + 7) % n + 1}]", d) for i, d in enumerate(docs)]
+    assert renumbered != docs
+    a = comp.compress(context=docs, question=item["question"], rate=0.1)
+    b = comp.compress(context=renumbered, question=item["question"], rate=0.1)
+    assert [d.score for d in a.documents] == [d.score for d in b.documents]
+    assert [bool(d.text.strip()) for d in a.documents] == [bool(d.text.strip()) for d in b.documents]
+
+
+@pytest.mark.parametrize(
+    "text, digits",
+    [
+        ("Document [12](Title: Paris) Paris is", "12"),
+        ("[3] Paris is", "3"),
+        ("Passage 4: Paris", "4"),
+        ("Doc #5 Paris", "5"),
+        ("1991 was a year", None),
+        ("Documentary 3 is a film", None),
+        ("Paris [3] is", None),
+    ],
+)
+def test_ordinal_labels_are_found_only_at_the_start(text, digits):
+    span = ordinal_span(text)
+    assert (text[span[0] : span[1]] if span else None) == digits
+
+
+@pytest.mark.models
 def test_one_paragraph_keeps_its_best_sentence_whole(comp):
     """With one paragraph there is no passage to drop: the sentence stage keeps whole sentences,
     best first, so the sentence that matches the question best survives intact where it fits."""
@@ -217,3 +253,39 @@ def test_a_dominant_lexical_weight_keeps_the_best_bm25_document(comp, k):
     out = comp.compress(context=docs, question=q, rate=0.05, method="classifier", options=opts)
     kept = [d for d, doc in enumerate(out.documents) if doc.text.strip()]
     assert best in kept
+
+
+def test_a_chain_gets_one_sentence_each_right_after_the_best():
+    from ctxgate.compressor.methods.classifier import _chain_first
+
+    span_doc = [0, 0, 1, 2, 2, 3]  # document of each sentence
+    order = [0, 1, 4, 2, 5, 3]  # best first: document 0's two sentences lead
+    assert _chain_first(order, span_doc, [0, 2, 3]) == [0, 4, 5, 1, 2, 3]
+    assert _chain_first(order, span_doc, [1, 0]) == [0, 2, 1, 4, 5, 3]  # the best sentence stays first
+    assert _chain_first(order, span_doc, [0]) == order
+
+
+@pytest.mark.models
+def test_only_the_windows_asked_for_are_read(runtime_with):
+    runtime_with(student_precision="fp32")
+    clear_loaded()
+    try:
+        from ctxgate.compressor._units import segment
+        from ctxgate.compressor.methods.classifier import Classifier
+
+        method = Classifier()
+        item = _held_out()[3]
+        segs = [segment(d) for d in nq_docs(item)]
+        enc, every, rel_all, _ = method.score(segs, item["question"])
+        rows = np.zeros(len(enc.windows), dtype=bool)
+        rows[[1, 4, 9]] = True
+        _, some, rel_some, _ = method.score(segs, item["question"], enc, rows=rows)
+        assert np.allclose(rel_some[rows], rel_all[rows], atol=1e-4) and not rel_some[~rows].any()
+        units = np.zeros(enc.n_units, dtype=bool)
+        for w in (1, 4, 9):
+            win = enc.windows[w]
+            units[enc.unit_offset[win.doc] + win.first : enc.unit_offset[win.doc] + win.last] = True
+        assert np.allclose(some[units], every[units], atol=1e-4)
+        assert not np.allclose(some[~units], every[~units], atol=1e-4)  # the rest were not read
+    finally:
+        clear_loaded()

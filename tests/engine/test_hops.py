@@ -161,8 +161,9 @@ def test_search_results_keep_the_record_the_best_one_names(comp):
 
 
 @pytest.mark.models
-# rates where two of the seven documents fit beside the first hop (sentence chunks take whole sentences)
-@pytest.mark.parametrize(("method", "rate"), [("classifier", 0.3), ("extractive", 0.5), ("hybrid", 0.5)])
+# rates where two of the seven documents fit beside the first hop (sentence chunks take whole sentences);
+# classifier's ranker puts the "Lessons in Physics" distractor first, so its chain is three documents
+@pytest.mark.parametrize(("method", "rate"), [("classifier", 0.4), ("extractive", 0.5), ("hybrid", 0.5)])
 def test_prose_methods_keep_the_bridge_document(comp, method, rate):
     docs = [*DISTRACTORS[:2], BRIDGE, *DISTRACTORS[2:], FIRST]
     on = comp.compress(context=docs, question=QUESTION, rate=rate, method=method)

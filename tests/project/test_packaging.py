@@ -46,7 +46,7 @@ def test_the_wheel_installs_one_namespace_and_imports_beside_an_apps_own_service
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert tops == {"ctxgate"}, tops  # no bare compressor/, service/ or eval/
-    for data in ("ctxgate/compressor/models/weights/student-v1.safetensors", "ctxgate/service/ctxgate.example.yaml"):
+    for data in ("ctxgate/compressor/models/weights/student-v2.safetensors", "ctxgate/service/ctxgate.example.yaml"):
         assert data in names, data
     assert any(n.startswith("ctxgate/service/static/") for n in names)
     assert not any(n.startswith("ctxgate/tests/") or "/tests/" in n for n in names)
