@@ -7,7 +7,7 @@ from ._base import Job, Method, MethodOutput
 # name -> one line, shown by `ctxgate compress --help` and the README
 METHODS: dict[str, str] = {
     "hybrid": "question-aware default: embedding ranking of documents/sentences, then LM token pruning inside what is kept",
-    "classifier": "fast: a small trained encoder scores every word and passage for the question in one batched pass",
+    "classifier": "fast: MiniLM and BM25 rank the passages, then a small trained encoder scores the words of those kept",
     "extractive": "sentence/chunk selection by MiniLM similarity to the question (faiss), near-duplicates dropped",
     "longllmlingua": "llmlingua's own LongLLMLingua (PromptCompressor) with the local causal-LM scorer",
     "truncate": "baseline: keep the first tokens up to the budget",
