@@ -62,6 +62,21 @@ def test_markup_parsing_is_linear_even_for_an_unclosed_tag_with_many_attributes(
         assert time.perf_counter() - t0 < 1.0, k
 
 
+@pytest.mark.parametrize(
+    ("prefix", "labelled"), [("Document", True), ("Doc #", True), ("Result no.", True), ("[", True), ("", False)]
+)
+def test_the_document_label_pattern_is_linear_in_a_long_run_of_spaces(prefix, labelled):
+    """Client documents reach ``ordinal_span`` on every classifier request; three adjacent ``\\s*``
+    once made "Document" + 2,000 spaces take 24 s (cubic), so 200,000 would never finish."""
+    from ctxgate.compressor._student import ordinal_span
+
+    t0 = time.perf_counter()
+    assert ordinal_span(prefix + " " * 200_000 + "x") is None
+    at = len(prefix) + 200_000
+    assert ordinal_span(prefix + " " * 200_000 + "7 text") == ((at, at + 1) if labelled else None)
+    assert time.perf_counter() - t0 < 1.0
+
+
 @pytest.mark.parametrize("where", ["user", "system", "tool", "bypass"])
 def test_a_k40_tag_request_is_answered_at_once_while_healthz_stays_fast(proxy, upstream, where):
     evil = "<ctxgate:compress" + ' a="x"' * 40
