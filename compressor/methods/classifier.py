@@ -179,13 +179,12 @@ class Classifier:
         enc = enc if enc is not None else encode(st.tokenizer, docs, question, st.max_len)
         n = len(enc.windows)
         lengths = enc.lengths()
-        wanted = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+        read = np.arange(n) if rows is None else np.flatnonzero(rows)
         piece_logits = np.zeros(enc.input_ids.shape, dtype=np.float32)
         rel = np.zeros(n, dtype=np.float32)
         vecs = np.zeros((n, 0), dtype=np.float32)
         device = next(st.net.parameters()).device if st.precision != "int8" else torch.device("cpu")
         with torch.inference_mode():
-            read = np.flatnonzero(wanted)
             for part in batches(lengths[read]):
                 idx = read[part]
                 width = int(lengths[idx].max())

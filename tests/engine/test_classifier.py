@@ -67,24 +67,32 @@ def test_deterministic_and_independent_of_the_batch(comp):
     assert comp.compress(context=text, rate=0.3).compressed == comp.compress(context=text, rate=0.3).compressed
 
 
-@pytest.mark.models
-def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(runtime_with):
+@pytest.fixture
+def fp32_student(runtime_with):
+    """A ``Classifier`` whose student runs in fp32, where scores do not depend on the batch."""
+    from ctxgate.compressor.methods.classifier import Classifier
+
     runtime_with(student_precision="fp32")
     clear_loaded()
-    try:
-        from ctxgate.compressor._units import segment
-        from ctxgate.compressor.methods.classifier import Classifier
+    yield Classifier()
+    clear_loaded()
 
-        method = Classifier()
-        item = _held_out()[1]
-        segs = [segment(d) for d in nq_docs(item)]
-        _, together, rel_all, _ = method.score(segs, item["question"])
-        _, alone, rel_one, _ = method.score(segs[3:4], item["question"])
-        n0 = sum(len(s.units) for s in segs[:3])
-        assert np.allclose(together[n0 : n0 + len(segs[3].units)], alone, atol=1e-4)
-        assert abs(rel_all[3] - rel_one[0]) < 1e-4
-    finally:
-        clear_loaded()
+
+def _segments(item):
+    from ctxgate.compressor._units import segment
+
+    return [segment(d) for d in nq_docs(item)]
+
+
+@pytest.mark.models
+def test_fp32_scores_do_not_depend_on_which_documents_share_a_batch(fp32_student):
+    item = _held_out()[1]
+    segs = _segments(item)
+    _, together, rel_all, _ = fp32_student.score(segs, item["question"])
+    _, alone, rel_one, _ = fp32_student.score(segs[3:4], item["question"])
+    n0 = sum(len(s.units) for s in segs[:3])
+    assert np.allclose(together[n0 : n0 + len(segs[3].units)], alone, atol=1e-4)
+    assert abs(rel_all[3] - rel_one[0]) < 1e-4
 
 
 @pytest.mark.models
@@ -266,26 +274,17 @@ def test_a_chain_gets_one_sentence_each_right_after_the_best():
 
 
 @pytest.mark.models
-def test_only_the_windows_asked_for_are_read(runtime_with):
-    runtime_with(student_precision="fp32")
-    clear_loaded()
-    try:
-        from ctxgate.compressor._units import segment
-        from ctxgate.compressor.methods.classifier import Classifier
-
-        method = Classifier()
-        item = _held_out()[3]
-        segs = [segment(d) for d in nq_docs(item)]
-        enc, every, rel_all, _ = method.score(segs, item["question"])
-        rows = np.zeros(len(enc.windows), dtype=bool)
-        rows[[1, 4, 9]] = True
-        _, some, rel_some, _ = method.score(segs, item["question"], enc, rows=rows)
-        assert np.allclose(rel_some[rows], rel_all[rows], atol=1e-4) and not rel_some[~rows].any()
-        units = np.zeros(enc.n_units, dtype=bool)
-        for w in (1, 4, 9):
-            win = enc.windows[w]
-            units[enc.unit_offset[win.doc] + win.first : enc.unit_offset[win.doc] + win.last] = True
-        assert np.allclose(some[units], every[units], atol=1e-4)
-        assert not np.allclose(some[~units], every[~units], atol=1e-4)  # the rest were not read
-    finally:
-        clear_loaded()
+def test_only_the_windows_asked_for_are_read(fp32_student):
+    item = _held_out()[3]
+    segs = _segments(item)
+    enc, every, rel_all, _ = fp32_student.score(segs, item["question"])
+    rows = np.zeros(len(enc.windows), dtype=bool)
+    rows[[1, 4, 9]] = True
+    _, some, rel_some, _ = fp32_student.score(segs, item["question"], enc, rows=rows)
+    assert np.allclose(rel_some[rows], rel_all[rows], atol=1e-4) and not rel_some[~rows].any()
+    units = np.zeros(enc.n_units, dtype=bool)
+    for w in (1, 4, 9):
+        win = enc.windows[w]
+        units[enc.unit_offset[win.doc] + win.first : enc.unit_offset[win.doc] + win.last] = True
+    assert np.allclose(some[units], every[units], atol=1e-4)
+    assert not np.allclose(some[~units], every[~units], atol=1e-4)  # the rest were not read
