@@ -25,6 +25,9 @@ MIN_ITEMS = 4  # a shorter array is walked into rather than sampled
 MIN_MAP_KEYS = 12  # an object with this many same-shaped values is a collection (id -> record)
 LONG_STRING = 600  # characters; longer prose values may be pruned by the text compressor
 LONG_STRING_RATE = 0.5
+MIN_FIT_RATE = 0.25  # a record that does not fit may keep as little as this share of its prose ...
+FIT_STRING = LONG_STRING // 3  # ... in strings of at least this many characters
+SHRINK_STRING = 80  # over the budget after all: the least relevant kept record's prose shrinks first
 WHOLE_TOP = 3  # the most relevant items keep their long strings whole
 EDGE_SHARE = 0.05  # the first and last item are always kept when each costs at most this share
 ANOMALY_SHARE = 0.4  # anomalies are always kept, up to this share of the budget
@@ -173,6 +176,8 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     rank = {k: r for r, k in enumerate(order)}
     top = set(order[:WHOLE_TOP]) if tools.prune is not None else set(order)
     # costs in tokens; items below the top few are costed as if their long prose were pruned
+    rates = {k: LONG_STRING_RATE for k in range(len(items)) if k not in top}  # what each chosen item's prose keeps
+    fitted: set[int] = set()  # ... of these, pruned to fit, in shorter strings too (FIT_STRING)
     cost = []
     for k, t in enumerate(texts):
         long_chars = 0 if k in top else _long_chars(_item(colls[items[k][0]], items[k][1]))
@@ -194,10 +199,21 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             odd_spent += cost[k]
     spent += odd_spent
     for k in order:
-        if k not in chosen and spent + cost[k] <= budget:
-            chosen.add(k)
-            spent += cost[k]
-    _prune_chosen(colls, items, chosen - top, tools)
+        if k in chosen:
+            continue
+        if spent + cost[k] > budget:
+            # too long as costed: its prose pruned harder may still fit, and a relevant record with
+            # half its text beats skipping to a less relevant one (a search result's second hop)
+            prose = _long_chars(_item(colls[items[k][0]], items[k][1]), FIT_STRING) if tools.prune else 0
+            rate = _fitting_rate(budget - spent, len(texts[k]) + 1, prose, ratio)
+            if rate is None:
+                continue
+            rates[k] = rate
+            fitted.add(k)
+            cost[k] = (len(texts[k]) + 1 - prose * (1 - rate)) * ratio
+        chosen.add(k)
+        spent += cost[k]
+    _prune_chosen(colls, items, {k: r for k, r in rates.items() if k in chosen}, tools, fitted)
     warnings: list[str] = []
     for _ in range(8):  # the estimate is close; correct it against the real count
         out = _render_kept(value, colls, items, chosen, tools, render)
@@ -209,6 +225,8 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             warnings.append(f"JSON skeleton and anomalies ({n} tokens) exceed the budget ({tools.budget}); kept them")
             break
         excess, freed = (n - tools.budget) * 1.05, 0.0
+        if _shrink(_item(colls[items[optional[0]][0]], items[optional[0]][1]), excess, tools):
+            continue  # the least relevant kept record lost some prose instead of all of it
         for k in optional:
             chosen.discard(k)
             freed += cost[k]
@@ -218,8 +236,25 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     return Crushed(out, omitted, warnings)
 
 
-def _long_chars(item) -> int:
-    return sum(len(v) for _, _, v in _long_strings(item))
+def _long_chars(item, min_chars: int = LONG_STRING) -> int:
+    return sum(len(v) for _, _, v in _long_strings(item, min_chars))
+
+
+def _shrink(item, excess: float, tools: Tools) -> bool:
+    """Prune ``item``'s prose (in place) by about ``excess`` tokens; False when it has too little
+    prose for that (then the caller drops the item)."""
+    if tools.prune is None:
+        return False
+    targets = list(_long_strings(item, SHRINK_STRING, 8))
+    if not targets:
+        return False
+    have = sum(tools.counter.count(v) for *_, v in targets)
+    rate = (have - excess) / max(1, have)
+    if rate < MIN_FIT_RATE:
+        return False
+    for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], rate)):
+        x[key] = new
+    return True
 
 
 def _long_strings(item, min_chars: int = LONG_STRING, min_spaces: int = 20):
@@ -235,17 +270,27 @@ def _long_strings(item, min_chars: int = LONG_STRING, min_spaces: int = 20):
                 yield x, key, v
 
 
-def _prune_chosen(colls, items, which: set[int], tools: Tools) -> None:
-    """Long prose strings in the chosen items below the top few, pruned by the text compressor (in place)."""
-    if tools.prune is None or not which:
+def _fitting_rate(room: float, chars: int, long_chars: int, ratio: float) -> float | None:
+    """The share of an item's long prose to keep so that the item costs ``room`` tokens, or None
+    when even MIN_FIT_RATE of it would not fit (or it has no prose to prune)."""
+    if long_chars <= 0 or room <= 0:
+        return None
+    rate = 1 - (chars - room / ratio) / long_chars
+    return None if rate < MIN_FIT_RATE else min(rate, 1.0)
+
+
+def _prune_chosen(colls, items, rates: dict[int, float], tools: Tools, fitted: set[int]) -> None:
+    """Long prose strings in the chosen items that must shrink, pruned by the text compressor to
+    their item's rate (in place); one call per rate. ``fitted`` items prune shorter strings too."""
+    if tools.prune is None or not rates:
         return
-    targets = [
-        (x, key, v) for k in sorted(which) for x, key, v in _long_strings(_item(colls[items[k][0]], items[k][1]))
-    ]
-    if not targets:
-        return
-    for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], LONG_STRING_RATE)):
-        x[key] = new
+    by_rate: dict[float, list] = {}
+    for k in sorted(rates):
+        for target in _long_strings(_item(colls[items[k][0]], items[k][1]), FIT_STRING if k in fitted else LONG_STRING):
+            by_rate.setdefault(rates[k], []).append(target)
+    for rate, targets in sorted(by_rate.items(), reverse=True):
+        for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], rate)):
+            x[key] = new
 
 
 def _label(coll: _Coll, i: int) -> str:

@@ -148,6 +148,37 @@ def test_long_string_values_are_pruned_but_never_ids_numbers_or_urls(comp):
 
 
 @pytest.mark.models
+def test_a_relevant_record_too_long_to_fit_is_kept_pruned_not_skipped(comp):
+    """The best record is longer than the whole budget: it comes back with its prose pruned to
+    the sentence the question needs, not dropped for shorter, less relevant records."""
+    rnd = random.Random(3)
+    filler = "harbour ferry timetable cargo crane dock pier tide warehouse freight".split()
+    facts = [
+        "The Eiffel Tower stands on the Champ de Mars in Paris.",
+        "Its iron lattice was designed by engineers of Gustave Eiffel's company.",
+        "Critics of the time called the tower an eyesore.",
+        "The tower is repainted every seven years.",
+        "Millions of visitors climb the tower each year.",
+        "The top floor holds a small apartment.",
+        "Radio antennas were added to the tower later.",
+        "The tower was the tallest structure in the world for four decades.",
+    ]
+    best = " ".join([*facts[:4], "The Eiffel Tower was completed in March 1889.", *facts[4:], *facts])
+    records = [
+        {"id": f"r{i}", "title": f"Port notice {i}", "snippet": " ".join(rnd.choice(filler) for _ in range(60))}
+        for i in range(7)
+    ]
+    records.insert(4, {"id": "eiffel", "title": "Eiffel Tower", "snippet": best})
+    text = json.dumps({"results": records})
+    r = comp.compress(context=text, question=QUESTION, rate=0.2)
+    assert r.compressed_tokens <= r.original_tokens * 0.2 + 1
+    kept = {d.get("id"): d for d in json.loads(r.compressed)["results"]}
+    assert comp.compress(context=best, method="passthrough").original_tokens > r.compressed_tokens  # never fits whole
+    assert "eiffel" in kept and "1889" in kept["eiffel"]["snippet"]
+    assert len(kept["eiffel"]["snippet"]) < len(best)
+
+
+@pytest.mark.models
 def test_bad_json_is_text_and_deep_or_huge_input_is_bounded(comp):
     r = comp.compress(context='{"a": [1, 2, 3, "unterminated ' + "word " * 200, rate=0.3)
     assert r.kinds == [] and r.compressed_tokens < r.original_tokens
