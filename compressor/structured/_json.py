@@ -26,8 +26,8 @@ MIN_MAP_KEYS = 12  # an object with this many same-shaped values is a collection
 LONG_STRING = 600  # characters; longer prose values may be pruned by the text compressor
 LONG_STRING_RATE = 0.5
 MIN_FIT_RATE = 0.25  # a record that does not fit may keep as little as this share of its prose ...
-FIT_STRING = LONG_STRING // 3  # ... in strings of at least this many characters
-SHRINK_STRING = 80  # over the budget after all: the least relevant kept record's prose shrinks first
+FIT_STRING = LONG_STRING // 3  # ... in strings of at least this many characters (shorter ones stay whole)
+PRUNED_STRING = 80  # a record already pruned may shrink further in strings down to this length
 WHOLE_TOP = 3  # the most relevant items keep their long strings whole
 EDGE_SHARE = 0.05  # the first and last item are always kept when each costs at most this share
 ANOMALY_SHARE = 0.4  # anomalies are always kept, up to this share of the budget
@@ -213,7 +213,7 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             cost[k] = (len(texts[k]) + 1 - prose * (1 - rate)) * ratio
         chosen.add(k)
         spent += cost[k]
-    _prune_chosen(colls, items, {k: r for k, r in rates.items() if k in chosen}, tools, fitted)
+    pruned = _prune_chosen(colls, items, {k: r for k, r in rates.items() if k in chosen}, tools, fitted)
     warnings: list[str] = []
     for _ in range(8):  # the estimate is close; correct it against the real count
         out = _render_kept(value, colls, items, chosen, tools, render)
@@ -225,7 +225,8 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             warnings.append(f"JSON skeleton and anomalies ({n} tokens) exceed the budget ({tools.budget}); kept them")
             break
         excess, freed = (n - tools.budget) * 1.05, 0.0
-        if _shrink(_item(colls[items[optional[0]][0]], items[optional[0]][1]), excess, tools):
+        last = optional[0]
+        if _shrink(_item(colls[items[last][0]], items[last][1]), excess, tools, last in pruned):
             continue  # the least relevant kept record lost some prose instead of all of it
         for k in optional:
             chosen.discard(k)
@@ -240,12 +241,13 @@ def _long_chars(item, min_chars: int = LONG_STRING) -> int:
     return sum(len(v) for _, _, v in _long_strings(item, min_chars))
 
 
-def _shrink(item, excess: float, tools: Tools) -> bool:
+def _shrink(item, excess: float, tools: Tools, pruned: bool) -> bool:
     """Prune ``item``'s prose (in place) by about ``excess`` tokens; False when it has too little
-    prose for that (then the caller drops the item)."""
+    prose for that (then the caller drops the item). A record that was kept whole has only its
+    long strings cut; one already pruned may lose more of what is left of them."""
     if tools.prune is None:
         return False
-    targets = list(_long_strings(item, SHRINK_STRING, 8))
+    targets = list(_long_strings(item, PRUNED_STRING, 8) if pruned else _long_strings(item, FIT_STRING))
     if not targets:
         return False
     have = sum(tools.counter.count(v) for *_, v in targets)
@@ -279,18 +281,22 @@ def _fitting_rate(room: float, chars: int, long_chars: int, ratio: float) -> flo
     return None if rate < MIN_FIT_RATE else min(rate, 1.0)
 
 
-def _prune_chosen(colls, items, rates: dict[int, float], tools: Tools, fitted: set[int]) -> None:
+def _prune_chosen(colls, items, rates: dict[int, float], tools: Tools, fitted: set[int]) -> set[int]:
     """Long prose strings in the chosen items that must shrink, pruned by the text compressor to
-    their item's rate (in place); one call per rate. ``fitted`` items prune shorter strings too."""
+    their item's rate (in place); one call per rate. ``fitted`` items prune shorter strings too.
+    Returns the items that had any."""
     if tools.prune is None or not rates:
-        return
+        return set()
     by_rate: dict[float, list] = {}
+    done: set[int] = set()
     for k in sorted(rates):
         for target in _long_strings(_item(colls[items[k][0]], items[k][1]), FIT_STRING if k in fitted else LONG_STRING):
             by_rate.setdefault(rates[k], []).append(target)
+            done.add(k)
     for rate, targets in sorted(by_rate.items(), reverse=True):
         for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], rate)):
             x[key] = new
+    return done
 
 
 def _label(coll: _Coll, i: int) -> str:
