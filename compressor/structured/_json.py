@@ -19,7 +19,7 @@ from typing import Any
 from .._hops import hops
 from ._detect import is_number, parse_json
 from ._rank import _bitrev
-from ._types import Crushed, Tools
+from ._types import Crushed, Prune, Tools
 
 MIN_ITEMS = 4  # a shorter array is walked into rather than sampled
 MIN_MAP_KEYS = 12  # an object with this many same-shaped values is a collection (id -> record)
@@ -176,8 +176,7 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
     rank = {k: r for r, k in enumerate(order)}
     top = set(order[:WHOLE_TOP]) if tools.prune is not None else set(order)
     # costs in tokens; items below the top few are costed as if their long prose were pruned
-    rates = {k: LONG_STRING_RATE for k in range(len(items)) if k not in top}  # what each chosen item's prose keeps
-    fitted: set[int] = set()  # ... of these, pruned to fit, in shorter strings too (FIT_STRING)
+    fitted: dict[int, float] = {}  # items pruned to fit: the share of their prose (FIT_STRING) kept
     cost = []
     for k, t in enumerate(texts):
         long_chars = 0 if k in top else _long_chars(_item(colls[items[k][0]], items[k][1]))
@@ -208,12 +207,11 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             rate = _fitting_rate(budget - spent, len(texts[k]) + 1, prose, ratio)
             if rate is None:
                 continue
-            rates[k] = rate
-            fitted.add(k)
+            fitted[k] = rate
             cost[k] = (len(texts[k]) + 1 - prose * (1 - rate)) * ratio
         chosen.add(k)
         spent += cost[k]
-    pruned = _prune_chosen(colls, items, {k: r for k, r in rates.items() if k in chosen}, tools, fitted)
+    pruned = _prune_chosen(colls, items, (chosen - top) | fitted.keys(), fitted, tools)
     warnings: list[str] = []
     for _ in range(8):  # the estimate is close; correct it against the real count
         out = _render_kept(value, colls, items, chosen, tools, render)
@@ -254,8 +252,7 @@ def _shrink(item, excess: float, tools: Tools, pruned: bool) -> bool:
     rate = (have - excess) / max(1, have)
     if rate < MIN_FIT_RATE:
         return False
-    for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], rate)):
-        x[key] = new
+    _prune_targets(targets, rate, tools.prune)
     return True
 
 
@@ -281,22 +278,28 @@ def _fitting_rate(room: float, chars: int, long_chars: int, ratio: float) -> flo
     return None if rate < MIN_FIT_RATE else min(rate, 1.0)
 
 
-def _prune_chosen(colls, items, rates: dict[int, float], tools: Tools, fitted: set[int]) -> set[int]:
-    """Long prose strings in the chosen items that must shrink, pruned by the text compressor to
-    their item's rate (in place); one call per rate. ``fitted`` items prune shorter strings too.
-    Returns the items that had any."""
-    if tools.prune is None or not rates:
+def _prune_chosen(colls, items, which: set[int], fitted: dict[int, float], tools: Tools) -> set[int]:
+    """Long prose strings in the chosen items that must shrink, pruned by the text compressor (in
+    place): to LONG_STRING_RATE, or a ``fitted`` item's own rate in shorter strings too; one call
+    per rate. Returns the items that had any."""
+    if tools.prune is None or not which:
         return set()
     by_rate: dict[float, list] = {}
     done: set[int] = set()
-    for k in sorted(rates):
-        for target in _long_strings(_item(colls[items[k][0]], items[k][1]), FIT_STRING if k in fitted else LONG_STRING):
-            by_rate.setdefault(rates[k], []).append(target)
+    for k in sorted(which):
+        item = _item(colls[items[k][0]], items[k][1])
+        for target in _long_strings(item, FIT_STRING if k in fitted else LONG_STRING):
+            by_rate.setdefault(fitted.get(k, LONG_STRING_RATE), []).append(target)
             done.add(k)
     for rate, targets in sorted(by_rate.items(), reverse=True):
-        for (x, key, _), new in zip(targets, tools.prune([v for *_, v in targets], rate)):
-            x[key] = new
+        _prune_targets(targets, rate, tools.prune)
     return done
+
+
+def _prune_targets(targets: list, rate: float, prune: Prune) -> None:
+    """Each (container, key, value) of ``targets`` set to its value pruned to ``rate``, in one call."""
+    for (x, key, _), new in zip(targets, prune([v for *_, v in targets], rate)):
+        x[key] = new
 
 
 def _label(coll: _Coll, i: int) -> str:
@@ -475,13 +478,12 @@ def _prune_strings_only(value, full: str, tools: Tools, render) -> Crushed:
             if n <= tools.budget
             else [f"JSON without collections ({n} tokens) is over the budget ({tools.budget}); kept whole"],
         )
-    targets = [(x, key) for x, key, _ in _long_strings(value, LONG_STRING // 3, 8)]
+    targets = list(_long_strings(value, LONG_STRING // 3, 8))
     if not targets:
         return Crushed(full, 0, [f"JSON without collections or prose ({n} tokens) is over the budget; kept whole"])
-    long_chars = sum(len(c[k]) for c, k in targets)
+    long_chars = sum(len(v) for *_, v in targets)
     rate = max(0.05, min(1.0, 1 - (len(full) - len(full) * tools.budget / n) / max(1, long_chars)))
-    for (c, k), new in zip(targets, tools.prune([c[k] for c, k in targets], rate)):
-        c[k] = new
+    _prune_targets(targets, rate, tools.prune)
     return Crushed(render(value), 0, [])
 
 
