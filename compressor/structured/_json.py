@@ -202,9 +202,14 @@ def crush_value(value, tools: Tools, *, render) -> Crushed:
             continue
         if spent + cost[k] > budget:
             # too long as costed: its prose pruned harder may still fit, and a relevant record with
-            # half its text beats skipping to a less relevant one (a search result's second hop)
-            prose = _long_chars(_item(colls[items[k][0]], items[k][1]), FIT_STRING) if tools.prune else 0
-            rate = _fitting_rate(budget - spent, len(texts[k]) + 1, prose, ratio)
+            # half its text beats skipping to a less relevant one (a search result's second hop).
+            # Once the budget is spent, most items cannot fit even at MIN_FIT_RATE of all their
+            # text: that is told from their length alone, so a huge array is not walked twice
+            room = budget - spent
+            if tools.prune is None or (len(texts[k]) + 1) * MIN_FIT_RATE * ratio > room:
+                continue
+            prose = _long_chars(_item(colls[items[k][0]], items[k][1]), FIT_STRING)
+            rate = _fitting_rate(room, len(texts[k]) + 1, prose, ratio)
             if rate is None:
                 continue
             fitted[k] = rate
