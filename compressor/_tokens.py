@@ -44,13 +44,27 @@ class HFCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        return len(self._tok(text, add_special_tokens=False)["input_ids"])
+        return self.count_many([text])[0]
 
     def count_many(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
+        backend = self._backend()
+        if backend is not None:
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            return [len(e.ids) if t else 0 for e, t in zip(encodings, texts)]
         ids = self._tok(texts, add_special_tokens=False)["input_ids"]
         return [len(x) if t else 0 for x, t in zip(ids, texts)]
+
+    def _backend(self):
+        """The Rust tokenizer behind a fast HF tokenizer, when it neither truncates nor pads: the
+        same ids without transformers' per-text Python conversion, which was 80% of counting time
+        (48k NQ units: 1.09 s through the wrapper, 0.23 s here). Counting runs on every unit of
+        every request, so this is most of a fast method's non-model time."""
+        backend = getattr(self._tok, "backend_tokenizer", None)
+        if backend is None or backend.truncation is not None or backend.padding is not None:
+            return None
+        return backend
 
 
 class OpenAICounter:

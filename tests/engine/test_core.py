@@ -136,3 +136,24 @@ def test_token_counters_exact_or_labelled():
     assert not get_counter("gpt-4o").estimated and get_counter("gpt-4o").count("hello world") == 2
     assert get_counter("claude-3-5-sonnet").estimated
     assert not get_counter("smollm2").estimated
+
+
+@pytest.mark.models
+def test_hf_counts_match_the_tokenizer_and_ignore_a_truncating_backend(text):
+    """Counting goes straight to the Rust tokenizer; it must give the wrapper's ids, and a backend
+    configured to truncate or pad must not shorten a count."""
+    import copy
+
+    from ctxgate.compressor._tokens import HFCounter
+    from ctxgate.compressor.models import load_tokenizer
+
+    texts = [text, "", " ", "héllo wörld ünïcode", "\u200b", "🙂 emoji 🙂", "  spaced  out  ", "x" * 3000]
+    for name in ("smollm2", "minilm"):
+        tok = load_tokenizer(name)
+        wrapper = [len(ids) if t else 0 for ids, t in zip(tok(texts, add_special_tokens=False)["input_ids"], texts)]
+        counter = HFCounter(name, tok)
+        assert counter.count_many(texts) == wrapper
+        assert [counter.count(t) for t in texts] == wrapper
+        truncating = copy.deepcopy(tok)
+        truncating.backend_tokenizer.enable_truncation(8)
+        assert HFCounter(name, truncating).count_many(texts) == wrapper
