@@ -26,11 +26,10 @@ from .methods import METHOD_NAMES, make_method
 from .methods._base import Job, Method
 from .structured import Relevance, Tools
 
-CACHE_VERSION = 8  # 3: structured parts routed to their compressors; 4: multi-hop hops, classifier BM25 fusion;
+CACHE_VERSION = 7  # 3: structured parts routed to their compressors; 4: multi-hop hops, classifier BM25 fusion;
 # 5: structured re-rank without opaque ids, int8 re-ranker on CPU;
 # 6: student v2 (document labels hidden), classifier ranks passages with MiniLM;
-# 7: a JSON record too long for the budget is kept with its prose pruned to fit;
-# 8: classifier's MiniLM passage ranking reads 32 words per passage, not 48
+# 7: a JSON record too long for the budget is kept with its prose pruned to fit
 EXPAND_PREFIX = "expand:"
 DEFAULT_RATE = 0.5
 MAX_SEPARATOR_CHARS = 64
