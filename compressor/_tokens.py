@@ -58,9 +58,9 @@ class HFCounter:
 
     def _backend(self):
         """The Rust tokenizer behind a fast HF tokenizer, when it neither truncates nor pads: the
-        same ids without transformers' per-text Python conversion, which was 80% of counting time
-        (48k NQ units: 1.09 s through the wrapper, 0.23 s here). Counting runs on every unit of
-        every request, so this is most of a fast method's non-model time."""
+        same ids without transformers' per-text Python conversion. Counting runs on every unit of
+        every request; on NQ 20-document prompts (about 1,600 units each, SmolLM2's tokenizer,
+        AMD EPYC) it takes 7.1-7.9 ms per prompt here against 9.9-10.8 through the wrapper."""
         backend = getattr(self._tok, "backend_tokenizer", None)
         if backend is None or backend.truncation is not None or backend.padding is not None:
             return None
