@@ -29,7 +29,7 @@ def make_method(
     if name == "classifier":
         from .classifier import Classifier
 
-        return Classifier(student=student, device=device)
+        return Classifier(student=student, device=device, embedder=embedder)
     if name == "extractive":
         from .extractive import Extractive
 

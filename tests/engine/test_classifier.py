@@ -288,3 +288,22 @@ def test_only_the_windows_asked_for_are_read(fp32_student):
         units[enc.unit_offset[win.doc] + win.first : enc.unit_offset[win.doc] + win.last] = True
     assert np.allclose(some[units], every[units], atol=1e-4)
     assert not np.allclose(some[~units], every[~units], atol=1e-4)  # the rest were not read
+
+
+@pytest.mark.models
+def test_the_compressors_embedder_ranks_the_passages(tmp_path):
+    """``Compressor(embedder=...)`` (the CLI's ``--embedder``) reaches the classifier's passage
+    ranker, as it does hybrid's and extractive's, and is part of its cache identity."""
+    from ctxgate.compressor.models import model_dir
+
+    local = tmp_path / "minilm-copy"
+    shutil.copytree(model_dir("minilm"), local)
+    item = _held_out()[0]
+    docs = nq_docs(item)
+    default = Compressor(default_method="classifier")
+    other = Compressor(default_method="classifier", embedder=str(local))
+    default.compress(context=docs, question=item["question"], rate=0.25)
+    other.compress(context=docs, question=item["question"], rate=0.25)
+    ranker = other._methods["classifier"]._ranker()
+    assert ranker.name == str(local) and default._methods["classifier"]._ranker().name == "minilm"
+    assert other._methods["classifier"].model_id != default._methods["classifier"].model_id
