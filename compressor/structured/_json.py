@@ -253,7 +253,7 @@ def _shrink(item, excess: float, tools: Tools, pruned: bool) -> bool:
     targets = list(_long_strings(item, PRUNED_STRING, 8) if pruned else _long_strings(item, FIT_STRING))
     if not targets:
         return False
-    have = sum(tools.counter.count(v) for *_, v in targets)
+    have = sum(tools.counter.count_many([v for *_, v in targets]))
     rate = (have - excess) / max(1, have)
     if rate < MIN_FIT_RATE:
         return False
