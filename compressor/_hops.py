@@ -24,7 +24,8 @@ import numpy as np
 MULTI_HOP = True  # the methods' default for options["multi_hop"]
 MIN_DOCUMENTS = 3  # with two documents there is nothing to choose
 HOPS = 2  # documents raised after the best: a comparison names two, a bridge needs one more
-_HEADER = re.compile(r"^\s*(?:Document\s*\[\d+\]\s*)?(\()?\s*Title:\s*", re.IGNORECASE)
+# possessive blanks: "\s*(...)?(\()?\s*" split a long run of leading spaces every way (quadratic)
+_HEADER = re.compile(r"^\s*+(?:Document\s*+\[\d+\]\s*+)?(\()?\s*+Title:\s*", re.IGNORECASE)
 _HEADING = re.compile(r"^\s*#{1,3}\s+(\S[^\n]{0,150})")
 _QUALIFIER = re.compile(r"\s*\([^()]*\)\s*$")  # "Poison (American band)" is named "Poison"
 

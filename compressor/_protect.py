@@ -15,13 +15,18 @@ from dataclasses import dataclass
 
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("url", re.compile(r"\b(?:https?|ftp|s3|gs|file)://[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]}]", re.I)),
-    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
+    # bounded like RFC 5321 (local part 64, labels 63): unbounded, every word start in a long run
+    # of "1." scanned to its end for an "@" (quadratic: 20 KB took 1 s)
+    ("email", re.compile(r"\b[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}\b")),
     ("uuid", re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)),
     ("hash", re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", re.I)),
     (
         "path",
         re.compile(
-            r"(?:(?<=\s)|^|(?<=[(\"'`]))(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[\w\\ .-]+|\b[\w.-]+/[\w./-]*\.\w{1,5}\b"
+            r"(?:(?<=\s)|^|(?<=[(\"'`]))(?:~|\.{1,2})?(?:/[\w.@+-]+){2,}/?|\b[A-Za-z]:\\[\w\\ .-]+"
+            # a relative path starts where a run of path characters does: started at every word
+            # boundary inside the run, "1.1.1..." was scanned to its end once per start (quadratic)
+            r"|(?<![\w./-])/*[\w.-]+/[\w./-]*\.\w{1,5}\b"
         ),
     ),
     ("inline_code", re.compile(r"`[^`\n]+`")),
@@ -35,7 +40,47 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     # numbers: money, percentages, dates, times, versions, 1,000.5, -3, 1e-9
     ("number", re.compile(r"[$€£¥]?[-+]?\d+(?:[.,:/-]\d+)*(?:[eE][-+]?\d+)?%?")),
 ]
-_FENCE = re.compile(r"^([ \t]*)(```|~~~)[^\n]*\n.*?^\1\2[ \t]*$", re.M | re.S)
+_FENCE_OPEN = re.compile(r"^([ \t]*)(```|~~~)([^\n]*)$", re.M)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A fenced code block: ``start``/``end`` of the whole block (opening line to the closing
+    marker), ``body_start``/``body_end`` of the code, and the opening line's info string."""
+
+    start: int
+    end: int
+    body_start: int
+    body_end: int
+    info: str
+
+
+def fences(text: str) -> list[Fence]:
+    """Fenced code blocks: an opening line (indent, then three backticks or tildes, then anything)
+    closed by the next line with the same indent and marker and nothing else but blanks.
+
+    Linear in the text (bisection per opener): the one-regex form (an opener, then ``.*?`` up to a
+    closer) scanned to the end of the text for every opener that was never closed, so 40 KB of
+    "```x" lines took seconds while holding the GIL."""
+    lines = list(_FENCE_OPEN.finditer(text))
+    closers: dict[tuple[str, str], list[int]] = {}
+    for k, m in enumerate(lines):
+        if not m.group(3).strip(" \t"):
+            closers.setdefault((m.group(1), m.group(2)), []).append(k)
+    out: list[Fence] = []
+    k = 0
+    while k < len(lines):
+        m = lines[k]
+        later = closers.get((m.group(1), m.group(2)), [])
+        j = bisect.bisect_right(later, k)
+        if j == len(later):
+            k += 1
+            continue
+        close = lines[later[j]]
+        body_start = min(m.end() + 1, close.start())
+        out.append(Fence(m.start(), close.end(), body_start, close.start(), m.group(3)))
+        k = later[j] + 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -74,7 +119,7 @@ def _json_spans(text: str, taken: list[tuple[int, int]]) -> list[Span]:
             i = find(text, taken[t][1])
             continue
         try:
-            obj, end = decoder.raw_decode(text, i)
+            obj, end = _decode_at(decoder, text, i)
         except RecursionError:
             return spans
         except ValueError:
@@ -92,6 +137,26 @@ def _json_spans(text: str, taken: list[tuple[int, int]]) -> list[Span]:
 
 
 _BRACKET = re.compile(r"[{\[]")
+_JSON_WINDOW = 4096
+
+
+def _decode_at(decoder: json.JSONDecoder, text: str, i: int):
+    """``raw_decode`` of the value at ``text[i]`` over a window that grows while the failure may
+    come from the window's end. Why not the whole text: every failed decode builds a
+    JSONDecodeError, which counts the newlines before its position, so thousands of failed starts
+    in a long text ("  {\n" lines) were quadratic."""
+    window = _JSON_WINDOW
+    while True:
+        chunk = text[i : i + window]
+        try:
+            obj, end = decoder.raw_decode(chunk)
+            return obj, i + end
+        except json.JSONDecodeError as exc:
+            whole = i + window >= len(text)
+            cut = exc.pos >= len(chunk) - 8 or exc.msg.startswith("Unterminated string")
+            if whole or not cut:
+                raise
+            window *= 4
 
 
 def _next_bracket(text: str, start: int) -> int:
@@ -121,7 +186,7 @@ def find_protected(text: str) -> list[Span]:
     """Non-overlapping protected spans, sorted; structural spans win over the small ones inside."""
     if not text:
         return []
-    big = [Span(m.start(), m.end(), "code_block") for m in _FENCE.finditer(text)]
+    big = [Span(f.start, f.end, "code_block") for f in fences(text)]
     big += _json_spans(text, [(s.start, s.end) for s in big])
     big.sort(key=lambda s: s.start)
     out = list(big)

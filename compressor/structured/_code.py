@@ -19,6 +19,11 @@ _BRACE_DEF = re.compile(
     r"def|func|fn|function)\s+)*[\w<>\[\]:*&, ]*?\b\w+\s*\([^;]*\)\s*(?:->\s*[^{]+|:\s*[\w<>\[\]., ]+)?"
     r"(?:throws [\w., ]+)?\s*\{\s*$"
 )
+# a line longer than this is never a signature (the pattern's lazy scan over it cost seconds per
+# line of 40k spaces); the scan budget of _functions
+MAX_SIGNATURE_CHARS = 400
+SCAN_LINES_PER_LINE = 8
+SCAN_FLOOR = 20_000
 _CONTROL = re.compile(r"^\s*(?:if|for|while|switch|catch|else|do|try|return)\b")
 _COMMENT = {"py": re.compile(r"^\s*#(?!!)"), "c": re.compile(r"^\s*(?://|/\*.*\*/\s*$|\*(?!/)|/\*)")}
 
@@ -42,10 +47,18 @@ def _style(lines: list[str], lang: str) -> str:
 
 
 def _functions(lines: list[str], style: str) -> list[_Region]:
+    """Function bodies of 3+ lines. Each signature scans forward for its body's end; a budget of
+    SCAN_LINES_PER_LINE x the line count (plus a floor) caps those scans, so thousands of unclosed
+    "function f() {" lines cost linear time, not a scan to the end each (what is found before the
+    budget runs out is kept; real code spends a few lines of scan per line)."""
     out: list[_Region] = []
+    budget = SCAN_LINES_PER_LINE * len(lines) + SCAN_FLOOR
     i = 0
-    while i < len(lines):
+    while i < len(lines) and budget > 0:
         ln = lines[i]
+        if len(ln) > MAX_SIGNATURE_CHARS:
+            i += 1
+            continue
         if style == "py":
             m = _PY_DEF.match(ln)
             if m:
@@ -56,6 +69,7 @@ def _functions(lines: list[str], style: str) -> list[_Region]:
                 k = j
                 while k < len(lines) and (not lines[k].strip() or len(lines[k]) - len(lines[k].lstrip()) > indent):
                     k += 1
+                budget -= k - i
                 while k > j and not lines[k - 1].strip():
                     k -= 1
                 if k - j >= 3:
@@ -72,6 +86,7 @@ def _functions(lines: list[str], style: str) -> list[_Region]:
                     if depth <= 0 and k > i:
                         break
                     k += 1
+                budget -= k - i
                 if k < len(lines) and k - i - 1 >= 3:
                     body_indent = m.group(1) + "    "
                     out.append(_Region(i + 1, k, body_indent, i))

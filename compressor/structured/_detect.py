@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .._protect import find_protected
+from .._protect import fences, find_protected
 
 Kind = Literal["json", "ndjson", "log", "table", "code", "diff", "html", "prose"]
 
@@ -32,7 +32,8 @@ _STACK = re.compile(
     r"^\s+(?:at [\w.$<>]+\(|File \"[^\"]+\", line \d+)|^Traceback \(most recent call last\)|^Caused by: "
 )
 _MD_ROW = re.compile(r"^\s*\|.*\|\s*$")
-_MD_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$")
+# possessive blanks: "\s*\|?\s*" backtracked quadratically over a line of 100k spaces
+_MD_RULE = re.compile(r"^\s*+\|?\s*+:?-{3,}:?\s*+(?:\|\s*+:?-{3,}:?\s*+)*\|?\s*+$")
 _DIFF = re.compile(r"^(?:diff --git |--- [^\n]|\+\+\+ [^\n]|@@ -\d+(?:,\d+)? \+\d+(?:,\d+)? @@)")
 _CODE_LINE = re.compile(
     r"^\s*(?:def |class |async def |import |from [\w.]+ import |@\w|return\b|if .*:\s*$|elif |else:|for .*:\s*$|"
@@ -42,7 +43,6 @@ _CODE_LINE = re.compile(
 )
 _HTML = re.compile(r"^\s*(?:<!doctype html|<html[\s>]|<head[\s>]|<body[\s>])", re.I)
 _TAG = re.compile(r"<(?:/?[a-zA-Z][\w-]*)(?:\s[^<>]*)?/?>")
-_FENCE = re.compile(r"^([ \t]*)(```|~~~)([^\n]*)\n(.*?)^\1\2[ \t]*$", re.M | re.S)
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,8 @@ def split(text: str) -> list[Part]:
     if whole != "prose":
         return [Part(0, len(text), whole)]
     blocks: list[Part] = []
-    for m in _FENCE.finditer(text):
-        body_start = m.start(4)
-        blocks.append(Part(body_start, m.end(4), "code", m.group(3).strip().lower()))
+    for f in fences(text):
+        blocks.append(Part(f.body_start, f.body_end, "code", f.info.strip().lower()))
     taken = [(b.start, b.end) for b in blocks]
     for span in find_protected(text):
         if span.kind == "json" and span.end - span.start >= MIN_JSON_CHARS and not _inside(span.start, taken):

@@ -22,7 +22,13 @@ K1, B = 1.2, 0.75
 
 _WORD = re.compile(r"[^\W_]+", re.U)
 # identifiers and literals a question may name verbatim: ids with digits or separators, quoted strings
-_ATOM = re.compile(r"\"([^\"]{2,80})\"|'([^']{2,80})'|`([^`]{2,80})`|([\w.:/@-]*\d[\w.:/@-]*|[\w]+[-_.:/][\w.:/@-]+)")
+# (a bare run of identifier characters counts when it has a digit or an inner separator; matched
+# whole and tested afterwards: "[\w.:/@-]*\d" tried from every position of a long digit-free run
+# scanned it to its end each time, so a 40 KB question took 30 s)
+_ATOM = re.compile(r"\"([^\"]{2,80})\"|'([^']{2,80})'|`([^`]{2,80})`|([\w.:/@-]+)")
+_INNER_SEPARATOR = re.compile(r"\w[-_.:/][\w.:/@-]")
+_WORD_CHAR = re.compile(r"\w")
+MAX_ATOMS = 64  # a question names a few identifiers; each one is a substring test on every record
 _STOP = frozenset(
     "a an and are as at be by did do does for from has have how i in is it its of on or that the this to was "
     "were what when where which who whom whose why will with you your me my we our can could should would "
@@ -57,13 +63,28 @@ def words(text: str) -> list[str]:
 
 
 def atoms(question: str) -> list[str]:
-    out = []
+    """Quoted strings and identifier-like runs (ids with digits, dotted or slashed names) of
+    ``question``, lower-cased, first MAX_ATOMS distinct ones."""
+    out: dict[str, None] = {}
     for m in _ATOM.finditer(question):
-        a = next(g for g in m.groups() if g)
-        a = a.strip(".,;:?!")
+        quoted = m.group(1) or m.group(2) or m.group(3)
+        if quoted is None:
+            run = m.group(4)
+            if not any(ch.isdigit() for ch in run):
+                inner = _INNER_SEPARATOR.search(run)
+                if inner is None:
+                    continue
+                start = inner.start()
+                while start > 0 and _WORD_CHAR.match(run, start - 1):
+                    start -= 1  # from the start of that word, as "\w+[-_.:/]..." matched
+                run = run[start:]
+            quoted = run
+        a = quoted.strip(".,;:?!")
         if len(a) >= 2:
-            out.append(a.lower())
-    return out
+            out[a.lower()] = None
+            if len(out) >= MAX_ATOMS:
+                break
+    return list(out)
 
 
 class Relevance:

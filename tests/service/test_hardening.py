@@ -114,6 +114,87 @@ def test_a_k40_tag_request_is_answered_at_once_while_healthz_stays_fast(proxy, u
     assert done["status"] in (200, 400) and done["seconds"] < 2.0 and health < 2.0, (done, health)
 
 
+def _find_protected(text):
+    from ctxgate.compressor import find_protected
+
+    return find_protected(text)
+
+
+def _split(text):
+    from ctxgate.compressor.structured import split
+
+    return split(text)
+
+
+def _title(text):
+    from ctxgate.compressor._hops import title_of
+
+    return title_of(text)
+
+
+def _atoms(text):
+    from ctxgate.compressor.structured import Relevance
+
+    return Relevance(text).atoms
+
+
+def _code(text):
+    from ctxgate.compressor import get_counter
+    from ctxgate.compressor.structured import Relevance, Tools, crush
+
+    return crush(text, "code", Tools(budget=200, counter=get_counter(), relevance=Relevance("what is f?")), "js")
+
+
+# Each was quadratic (or worse) in the second audit (2026-12-08): 40 KB of "1." held the GIL for
+# 16 s in the e-mail and path patterns, so /healthz stalled and the fail-open timer could not fire.
+# Sized so that the old patterns take well over the bound (tens of seconds to minutes) and the
+# linear ones milliseconds.
+_SCANNER_CASES = {
+    "email and path patterns, a run of '1.'": (_find_protected, "1." * 60_000),
+    "e-mail pattern, '+_' repeated": (_find_protected, "+_" * 60_000),
+    "unclosed code fences": (_find_protected, "```x\n" * 30_000),
+    "failed JSON starts on many lines": (_find_protected, "  {\n" * 120_000),
+    "unclosed fences in tool output": (_split, "```x\n" * 30_000),
+    "a table rule line of spaces": (_split, "| a |\n" + " " * 40_000 + "|x|\n" + "| b |\n" * 10),
+    "leading spaces before a title": (_title, " " * 40_000 + "x"),
+    "identifier atoms of a long question": (_atoms, "ef" * 60_000),
+    "a line of spaces in code": (_code, "function f() {\n" + " " * 40_000 + "\n}\n"),
+    "unclosed function bodies": (_code, "function f() {\n" * 20_000),
+}
+
+
+@pytest.mark.parametrize("case", list(_SCANNER_CASES))
+def test_text_scanners_are_linear_in_adversarial_text(case):
+    fn, text = _SCANNER_CASES[case]
+    fn("a warm-up: imports and the tokenizer load outside the timed call")
+    t0 = time.perf_counter()
+    fn(text)
+    assert time.perf_counter() - t0 < 3.0, case
+
+
+def test_a_run_of_dots_and_digits_neither_stalls_the_loop_nor_overruns_the_budget(proxy, upstream):
+    """The audit's request: 40 KB of "1." and a question. /healthz stalled up to 13 s and the
+    request failed open after 16 s against a 5 s budget."""
+    done: dict[str, object] = {}
+
+    def send():
+        t0 = time.perf_counter()
+        r = httpx.post(proxy + "/v1/chat/completions", json=_chat("1." * 20_000 + "\n\nWhat is this?"), timeout=60)
+        done["status"], done["seconds"] = r.status_code, time.perf_counter() - t0
+
+    t = threading.Thread(target=send)
+    t.start()
+    stalls = []
+    while t.is_alive() and len(stalls) < 50:
+        t0 = time.perf_counter()
+        assert httpx.get(proxy + "/healthz", timeout=10).status_code == 200
+        stalls.append(time.perf_counter() - t0)
+        time.sleep(0.1)
+    t.join(60)
+    assert done["status"] == 200 and done["seconds"] < 5 + 3.0, done
+    assert max(stalls, default=0.0) < 1.0, stalls
+
+
 @pytest.mark.models
 def test_markup_on_v1_compress_is_linear_too(proxy):
     evil = "<ctxgate:compress" + ' a="x"' * 40 + " >"
