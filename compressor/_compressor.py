@@ -317,6 +317,18 @@ class Compressor:
                         f"protected content ({keep_tokens} tokens) is larger than the budget ({free_budget}); "
                         "it was kept whole"
                     )
+                if all(not (t or "").strip() for t in out_texts) and any(s.text.strip() for s in segs):
+                    # nothing fitted: a text that is one protected span larger than the budget (a
+                    # hex key, a base64 blob) came back empty, and the proxy sent "" upstream
+                    largest = max(
+                        (counter.count(s.text[u.start : u.end]) for s in segs for u in s.units if u.kind != "word"),
+                        default=0,
+                    )
+                    warnings.append(
+                        f"no part of the context fits the budget ({free_budget} tokens; its largest protected "
+                        f"span is {largest}); it was kept whole"
+                    )
+                    out_texts, out_scores = [s.text for s in segs], None
             for j, i in enumerate(free):
                 texts[i] = out_texts[j]
             if out_scores is not None:

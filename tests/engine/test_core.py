@@ -99,6 +99,22 @@ def test_budget_below_protected_content_keeps_it_and_warns(comp):
 
 
 @pytest.mark.models
+@pytest.mark.parametrize("method", ["classifier", "extractive", "truncate"])
+def test_a_context_of_one_span_larger_than_the_budget_is_kept_whole_not_emptied(method):
+    """The second audit: a tool output that is one 8,000-character hex key came back as "" (and
+    the proxy sent "" upstream), because no unit fitted the budget and nothing said so."""
+    key = "0123456789abcdef" * 500
+    comp = Compressor(cache=None)
+    for context in (key, [key, key[:3000]]):
+        r = comp.compress(context=context, question="What is the key?", rate=0.25, method=method)
+        assert key in r.compressed, method
+        assert any("no part of the context fits the budget" in w for w in r.warnings), r.warnings
+    r = comp.compress(context="The key is below.\n" + key, question="What is the key?", rate=0.25, method=method)
+    assert r.compressed.strip(), "a text that keeps a sentence is compressed as usual"
+    assert not any("no part of the context" in w for w in r.warnings)
+
+
+@pytest.mark.models
 @pytest.mark.parametrize("cache_factory", [lambda p: MemoryCache(), lambda p: SQLiteCache(p / "c.sqlite")])
 def test_cache_hit_returns_identical_bytes(tmp_path, text, cache_factory):
     comp = Compressor(default_method="random", cache=cache_factory(tmp_path))

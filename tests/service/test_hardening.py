@@ -196,6 +196,21 @@ def test_a_run_of_dots_and_digits_neither_stalls_the_loop_nor_overruns_the_budge
 
 
 @pytest.mark.models
+def test_a_tool_output_of_one_long_token_reaches_the_upstream_whole(proxy, upstream):
+    """The second audit: a 8,000-character hex tool output went upstream as "" (no unit fitted)."""
+    key = "0123456789abcdef" * 500
+    call = {"id": "c1", "type": "function", "function": {"name": "read_key", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "What is the key in the tool output?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": key},
+    ]
+    r = httpx.post(proxy + "/v1/chat/completions", json={"model": "gpt-4o", "messages": messages}, timeout=60)
+    assert r.status_code == 200
+    assert upstream.last("/v1/chat/completions").json["messages"][2]["content"] == key
+
+
+@pytest.mark.models
 def test_markup_on_v1_compress_is_linear_too(proxy):
     evil = "<ctxgate:compress" + ' a="x"' * 40 + " >"
     r = httpx.post(proxy + "/v1/compress", json={"context": [evil, "other"], "question": "q"}, timeout=10)
