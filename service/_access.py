@@ -18,16 +18,29 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def host_name(header: str | None) -> str | None:
-    """The host part of a Host header, lower-cased, without the port; None when malformed."""
+    """The host part of a Host header, lower-cased, without the port; None when malformed (a port
+    that is not a number from 1 to 65535 included: Starlette-style URL parsing raises on it)."""
     if not header:
         return None
     h = header.strip().lower()
+    port: str | None = None  # None: no port given
     if h.startswith("["):  # [::1]:8340
         end = h.find("]")
-        return h[1:end] if end > 0 else None
-    if h.count(":") == 1:
-        h = h.split(":", 1)[0]
+        rest = h[end + 1 :] if end > 0 else ""
+        if end <= 0 or (rest and not rest.startswith(":")):
+            return None
+        h, port = h[1:end], (rest[1:] if rest else None)
+    elif h.count(":") == 1:
+        h, port = h.split(":", 1)
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        return None
     return h or None
+
+
+def path_of(request: Request) -> str:
+    """The request's path, from the ASGI scope: ``request.url`` parses the Host header and raised
+    (a 500, with the header's value in the log) on ``Host: localhost:99999``."""
+    return str(request.scope.get("path", ""))
 
 
 class Hosts:

@@ -23,7 +23,7 @@ from litestar.exceptions import HTTPException
 
 from ctxgate.compressor import Compressor, CtxgateError
 
-from ._access import ADMIN_PREFIXES, Hosts, admin_ok
+from ._access import ADMIN_PREFIXES, Hosts, admin_ok, path_of
 from ._cache import build_cache
 from ._config import Settings, load_settings
 from ._context import Context
@@ -124,7 +124,7 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
     message = exc.detail if status != 413 else "the request body is over the size limit (max_body_bytes)"
     return Response(
-        error_body(provider_for(request.url.path), status, message), status_code=status, media_type="application/json"
+        error_body(provider_for(path_of(request)), status, message), status_code=status, media_type="application/json"
     )
 
 
@@ -132,9 +132,9 @@ def _client_error(request: Request, exc: Exception) -> Response:
     """ProxyError and the engine's own errors: their status (``status_for``), the route's format."""
     status = status_for(exc)
     if status >= 500:
-        log.error("%s on %s", type(exc).__name__, request.url.path)
+        log.error("%s on %s", type(exc).__name__, path_of(request))
     return Response(
-        error_body(provider_for(request.url.path), status, str(exc), getattr(exc, "param", None)),
+        error_body(provider_for(path_of(request)), status, str(exc), getattr(exc, "param", None)),
         status_code=status,
         media_type="application/json",
     )
@@ -144,10 +144,10 @@ def _internal_error(request: Request, exc: Exception) -> Response:
     """Anything unexpected: a provider-format 500 (the type is logged, never the request)."""
     # the frames, not the message: an exception message may quote request text
     log.error(
-        "unhandled %s on %s\n%s", type(exc).__name__, request.url.path, "".join(traceback.format_tb(exc.__traceback__))
+        "unhandled %s on %s\n%s", type(exc).__name__, path_of(request), "".join(traceback.format_tb(exc.__traceback__))
     )
     return Response(
-        error_body(provider_for(request.url.path), 500, f"internal error ({type(exc).__name__})"),
+        error_body(provider_for(path_of(request)), 500, f"internal error ({type(exc).__name__})"),
         status_code=500,
         media_type="application/json",
     )
@@ -175,11 +175,11 @@ def _guard(settings: Settings):
     async def guard(request: Request) -> Response | None:
         if not hosts.allows(request.headers.get("host")):
             return Response(
-                error_body(provider_for(request.url.path), 400, "this Host is not allowed (allowed_hosts)"),
+                error_body(provider_for(path_of(request)), 400, "this Host is not allowed (allowed_hosts)"),
                 status_code=400,
                 media_type="application/json",
             )
-        if token is not None and request.url.path.startswith(ADMIN_PREFIXES) and not admin_ok(request, token):
+        if token is not None and path_of(request).startswith(ADMIN_PREFIXES) and not admin_ok(request, token):
             return Response(
                 error_body(
                     "openai", 401, "the admin routes need the admin token (Authorization: Bearer <admin_token>)"
@@ -193,11 +193,26 @@ def _guard(settings: Settings):
     return guard
 
 
+# HTTP client libraries that log every request's full URL at INFO: the shadow calls' URLs carry the
+# client's query string, which may hold a key (Azure's ?api-key=), so at most their warnings are logged
+_URL_LOGGERS = ("httpx", "httpcore")
+
+
+def _quiet_url_loggers() -> None:
+    """Their own level, not the effective one: logging configured after the app (or a test's
+    caplog) lowers the root's level, and the child would follow it."""
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """The sidecar app. ``settings`` default: ``load_settings()`` (config file and CTXGATE_* env)."""
     from . import handlers
 
     settings = settings or load_settings()
+    _quiet_url_loggers()
     return Litestar(
         route_handlers=handlers.ROUTES,
         lifespan=[_lifespan],

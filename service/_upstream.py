@@ -31,6 +31,7 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
+from ._access import path_of
 from ._errors import error_body, sse_error
 from ._metrics import Metrics
 
@@ -304,7 +305,7 @@ class Upstream:
         """The upstream response with its headers read, or the provider-format error to return."""
         url = self.url(provider, path)
         if url is None:
-            return self.error(provider, 502, f"no {provider} upstream is configured for {request.url.path}")
+            return self.error(provider, 502, f"no {provider} upstream is configured for {path_of(request)}")
         query = request.scope.get("query_string", b"")
         # the query is the only part a request contributes; re-quoted (valid %XX kept), so it can
         # never add a fragment, a space or a line break to the request line

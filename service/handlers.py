@@ -179,7 +179,9 @@ async def _proxy(request: Request, route: str, provider: str, path: str) -> Resp
     except ClientGone:
         return Response(b"", status_code=499)
     if cand is not None:
-        response = ctx.fidelity.watch(cand, request.headers, request.url.query, raw, response)
+        response = ctx.fidelity.watch(
+            cand, request.headers, request.scope.get("query_string", b"").decode("latin-1"), raw, response
+        )
     return response
 
 

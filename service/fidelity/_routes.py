@@ -73,7 +73,7 @@ async def dashboard() -> Response:
 
 @get([f"/dashboard/{name}" for name in _FILES])
 async def dashboard_file(request: Request) -> Response:
-    name = request.url.path.rsplit("/", 1)[1]  # one of _FILES: no path from the URL reaches the disk
+    name = str(request.scope["path"]).rsplit("/", 1)[1]  # one of _FILES: no path from the URL reaches the disk
     return Response(await asyncio.to_thread((STATIC / name).read_bytes), media_type=_FILES[name], headers=_NO_STORE)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 
 import httpx
@@ -182,6 +183,18 @@ def test_streaming_answers_are_teed_unchanged_and_text_kept_when_asked(fid_sidec
     bad = [r for r in stored if r["route"] == "messages"]
     assert len(bad) == 2 and all(r["answer_full"] == RIGHT and r["em"] == 0.0 for r in bad)
     assert all(r["prompt_tokens_compressed"] is not None for r in bad)  # message_start carries input_tokens
+
+
+def test_a_key_in_the_query_string_never_reaches_the_log(fid_sidecar, needle, nq_items, caplog):
+    """The second audit: httpx logged each shadow call's URL, with the client's ``?key=``, at INFO."""
+    with caplog.at_level("INFO"), fid_sidecar(sample_rate=1.0) as url:
+        raw = ask(url, nq_items[0], extra_query={"api-version": "2024-06-01", "key": "sk-QUERYSECRET"})
+        assert int(raw.headers["x-ctxgate-tokens-after"]) < int(raw.headers["x-ctxgate-tokens-before"])
+        wait_samples(url, 1)
+    assert any("key=sk-QUERYSECRET" in r["query"] for r in needle.requests), "the query went upstream"
+    # the sidecar's records (its thread); the test's own client logs its request line in this one
+    server = [r.getMessage() for r in caplog.records if r.threadName != threading.current_thread().name]
+    assert server and not [m for m in server if "QUERYSECRET" in m], server
 
 
 def test_sample_rate_zero_shadows_nothing(fid_sidecar, needle, nq_items, tmp_path):

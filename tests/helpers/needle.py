@@ -56,7 +56,14 @@ class NeedleUpstream:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         body = json.loads(raw)
         with self.lock:
-            self.requests.append({"path": scope["path"], "headers": headers, "body": body})
+            self.requests.append(
+                {
+                    "path": scope["path"],
+                    "query": scope.get("query_string", b"").decode("latin-1"),
+                    "headers": headers,
+                    "body": body,
+                }
+            )
         prompt = json.dumps([body.get("system"), body.get("messages")])
         full = NEEDLE in prompt
         if full and "x-needle-slow" in headers:

@@ -527,6 +527,20 @@ def test_an_unknown_host_is_refused_on_loopback(proxy, upstream):
     assert httpx.get(proxy + "/healthz", headers={"host": "localhost:8340"}, timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("host", ["localhost:sk-AUDITSECRET123:1", "localhost:99999", "[::1]:abc", "localhost:0"])
+def test_a_malformed_host_port_is_a_400_and_stays_out_of_the_log(proxy, upstream, host, caplog):
+    """The second audit: parsing the URL raised on the port, so the Host check's own 400 became a
+    500 whose traceback (about 70 log lines per request) quoted the header's value."""
+    with caplog.at_level("DEBUG"):
+        chat = httpx.post(proxy + "/v1/chat/completions", json=_chat("hi"), headers={"host": host}, timeout=10)
+        health = httpx.get(proxy + "/healthz", headers={"host": host}, timeout=10)
+    for r in (chat, health):
+        assert r.status_code == 400 and "AUDITSECRET" not in r.text, (r.status_code, r.text)
+    assert chat.json()["error"]["message"] == "this Host is not allowed (allowed_hosts)"
+    assert not upstream.requests
+    assert "AUDITSECRET" not in caplog.text and "Traceback" not in caplog.text, caplog.text[-2000:]
+
+
 def test_allowed_hosts_setting():
     from ctxgate.service import Settings
     from ctxgate.service._access import Hosts
