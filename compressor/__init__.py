@@ -21,6 +21,7 @@ from ._errors import (
 )
 from ._files import private, private_dir
 from ._markup import has_markup, parse_markup, strip_markup
+from ._options import OPTIONS, checked_options
 from ._protect import find_protected
 from ._runtime import Runtime, runtime, set_runtime
 from ._tokens import TokenCounter, get_counter
@@ -58,6 +59,8 @@ __all__ = [
     "embedding_cosine",
     "final_number",
     "find_protected",
+    "checked_options",
+    "OPTIONS",
     "first_line",
     "normalize_answer",
     "runtime",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from ._errors import InvalidRequest
+from ._options import checked_options
 
 CacheStatus = Literal["hit", "miss", "off"]
 
@@ -56,6 +57,7 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise InvalidRequest(f"rate must be in (0, 1] (the fraction of tokens to keep), got {self.rate}")
         if self.target_tokens is not None and self.target_tokens < 1:
             raise InvalidRequest(f"target_tokens must be a positive integer, got {self.target_tokens}")
+        self.options = checked_options(self.options)
 
     @property
     def auto(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ctxgate.compressor import ConfigError
+from ctxgate.compressor import ConfigError, InvalidRequest, checked_options
 
 CacheBackend = Literal["memory", "sqlite", "redis", "off"]
 Route = Literal["chat", "messages", "compress"]
@@ -175,6 +175,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for i, r in enumerate(self.rules):
             if r.rate is not None and r.rate != "auto" and not 0 < r.rate <= 1:
                 raise ConfigError(f"rules[{i}].rate must be in (0, 1] or auto, got {r.rate}")
+        for where, options in [("policy", self.policy.options)] + [
+            (f"rules[{i}]", r.options) for i, r in enumerate(self.rules)
+        ]:
+            try:
+                checked_options(options or {})
+            except InvalidRequest as exc:
+                raise ConfigError(f"{where}.options: {exc}") from None
         for glob, n in self.context_windows.items():
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ConfigError(f"context_windows[{glob!r}] must be a positive number of tokens, got {n!r}")

@@ -7,6 +7,7 @@ import pytest
 from ctxgate.compressor import (
     Compressor,
     CompressRequest,
+    ConfigError,
     Document,
     InputTooLarge,
     InvalidRequest,
@@ -47,6 +48,24 @@ def test_context_within_budget_is_untouched(comp):
 def test_bad_options_are_clear_errors(comp, bad):
     with pytest.raises(InvalidRequest):
         comp.compress(context="some text " * 50, **bad)
+
+
+def test_method_options_are_converted_or_refused_when_the_request_is_built():
+    """Numbers may come as strings (the eval CLI passes them so) and flags as "true"/"false":
+    before, bool("false") left multi_hop on, and the classifier's int()/float() crashed on junk."""
+    from ctxgate.service import Settings
+    from ctxgate.service._config import Rule
+
+    opts = CompressRequest(
+        context="x", options={"passage_words": "32", "coarse_factor": 2, "multi_hop": "false", "custom": [1]}
+    ).options
+    assert opts == {"passage_words": 32, "coarse_factor": 2.0, "multi_hop": False, "custom": [1]}
+    assert isinstance(opts["coarse_factor"], float) and opts["multi_hop"] is False
+    for bad in ({"passage_words": 2.5}, {"sentence_factor": "nan"}, {"structured": 1}, {"lexical_weight": 1e9}):
+        with pytest.raises(InvalidRequest, match="option " + next(iter(bad))):
+            CompressRequest(context="x", options=bad)
+    with pytest.raises(ConfigError, match=r"rules\[0\].options: option coarse_factor"):
+        Settings(rules=[Rule(options={"coarse_factor": 0})])
 
 
 @pytest.mark.models

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 PROMPT = "context " * 400 + "\n\nWhat is the context?"
+_TWO_SENTENCES = "The river flows through the valley. The river feeds many lakes."
 
 
 def _chat(content: str, **extra) -> dict:
@@ -473,6 +474,14 @@ def test_json_nested_1000_deep_is_400(proxy, upstream, path, headers):
         ({"context": "x " * 500, "method": "random", "rate": 0.2, "options": {"seed": "abc"}}, "seed"),
         ({"context": ["x"] * 3, "options": {"separator": "s" * 10_000}}, "separator"),
         ({"messages": [{"role": "user", "content": "hi"}], "config": {"rate": True}}, "rate"),
+        # the second audit: the methods' int()/float() made these 500s, and "inf" was taken as given
+        ({"context": _TWO_SENTENCES, "options": {"passage_words": "abc"}}, "passage_words"),
+        ({"context": _TWO_SENTENCES, "options": {"coarse_factor": "x"}}, "coarse_factor"),
+        ({"context": _TWO_SENTENCES, "options": {"lexical_weight": [1]}}, "lexical_weight"),
+        ({"context": _TWO_SENTENCES, "options": {"auto_passage_z": {}}}, "auto_passage_z"),
+        ({"context": _TWO_SENTENCES, "options": {"coarse_factor": "inf"}}, "coarse_factor"),
+        ({"context": _TWO_SENTENCES, "options": {"passage_words": -5}}, "passage_words"),
+        ({"context": _TWO_SENTENCES, "options": {"multi_hop": "sometimes"}}, "multi_hop"),
     ],
 )
 def test_bad_v1_compress_input_is_400(proxy, body, needle):
