@@ -77,10 +77,36 @@ class OpenAICounter:
         self._enc = encoding
 
     def count(self, text: str) -> int:
-        return len(self._enc.encode(text)) if text else 0
+        return sum(len(self._enc.encode(piece)) for piece in _pieces(text, OPENAI_PIECE_CHARS)) if text else 0
 
     def count_many(self, texts: list[str]) -> list[int]:
         return [self.count(t) for t in texts]
+
+
+# bpe-openai refuses a text of 1,000,000+ characters ("Input too long to encode safely": a 500 on
+# /v1/compress, second audit) and an encoding of over 200,000 tokens, so longer texts are counted in
+# pieces of at most this many characters (a character is at most 4 tokens)
+OPENAI_PIECE_CHARS = 40_000
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """``text`` cut before a single space between two non-spaces, near every ``size`` characters:
+    the pre-tokenizer splits words there anyway ("a b" -> "a", " b"), so the counts add up exactly.
+    A text with no such space (one giant word) is cut at ``size`` (off by a token or so per cut)."""
+    out: list[str] = []
+    start = 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut > start + size // 2 and not (
+            text[cut] == " " and not text[cut - 1].isspace() and not text[cut + 1 : cut + 2].isspace()
+        ):
+            cut -= 1
+        if cut <= start + size // 2:
+            cut = start + size
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
 
 
 _WORDISH = re.compile(r"\w+|[^\w\s]", re.UNICODE)

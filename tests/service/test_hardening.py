@@ -490,6 +490,32 @@ def test_bad_v1_compress_input_is_400(proxy, body, needle):
     assert needle in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("words", [150_000, 250_000])
+def test_a_million_characters_counted_with_an_openai_tokenizer_is_no_500(proxy, words):
+    """The second audit: bpe-openai refuses 1,000,000+ characters, and /v1/compress answered 500."""
+    r = httpx.post(
+        proxy + "/v1/compress",
+        json={"context": "word " * words + "end", "tokenizer": "gpt-4o", "rate": 0.5},
+        timeout=120,
+    )
+    # 250,001 tokens is over the default max_input_tokens (200,000): a clear 413, never a 500
+    assert r.status_code == (200 if words + 1 <= 200_000 else 413), r.text[:300]
+    if r.status_code == 200:
+        assert r.json()["original_tokens"] == words + 1
+
+
+def test_openai_counts_in_pieces_add_up_exactly():
+    from ctxgate.compressor import get_counter
+    from ctxgate.compressor._tokens import _pieces
+
+    text = ("The river, 1,000 km long, feeds ünïcode lakes; 漢字 😀 don't.\n  " * 4000)[:200_000]
+    enc = get_counter("gpt-4o")._enc
+    pieces = _pieces(text, 5_000)
+    assert len(pieces) > 30 and "".join(pieces) == text
+    assert sum(len(enc.encode(p)) for p in pieces) == len(enc.encode(text))
+    assert get_counter("gpt-4o").count("a" * 1_200_000) > 0
+
+
 def test_a_boolean_rate_is_rejected_on_the_proxy(proxy, upstream):
     r = httpx.post(proxy + "/v1/chat/completions", json={**_chat(PROMPT), "ctxgate": {"rate": True}}, timeout=10)
     assert r.status_code == 400 and "ctxgate.rate" in r.json()["error"]["message"]
