@@ -79,8 +79,9 @@ def _flag(value: Any, name: str) -> bool:
     raise ProxyError(400, f"{name} must be 1 or 0 (true/false), got {value!r}", param=name)
 
 
-def parse_control(headers, body: dict[str, Any] | None) -> Control:
-    """Headers, then the body's ``ctxgate`` field (popped from ``body``)."""
+def parse_control(headers, body: dict[str, Any] | None, *, prefix: str = "ctxgate") -> Control:
+    """Headers, then the body's ``ctxgate`` field (popped from ``body``); errors name its keys as
+    ``prefix.key`` (``/v1/compress``'s messages form calls the same object ``config``)."""
     ctl = Control()
     if (v := headers.get("x-ctxgate-bypass")) is not None:
         ctl.bypass = _flag(v, "x-ctxgate-bypass")
@@ -99,7 +100,7 @@ def parse_control(headers, body: dict[str, Any] | None) -> Control:
         raise ProxyError(400, 'the ctxgate field must be an object, e.g. {"rate": 0.3}', param="ctxgate")
     known = set(Control.__struct_fields__)
     for key, value in field.items():
-        name = f"ctxgate.{key}"
+        name = f"{prefix}.{key}"
         if key not in known:
             raise ProxyError(400, f"unknown field {name}; known: {', '.join(sorted(known))}", param=name)
         if value is None:

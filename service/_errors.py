@@ -67,7 +67,19 @@ def provider_for(path: str) -> str:
     return "anthropic" if path.rstrip("/").endswith("/messages") else "openai"
 
 
+# an error quotes what the client sent (an unknown key, a bad header value): bounded here, once for
+# every error, so a 1 MB key is not echoed back as a 1 MB (or, in message and param, 2 MB) body
+MAX_MESSAGE_CHARS = 600
+MAX_PARAM_CHARS = 120
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+
+
 def error_payload(provider: str, status: int, message: str, param: str | None = None) -> dict:
+    message = _bounded(message, MAX_MESSAGE_CHARS)
+    param = _bounded(param, MAX_PARAM_CHARS) if param is not None else None
     if provider == "anthropic":
         kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}

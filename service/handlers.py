@@ -341,11 +341,18 @@ async def _compress_messages(ctx: Context, body: dict[str, Any]) -> Response:
         raise ProxyError(
             400, f"token_budget must be a positive integer, got {str(budget)[:40]!r}", param="token_budget"
         )
-    ctl = parse_control({}, {"ctxgate": config}) if config else Control()
+    asked = config.pop("tokenizer", None)
+    if asked is not None and not isinstance(asked, str):
+        raise ProxyError(400, "config.tokenizer must be a string", param="config.tokenizer")
+    ctl = parse_control({}, {"ctxgate": config}, prefix="config") if config else Control()
     route = "messages" if provider == "anthropic" else "chat"
     model = model_label(body.get("model"))
     policy = ctl.apply(ctx.settings.policy_for("compress", model))
-    tokenizer = _allowed_tokenizer(ctx, policy.tokenizer, "config.tokenizer") or resolve_tokenizer(model)
+    tokenizer = (
+        _allowed_tokenizer(ctx, asked, "config.tokenizer")
+        or _allowed_tokenizer(ctx, policy.tokenizer, "policy.tokenizer")
+        or resolve_tokenizer(model)
+    )
     doc = {"messages": body.get("messages"), **({"system": body["system"]} if "system" in body else {})}
 
     # a long message's last paragraph is never taken for the question here: LiteLLM's guardrail, for

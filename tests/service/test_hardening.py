@@ -516,6 +516,41 @@ def test_openai_counts_in_pieces_add_up_exactly():
     assert get_counter("gpt-4o").count("a" * 1_200_000) > 0
 
 
+def test_the_messages_form_takes_config_tokenizer_and_names_its_own_fields(proxy):
+    """The second audit: ``config.tokenizer`` (documented) was always refused as "unknown field
+    ctxgate.tokenizer", a name the client never sent."""
+    msgs = [{"role": "user", "content": "The 😀 river ünïcode flows. " * 40 + "\n\nWhich river?"}]
+
+    def before(config):
+        r = httpx.post(proxy + "/v1/compress", json={"messages": msgs, "config": config}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["tokens_before"]
+
+    assert before({"tokenizer": "gpt-4o", "rate": 1.0}) != before({"tokenizer": "smollm2", "rate": 1.0})
+    r = httpx.post(proxy + "/v1/compress", json={"messages": msgs, "config": {"tokenizer": "/etc/passwd"}}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "config.tokenizer"
+    r = httpx.post(proxy + "/v1/compress", json={"messages": msgs, "config": {"nope": 1}}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "config.nope", r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/compress", {"context": "x", "k" * 1_000_000: 1}),
+        ("/v1/compress", {"messages": [{"role": "user", "content": "hi"}], "config": {"k" * 1_000_000: 1}}),
+        ("/v1/chat/completions", _chat("hi", ctxgate={"k" * 1_000_000: 1})),
+    ],
+)
+def test_an_error_quoting_client_input_is_bounded(proxy, upstream, path, body):
+    """The second audit: a 1 MB unknown key came back as a 1 MB error body (2 MB: message and param)."""
+    r = httpx.post(proxy + path, json=body, timeout=30)
+    assert r.status_code == 400 and len(r.content) < 2_000, len(r.content)
+    assert not upstream.requests
+    headers = {"x-ctxgate-rate": "9" * 100_000}
+    r = httpx.post(proxy + "/v1/chat/completions", json=_chat("hi"), headers=headers, timeout=30)
+    assert r.status_code in (400, 431) and len(r.content) < 2_000
+
+
 def test_a_boolean_rate_is_rejected_on_the_proxy(proxy, upstream):
     r = httpx.post(proxy + "/v1/chat/completions", json={**_chat(PROMPT), "ctxgate": {"rate": True}}, timeout=10)
     assert r.status_code == 400 and "ctxgate.rate" in r.json()["error"]["message"]

@@ -163,7 +163,7 @@ def test_compress_messages_form_is_headroom_compatible(sidecar, upstream, nq_ite
         ).json()
         assert cfg["rate"] == 0.2 and cfg["tokens_after"] < out["tokens_after"]
         bad = httpx.post(url + "/v1/compress", json={"messages": msgs, "config": {"rate": 7}})
-        assert bad.status_code == 400 and "ctxgate.rate" in bad.json()["error"]["message"]
+        assert bad.status_code == 400 and "config.rate" in bad.json()["error"]["message"]  # the field the client sent
     assert upstream.requests == []  # /v1/compress never calls upstream
 
 
