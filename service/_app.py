@@ -161,6 +161,11 @@ _COUNTED = {
 }
 
 
+_JSON_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/messages", "/v1/compress", "/local/v1/chat/completions", "/local/v1/messages"}
+)
+
+
 async def _count(message, scope) -> None:
     """The one place requests are counted, by route and the status actually sent."""
     if message["type"] == "http.response.start" and (route := _COUNTED.get(scope.get("path", ""))):
@@ -177,6 +182,15 @@ def _guard(settings: Settings):
             return Response(
                 error_body(provider_for(path_of(request)), 400, "this Host is not allowed (allowed_hosts)"),
                 status_code=400,
+                media_type="application/json",
+            )
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity") and request.method == "POST" and path_of(request) in _JSON_ROUTES:
+            # the body is parsed and re-encoded here: a gzip body read as JSON was a confusing 400, and
+            # a plain one labelled gzip went upstream still labelled gzip (second audit)
+            return Response(
+                error_body(provider_for(path_of(request)), 415, "send the request body without a content-encoding"),
+                status_code=415,
                 media_type="application/json",
             )
         if token is not None and path_of(request).startswith(ADMIN_PREFIXES) and not admin_ok(request, token):

@@ -43,6 +43,7 @@ _HOP = frozenset(
     {
         "host",
         "content-length",
+        "content-encoding",  # the body sent is ours (re-encoded JSON); encoded bodies are refused (415)
         "transfer-encoding",
         "connection",
         "keep-alive",

@@ -560,6 +560,25 @@ def test_a_boolean_rate_is_rejected_on_the_proxy(proxy, upstream):
 # ------------------------------------------------------------------ 8. relayed content types
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/compress"])
+def test_an_encoded_request_body_is_a_415_and_identity_is_not_forwarded(proxy, upstream, path):
+    """The second audit: a plain body labelled gzip went upstream still labelled gzip, and a real
+    gzip body was a 400 'not valid JSON (invalid character (byte 0))'."""
+    import gzip
+    import json as _json
+
+    plain = _json.dumps(_chat("hi") if path != "/v1/compress" else {"context": "hi"}).encode()
+    for body in (plain, gzip.compress(plain)):
+        for encoding in ("gzip", "br, gzip"):
+            headers = {"content-type": "application/json", "content-encoding": encoding}
+            r = httpx.post(proxy + path, content=body, headers=headers, timeout=10)
+            assert r.status_code == 415, (encoding, r.status_code, r.text)
+    assert not upstream.requests
+    chat = _json.dumps(_chat("hi")).encode()
+    r = httpx.post(proxy + "/v1/chat/completions", content=chat, headers={"content-encoding": "identity"}, timeout=10)
+    assert r.status_code == 200 and "content-encoding" not in upstream.last("/v1/chat/completions").headers
+
+
 @pytest.mark.parametrize(
     "ctype", ["text/event-stream; charset=utf-8", "text/plain", "text/plain; charset=latin-1", "application/json"]
 )
