@@ -441,7 +441,8 @@ async def readyz(request: Request) -> Response:
 
 @get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(_ctx(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # Litestar appends "; charset=utf-8" to text/* types: without the constant's own, it has one
+    return Response(_ctx(request).metrics.render(), media_type=CONTENT_TYPE_LATEST.replace("; charset=utf-8", ""))
 
 
 # -------------------------------------------------------------------- embedded upstream

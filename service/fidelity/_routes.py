@@ -12,7 +12,8 @@ from litestar import Request, Response, get
 from . import _fleet_report, _report
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-_FILES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+# no charset: Litestar appends "; charset=utf-8" to every text/* media type (a second one otherwise)
+_FILES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 _NO_STORE = {"cache-control": "no-store"}
 
 
@@ -68,7 +69,7 @@ async def fidelity_series(request: Request) -> Response:
 @get("/dashboard")
 async def dashboard() -> Response:
     html = await asyncio.to_thread((STATIC / "dashboard.html").read_bytes)
-    return Response(html, media_type="text/html; charset=utf-8", headers=_NO_STORE)
+    return Response(html, media_type="text/html", headers=_NO_STORE)
 
 
 @get([f"/dashboard/{name}" for name in _FILES])

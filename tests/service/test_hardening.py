@@ -595,6 +595,14 @@ def test_sse_streams_carry_one_charset(proxy):
     assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
+def test_our_own_text_pages_carry_one_charset(proxy):
+    """The second audit: /dashboard and /metrics said "charset=utf-8; charset=utf-8"."""
+    auth = {"authorization": "Bearer s3cret-admin"}
+    for path in ("/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css", "/metrics"):
+        ctype = httpx.get(proxy + path, headers=auth, timeout=10).headers["content-type"]
+        assert ctype.count("charset") == 1 and ctype.endswith("charset=utf-8"), (path, ctype)
+
+
 # ------------------------------------------------------------------ 10. exposure
 
 
