@@ -136,7 +136,9 @@ class Compressor:
                 result.cache = "hit"
                 result.seconds = time.perf_counter() - t0
                 for dr, d in zip(result.documents, docs):
-                    dr.metadata = d.metadata
+                    # the caller's own: a hit is keyed by the texts alone, so another caller's ids
+                    # (another tenant's record ids) were returned with it (second audit)
+                    dr.id, dr.metadata = d.id, d.metadata
                 return result
 
         texts, scores, warnings, routed = self._run(method, request, markups, doc_tokens, budget, counter)

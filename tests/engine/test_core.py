@@ -99,6 +99,23 @@ def test_documents_keep_metadata_and_report_drops(comp):
 
 
 @pytest.mark.models
+def test_a_cache_hit_carries_the_callers_own_document_ids():
+    """The second audit: a hit returned the first caller's ids (``patient-4711-record-1``) to a
+    second caller who sent the same texts under its own ids."""
+    comp = Compressor(default_method="truncate", cache=MemoryCache())
+    texts = ["first document " * 40, "second document " * 40]
+    first = comp.compress(
+        context=[Document(text=t, id=f"patient-{i}", metadata={"t": "A"}) for i, t in enumerate(texts)]
+    )
+    second = comp.compress(
+        context=[Document(text=t, id=f"tenantB-{i}", metadata={"t": "B"}) for i, t in enumerate(texts)]
+    )
+    assert first.cache != "hit" and second.cache == "hit"
+    assert [d.id for d in second.documents] == ["tenantB-0", "tenantB-1"]
+    assert [d.metadata for d in second.documents] == [{"t": "B"}] * 2
+
+
+@pytest.mark.models
 def test_keep_markup_survives_and_compress_regions_are_the_only_ones_compressed(comp, text):
     doc = f"{text[:800]} <ctxgate:keep>The secret code is XJ-42.</ctxgate:keep> {text[800:1600]}"
     r = comp.compress(context=doc, rate=0.2, method="random")
