@@ -13,12 +13,16 @@ come from ``Compressor.expand``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NAME = "ctxgate_expand"
 MAX_ROUNDS = 3  # expansions answered per client request; then the response goes back as is
 MAX_RESULT_CHARS = 200_000  # an expanded original is cut here (the model asked for it, not for unbounded text)
+# all expansions of one client request together: each follow-up resends the conversation, so fifty
+# calls for one ref grew the upstream bodies to 4 MB (second audit)
+MAX_TOTAL_CHARS = 400_000
+UNKNOWN = "That ref is unknown or has expired from the cache; answer from the shortened output."
 DESCRIPTION = (
     "Return the full original of a tool output that was shortened. Shortened outputs say "
     "'ctxgate_expand ref=<ref>' where items, lines or rows were omitted; call this with that ref "
@@ -187,9 +191,43 @@ def follow_up(route: str, body: dict[str, Any], turn: Turn, results: list[str]) 
     return out
 
 
-def answer(original: str | None) -> str:
-    if original is None:
-        return "That ref is unknown or has expired from the cache; answer from the shortened output."
-    if len(original) > MAX_RESULT_CHARS:
-        return original[:MAX_RESULT_CHARS] + f"\n[… cut at {MAX_RESULT_CHARS} characters]"
-    return original
+@dataclass
+class Expansions:
+    """What one client request may get back: only the refs its own shortened outputs carry (a ref
+    is a content hash: answered for anyone, it handed one tenant's original to another's model),
+    each once, and MAX_TOTAL_CHARS in all."""
+
+    refs: frozenset[str]
+    answered: set[str] = field(default_factory=set)
+    chars: int = 0
+
+    def refusal(self, ref: str) -> str | None:
+        """The reply when ``ref`` is not to be looked up; None when it is."""
+        if ref not in self.refs:
+            return UNKNOWN
+        if ref in self.answered:
+            return "That ref was expanded above in this conversation; use that."
+        if self.chars >= MAX_TOTAL_CHARS:
+            return "The expansion budget of this request is spent; answer from what you have."
+        return None
+
+    def deliver(self, ref: str, original: str | None) -> str:
+        if original is None:
+            return UNKNOWN
+        self.answered.add(ref)
+        room = min(MAX_RESULT_CHARS, MAX_TOTAL_CHARS - self.chars)
+        text = original if len(original) <= room else original[:room] + f"\n[… cut at {room} characters]"
+        self.chars += len(text)
+        return text
+
+
+def last_round(route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` for the final follow-up: where our tool is the only one (the client defined none),
+    tool_choice none, so the model answers instead of calling it once more and the client is sent
+    a call to a tool it never defined (second audit). With tools of the client's own nothing is
+    changed: forbidding ours alone is not expressible in either API."""
+    tools = body.get("tools") or []
+    ours = [t for t in tools if isinstance(t, dict) and NAME in (t.get("name"), (t.get("function") or {}).get("name"))]
+    if len(ours) != len(tools) or "tool_choice" in body:
+        return body
+    return {**body, "tool_choice": {"type": "none"} if route == "messages" else "none"}

@@ -124,10 +124,10 @@ def _prepare(ctx: Context, route: str, raw: bytes, headers) -> _Prepared:
 
 async def _rewrite_body(
     ctx: Context, route: str, raw: bytes, headers
-) -> tuple[bytes, dict[str, str], Candidate | None, dict[str, Any] | None]:
+) -> tuple[bytes, dict[str, str], Candidate | None, tuple[dict[str, Any], _expand.Expansions] | None]:
     """The body to forward (compressed per policy, ctxgate field and tags removed), our headers,
-    the shadow-check candidate when this request was drawn for one, and the decoded body when the
-    ctxgate_expand tool was added to it (the proxy then answers that tool's calls)."""
+    the shadow-check candidate when this request was drawn for one, and, when the ctxgate_expand
+    tool was added, the decoded body and what its calls may get back (the proxy answers them)."""
     prep: _Prepared = await _off_loop(len(raw), _prepare, ctx, route, raw, headers)
     if prep.forward is not None:
         return prep.forward, {"x-ctxgate-cache": "bypass"}, None, None
@@ -157,7 +157,9 @@ async def _rewrite_body(
         outcome.tokens_before,
         outcome.tokens_after,
     )
-    expanding = prep.body if policy.expand and outcome.expand_refs and _expand.offer(route, prep.body) else None
+    expanding = None
+    if policy.expand and outcome.expand_refs and _expand.offer(route, prep.body):
+        expanding = (prep.body, _expand.Expansions(frozenset(outcome.expand_refs)))
     content = await _off_loop(len(raw), msgspec.json.encode, prep.body)
     headers = _outcome_headers(outcome)
     headers["x-ctxgate-question"] = prep.plan.question_source  # explicit | found | none
@@ -171,7 +173,7 @@ async def _proxy(request: Request, route: str, provider: str, path: str) -> Resp
     content, extra, cand, expanding = await _rewrite_body(ctx, route, raw, request.headers)
     try:
         if expanding is not None:
-            response = await _with_expand(ctx, request, route, provider, path, expanding, content, extra)
+            response = await _with_expand(ctx, request, route, provider, path, *expanding, content, extra)
         else:
             response = await ctx.upstream.forward(
                 request, route=route, provider=provider, path=path, content=content, extra_headers=extra
@@ -192,6 +194,7 @@ async def _with_expand(
     provider: str,
     path: str,
     body: dict[str, Any],
+    allowed: _expand.Expansions,
     content: bytes,
     extra: dict[str, str],
 ) -> Response:
@@ -211,10 +214,16 @@ async def _with_expand(
             return response
         results = []
         for call in turn.calls:
-            original = await asyncio.to_thread(ctx.compressor.expand, call.ref)
-            ctx.metrics.expansions.labels(route, "yes" if original is not None else "no").inc()
-            results.append(_expand.answer(original))
+            reply = allowed.refusal(call.ref)
+            if reply is None:
+                original = await asyncio.to_thread(ctx.compressor.expand, call.ref)
+                reply = allowed.deliver(call.ref, original)
+            found = reply is not _expand.UNKNOWN
+            ctx.metrics.expansions.labels(route, "yes" if found else "no").inc()
+            results.append(reply)
         body = _expand.follow_up(route, body, turn, results)
+        if round_ == _expand.MAX_ROUNDS - 1:
+            body = _expand.last_round(route, body)
         content = await _off_loop(len(content), msgspec.json.encode, body)
     return response
 

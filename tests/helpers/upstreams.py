@@ -126,8 +126,8 @@ class TestUpstream:
             used = prompt_tokens(body) + int(body.get("max_tokens") or 0)
             if used > SMALL_WINDOW:
                 return await _send(send, 400, json.dumps(_too_long(anthropic, used)).encode())
-        if behavior == "expand":  # a model that calls ctxgate_expand once, then answers
-            events, reply = expand_turn(body, anthropic)
+        if behavior == "expand" or behavior.startswith("expand:"):  # see expand_turn for the modes
+            events, reply = expand_turn(body, anthropic, behavior.partition(":")[2] or "once")
             if body.get("stream"):
                 await send(
                     {
@@ -338,13 +338,65 @@ def _tool_result(body: dict[str, Any], anthropic: bool) -> str | None:
     return None
 
 
-def expand_turn(body: dict[str, Any], anthropic: bool) -> tuple[list[bytes], dict[str, Any]]:
+def _tool_results(body: dict[str, Any], anthropic: bool) -> list[str]:
+    out = []
+    for m in body.get("messages", []):
+        if not anthropic and m.get("role") == "tool" and str(m.get("tool_call_id", "")).startswith("call_x"):
+            out.append(m.get("content"))
+        if anthropic and isinstance(m.get("content"), list):
+            out += [
+                b.get("content")
+                for b in m["content"]
+                if isinstance(b, dict)
+                and b.get("type") == "tool_result"
+                and str(b.get("tool_use_id", "")).startswith("toolu_x")
+            ]
+    return out
+
+
+def expand_turn(body: dict[str, Any], anthropic: bool, mode: str = "once") -> tuple[list[bytes], dict[str, Any]]:
     """(stream events, JSON reply): a call to ctxgate_expand with the first ref in the prompt while
-    no tool result is there; then a text answer "expanded <length of the tool result>"."""
+    no tool result is there; then a text answer "expanded <length of the tool result>". Modes
+    (``x-test-behavior: expand:<mode>``, non-streaming): ``always`` calls again after every result
+    unless tool_choice forbids tools; ``ref=<ref>`` calls with that ref; ``many`` makes 50 calls
+    with the first ref in one turn. Their answer is "results <lengths of every tool result>"."""
     result = _tool_result(body, anthropic)
     offered = any("ctxgate_expand" in json.dumps(t) for t in body.get("tools") or [])
     refs = EXPAND_REF.findall(json.dumps(body.get("messages", [])))
     model = body.get("model", "test-model")
+    choice = body.get("tool_choice")
+    if mode != "once":
+        forbidden = choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none")
+        results = _tool_results(body, anthropic)
+        if forbidden or not offered or (mode != "always" and results):
+            text = "results " + ",".join(str(len(r or "")) for r in results)
+            if anthropic:
+                return [], {**_anthropic_message(body), "content": [{"type": "text", "text": text}]}
+            reply = _openai_completion(body)
+            reply["choices"][0]["message"]["content"] = text
+            return [], reply
+        ref = mode[4:] if mode.startswith("ref=") else (refs[0] if refs else "cgnone")
+        n = 50 if mode == "many" else 1
+        k = len(results)
+        if anthropic:
+            blocks = [
+                {"type": "tool_use", "id": f"toolu_x{k}_{i}", "name": "ctxgate_expand", "input": {"ref": ref}}
+                for i in range(n)
+            ]
+            reply = {**_anthropic_message(body), "content": blocks, "stop_reason": "tool_use"}
+            return [], reply
+        calls = [
+            {
+                "id": f"call_x{k}_{i}",
+                "type": "function",
+                "function": {"name": "ctxgate_expand", "arguments": json.dumps({"ref": ref})},
+            }
+            for i in range(n)
+        ]
+        reply = _openai_completion(body)
+        reply["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+        reply["choices"][0]["finish_reason"] = "tool_calls"
+        return [], reply
     if result is not None or not offered or not refs:
         text = f"expanded {len(result)}" if result is not None else "no expand"
         if anthropic:

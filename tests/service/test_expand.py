@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.helpers.payloads import search_payload
+from tests.helpers.upstreams import EXPAND_REF
 
 QUESTION = "When was the Eiffel Tower completed? Use the search results."
 BEHAVIOUR = {"x-test-behavior": "expand"}
@@ -179,3 +180,86 @@ def test_v1_compress_applies_the_same_compressors(proxy):
         proxy + "/v1/compress", json={"context": payload, "question": QUESTION, "rate": 0.2}, timeout=120
     ).json()
     assert rag["kinds"] == ["json"] and json.loads(rag["compressed"])["total"] == 200
+
+
+# ------------------------------------------------------------------ the second audit's expand findings
+
+
+def _calls(upstream, route: str) -> list:
+    return [c for c in upstream.calls if c.path.endswith("/messages" if route == "messages" else "/chat/completions")]
+
+
+def _ask(url: str, route: str, payload: str, behaviour: str, tools: bool = True) -> str:
+    """The client's final text, through the official SDK of the route."""
+    if route == "messages":
+        client = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0, timeout=120)
+        extra = {"tools": [{"name": "search", "input_schema": {"type": "object"}}]} if tools else {}
+        r = client.messages.create(
+            model="test-model",
+            max_tokens=64,
+            messages=_anthropic_messages(payload),
+            extra_headers={"x-test-behavior": behaviour},
+            **extra,
+        )
+        assert [b.type for b in r.content] == ["text"], r.content  # never our tool_use
+        return r.content[0].text
+    client = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0, timeout=120)
+    r = client.chat.completions.create(
+        model="test-model",
+        messages=_openai_messages(payload),
+        extra_headers={"x-test-behavior": behaviour},
+        **({"tools": [CLIENT_TOOL]} if tools else {}),
+    )
+    assert r.choices[0].message.tool_calls is None  # never our call
+    return r.choices[0].message.content
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("route", ["chat", "messages"])
+def test_a_model_that_keeps_expanding_is_made_to_answer_on_the_last_round(expand_proxy, upstream, route):
+    """With our tool the only one, the last follow-up says tool_choice none: the client was sent a
+    call to ctxgate_expand, a tool it never defined (second audit)."""
+    from ctxgate.service._expand import MAX_ROUNDS
+
+    payload, _ = search_payload()
+    text = _ask(expand_proxy, route, payload, "expand:always", tools=False)
+    calls = _calls(upstream, route)
+    assert len(calls) == MAX_ROUNDS + 1 and text.startswith("results ")
+    assert [c.json.get("tool_choice") for c in calls[:-1]] == [None] * MAX_ROUNDS
+    assert calls[-1].json["tool_choice"] in ("none", {"type": "none"})
+    # one original, then "expanded above" for the same ref
+    lengths = [int(n) for n in text.removeprefix("results ").split(",")]
+    assert lengths[0] > len(payload) / 2 and all(n < 200 for n in lengths[1:]), lengths
+
+
+@pytest.mark.models
+def test_a_ref_from_another_request_is_not_answered(expand_proxy, upstream):
+    """A ref is a content hash: answered for anyone, it handed one tenant's original to another's
+    model (second audit). Only the refs of the request's own shortened outputs are answered."""
+    from ctxgate.service._expand import UNKNOWN
+
+    payload, _ = search_payload()
+    _ask(expand_proxy, "chat", payload, "expand")
+    foreign = _calls(upstream, "chat")[0].json
+    ref = EXPAND_REF.findall(json.dumps(foreign["messages"]))[0]
+    upstream.clear()
+    other = payload.replace("Eiffel", "Effel")  # another tenant's output: other refs
+    text = _ask(expand_proxy, "chat", other, f"expand:ref={ref}")
+    second = _calls(upstream, "chat")[1].json
+    assert ref not in json.dumps(_calls(upstream, "chat")[0].json["messages"])
+    assert second["messages"][-1]["content"] == UNKNOWN and text == f"results {len(UNKNOWN)}"
+
+
+@pytest.mark.models
+def test_many_calls_for_one_ref_get_the_original_once(expand_proxy, upstream):
+    """Fifty calls in one turn were each answered with the full original, and the follow-up
+    bodies grew to 4 MB (second audit)."""
+    from ctxgate.service._expand import MAX_TOTAL_CHARS
+
+    payload, _ = search_payload()
+    _ask(expand_proxy, "chat", payload, "expand:many")
+    follow = _calls(upstream, "chat")[1].json["messages"]
+    answers = [m["content"] for m in follow if m.get("role") == "tool" and m["tool_call_id"].startswith("call_x")]
+    assert len(answers) == 50 and json.loads(answers[0]) == json.loads(payload)
+    assert len(set(answers[1:])) == 1 and len(answers[1]) < 200
+    assert sum(map(len, answers)) <= MAX_TOTAL_CHARS
