@@ -58,6 +58,10 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.target_tokens is not None and self.target_tokens < 1:
             raise InvalidRequest(f"target_tokens must be a positive integer, got {self.target_tokens}")
         self.options = checked_options(self.options)
+        for name, text in (("question", self.question), ("instruction", self.instruction)):
+            _check_text(text, name)
+        if isinstance(self.context, str):
+            _check_text(self.context, "context")
 
     @property
     def auto(self) -> bool:
@@ -71,8 +75,10 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         out: list[Document] = []
         for i, item in enumerate(self.context):
             if isinstance(item, Document):
+                _check_text(item.text, f"context[{i}]")
                 out.append(item)
             elif isinstance(item, str):
+                _check_text(item, f"context[{i}]")
                 out.append(Document(text=item))
             else:
                 raise InvalidRequest(f"context[{i}] must be a string or a Document, got {type(item).__name__}")
@@ -81,6 +87,18 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def is_documents(self) -> bool:
         return not isinstance(self.context, str)
+
+
+def _check_text(text: str | None, name: str) -> None:
+    """A lone surrogate (U+D800-U+DFFF, from a JSON "\\ud800" escape or a bad decode) is no Unicode
+    text: the tokenizers raised TypeError on it and the cache key UnicodeEncodeError (second audit)."""
+    if text is not None and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                f"{name} holds a lone surrogate at character {exc.start}, which is not valid text"
+            ) from None
 
 
 class DocumentResult(msgspec.Struct, kw_only=True):

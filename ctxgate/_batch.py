@@ -19,7 +19,7 @@ import msgspec
 
 from ctxgate.compressor import Compressor, CompressRequest, CtxgateError, InvalidRequest
 
-from ._inputs import read_text, to_document
+from ._inputs import lines, read_text, to_document
 
 
 class RowDefaults(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +98,8 @@ def row_record(comp: Compressor, defaults: RowDefaults, n: int, line: str) -> Ro
         return Row(json.dumps(record, ensure_ascii=False), False, int(result["original_tokens"]))
     except json.JSONDecodeError as exc:
         error = f"invalid JSON: {exc.msg}"
+    except RecursionError:  # json's own guard: a row nested deeper than the interpreter's limit
+        error = "invalid JSON: nested too deeply"
     except CtxgateError as exc:
         error = str(exc)
     return Row(json.dumps({"row": n, "error": error}, ensure_ascii=False), True, 0)
@@ -120,9 +122,17 @@ def done_rows(path: Path) -> set[int]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                done.add(int(json.loads(line)["row"]))
-            except (ValueError, KeyError, TypeError):
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 continue  # not a result row: redo it
+            # a result row is what row_record writes: an integer row and a result or an error (a
+            # bare {"row": 1} in a tampered file was taken as done and never computed)
+            if (
+                isinstance(record, dict)
+                and type(record.get("row")) is int
+                and ("compressed" in record or "error" in record)
+            ):
+                done.add(record["row"])
     return done
 
 
@@ -136,7 +146,7 @@ def open_batch(input_path: str, output: str | None, resume: bool) -> tuple[Path,
     if out.exists() and not resume:
         raise InvalidRequest(f"{out} exists; pass --resume to continue it, or remove it")
     done = done_rows(out) if resume else set()
-    return out, read_text(str(src)).splitlines(), done
+    return out, lines(read_text(str(src))), done
 
 
 def todo(lines: list[str], done: set[int]) -> Iterator[tuple[int, str]]:

@@ -14,6 +14,16 @@ TEXT_KEYS = ("text", "page_content", "content", "passage")
 DOC_LIST_KEYS = ("ctxs", "documents", "docs", "context", "passages")
 
 
+def lines(text: str) -> list[str]:
+    """JSONL lines: split at "\n" only (and a "\r" before it). ``str.splitlines`` also splits at
+    U+2028, U+0085, form feeds and more, which a JSON string may hold raw, so one row became two
+    'invalid JSON' rows and every later row number shifted (second audit)."""
+    out = text.split("\n")
+    if out and out[-1] == "":
+        out.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in out]
+
+
 def read_text(source: str) -> str:
     """A file path or '-' for stdin, decoded as strict UTF-8."""
     if source == "-":
@@ -66,7 +76,7 @@ def read_documents(source: str, row: int | None = None) -> tuple[list[Document],
         jsonl = False
     except json.JSONDecodeError:
         rows, jsonl = [], True
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(lines(text), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))

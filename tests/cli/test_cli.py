@@ -100,6 +100,39 @@ def test_batch_mode_streams_rows_and_resumes(tmp_path):
 
 
 @pytest.mark.models
+def test_batch_rows_that_break_the_parser_or_the_text_are_error_rows_and_numbering_holds(tmp_path):
+    """The second audit: a "\\ud800" escape (TypeError in the tokenizer) or 100,000 nested brackets
+    (RecursionError) aborted the whole run with a traceback; a raw U+2028 inside a JSON string
+    (valid JSONL) split its row in two and shifted every later row number; and resuming trusted
+    any line with a "row" key."""
+    src = tmp_path / "in.jsonl"
+    rows = [
+        json.dumps({"id": "a", "context": "first " * 60}),
+        '{"id": "b", "context": "bad \\ud800 here"}',
+        "[" * 100_000,
+        json.dumps({"id": "d", "context": "line\u2028separator and\x85next " * 20}, ensure_ascii=False),
+        json.dumps({"id": "e", "context": "last " * 60}),
+    ]
+    src.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    p = ctxgate("compress", "--input", src, "--output", out, "--rate", "0.3", "--method", "truncate", check=False)
+    assert p.returncode == 1 and b"Traceback" not in p.stderr, p.stderr.decode()[-1500:]
+    got = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
+    assert [g["row"] for g in got] == [0, 1, 2, 3, 4]
+    assert [g.get("id") for g in got] == ["a", None, None, "d", "e"]
+    assert "lone surrogate" in got[1]["error"] and "nested too deeply" in got[2]["error"]
+    assert "\u2028" in got[3]["compressed"] or got[3]["compressed_tokens"] > 0
+    # a tampered output: bare row numbers are not results, so those rows are computed again
+    out.write_text('{"row": 0}\n{"row": "3"}\n' + json.dumps(got[4]) + "\n", encoding="utf-8")
+    ctxgate(
+        "compress", "--input", src, "--output", out, "--rate", "0.3", "--resume", "--method", "truncate", check=False
+    )
+    again = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
+    done = {g["row"] for g in again if "compressed" in g or "error" in g}
+    assert done == {0, 1, 2, 3, 4}
+
+
+@pytest.mark.models
 def test_models_list_and_verify():
     assert "smollm2" in ctxgate("models", "list").stdout.decode()
     p = ctxgate("models", "verify", "smollm2", "minilm")

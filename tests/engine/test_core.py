@@ -209,3 +209,18 @@ def test_hf_counts_match_the_tokenizer_and_ignore_a_truncating_backend(text):
         truncating = copy.deepcopy(tok)
         truncating.backend_tokenizer.enable_truncation(8)
         assert HFCounter(name, truncating).count_many(texts) == wrapper
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(context="bad \ud800 here " * 30),
+        dict(context=["fine " * 30, "bad \udfff"]),
+        dict(context=[Document(text="x\ud800")]),
+        dict(context="fine " * 50, question="why \ud800?"),
+    ],
+)
+def test_a_lone_surrogate_is_an_invalid_request(kw):
+    """The second audit: the tokenizers raised TypeError on one, the cache key UnicodeEncodeError."""
+    with pytest.raises(InvalidRequest, match="lone surrogate"):
+        Compressor(default_method="truncate", cache=MemoryCache()).compress(**kw)
