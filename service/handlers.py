@@ -11,6 +11,7 @@ Embedded: POST /local/v1/chat/completions, POST /local/v1/messages, GET /local/v
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ctxgate.compressor import CompressRequest
+from ctxgate.compressor import CompressRequest, InputTooLarge, InvalidRequest
 
 from . import _expand, _local
 from ._config import Policy
@@ -34,6 +35,8 @@ from ._upstream import ClientGone, until_disconnect
 from ._windows import request_reserve
 from .fidelity import ROUTES as FIDELITY_ROUTES
 from .fidelity import Candidate
+
+log = logging.getLogger("ctxgate.service")
 
 JSON = "application/json"
 
@@ -309,12 +312,30 @@ async def _compress_rag(ctx: Context, body: dict[str, Any]) -> Response:
     except asyncio.CancelledError:
         run.cancel()
         raise
+    except (InvalidRequest, InputTooLarge):
+        raise  # the client's to fix: a 4xx
+    except Exception as exc:
+        # a method whose model cannot load: the input back, as the proxy routes do, and not a 500
+        # quoting the operator's model path (second audit); the log names the type only
+        log.warning("/v1/compress failed open: %s", type(exc).__name__)
+        result = await asyncio.to_thread(_unchanged, ctx, req)
+        ctx.metrics.fail_open.labels("error").inc()
+        return Response(msgspec.json.encode(result), media_type=JSON, headers={"x-ctxgate-fail-open": "error"})
     if result.cache != "hit" and result.original_tokens:
         ctx.metrics.tokens_before.labels("compress").inc(result.original_tokens)
         ctx.metrics.tokens_after.labels("compress").inc(result.compressed_tokens)
         ctx.metrics.tokens_saved.labels("compress").inc(max(0, result.original_tokens - result.compressed_tokens))
     ctx.metrics.compression_seconds.labels("compress").observe(result.seconds)
     return Response(msgspec.json.encode(result), media_type=JSON)
+
+
+def _unchanged(ctx: Context, req: CompressRequest):
+    """The fail-open answer, counted with the request's tokenizer or, when that is what cannot
+    load, with the engine's default (the result's tokenizer field says which)."""
+    try:
+        return ctx.compressor.unchanged(req, "error")
+    except Exception:
+        return ctx.compressor.unchanged(msgspec.structs.replace(req, tokenizer=None), "error")
 
 
 class _Once:

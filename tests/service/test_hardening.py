@@ -490,6 +490,21 @@ def test_bad_v1_compress_input_is_400(proxy, body, needle):
     assert needle in r.json()["error"]["message"]
 
 
+@pytest.mark.models
+def test_v1_compress_fails_open_when_a_method_cannot_load_its_model(test_upstream, tmp_path):
+    """The second audit: with the scorer set to a missing folder, /v1/compress answered 500 with
+    the operator's path in the message, where the proxy routes fail open."""
+    from tests.helpers.servers import proxy_settings, run_sidecar
+
+    missing = str(tmp_path / "no-such-model-dir")
+    body = {"context": "The harbor treaty was signed in 1903. " * 60, "question": "When?", "rate": 0.3}
+    with run_sidecar(proxy_settings(test_upstream.url, scorer=missing)) as url:
+        for extra in ({"method": "hybrid"}, {"tokenizer": missing}):
+            r = httpx.post(url + "/v1/compress", json={**body, **extra}, timeout=60)
+            assert r.status_code == 200 and r.headers["x-ctxgate-fail-open"] == "error", (extra, r.text[:300])
+            assert r.json()["compressed"] == body["context"] and "no-such" not in r.text
+
+
 @pytest.mark.parametrize("words", [150_000, 250_000])
 def test_a_million_characters_counted_with_an_openai_tokenizer_is_no_500(proxy, words):
     """The second audit: bpe-openai refuses 1,000,000+ characters, and /v1/compress answered 500."""
