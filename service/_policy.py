@@ -83,8 +83,35 @@ class Slot:
     question: str | None = None  # what this segment is compressed for (module docstring)
     message: int = -1  # index of the message it is in (-1: the Anthropic system prompt)
 
+    def __post_init__(self) -> None:
+        if self.kind in LITERAL_KINDS:
+            self.text = _escape_tags(self.text)
+
     def write(self, text: str) -> None:
-        self.holder[self.key] = text
+        self.holder[self.key] = _unescape_tags(text) if self.kind in LITERAL_KINDS else text
+
+
+# Tool results and assistant text are not the client's own words: a scraped page or a file that
+# mentions "<ctxgate:keep>" broke the whole conversation with a 400 (even bypassed), and balanced tags
+# in it were stripped (second audit). Their tags are made inert for everything downstream (an
+# invisible U+2060 after the "<"; an existing "<" + U+2060 is doubled first, so the round trip is
+# exact) and restored when the slot is written back.
+LITERAL_KINDS = frozenset({"tool", "text"})
+_INERT = "\u2060"
+_TAG_OPEN = re.compile(r"<(?=/?ctxgate:)", re.I)
+_INERT_OPEN = re.compile("<" + _INERT + "(" + _INERT + "?)")
+
+
+def _escape_tags(text: str) -> str:
+    if "ctxgate:" not in text.lower() and _INERT not in text:
+        return text
+    return _TAG_OPEN.sub("<" + _INERT, text.replace("<" + _INERT, "<" + _INERT * 2))
+
+
+def _unescape_tags(text: str) -> str:
+    if _INERT not in text:
+        return text
+    return _INERT_OPEN.sub(lambda m: "<" + m.group(1), text)
 
 
 @dataclass

@@ -4,6 +4,7 @@ port in front of the recording test upstream; faults are injected only where a f
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -786,3 +787,32 @@ def test_distinct_model_names_do_not_accumulate(proxy, upstream):
     for i in range(2000):
         rw._counter_name(resolve_tokenizer(f"gpt-{i}-" + "x" * 100))
     assert len(rw._counters) <= MAX_TOKENIZER_NAMES
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_ctxgate_tags_in_a_tool_output_are_literal_text(proxy, upstream, bypass):
+    """The second audit: a scraped page saying "use <ctxgate:keep> tags" made every later turn of
+    the conversation a 400 ("ctxgate tags cannot be nested"), bypassed or not, and balanced tags
+    in a tool output were stripped. Only the client's own (user, system) text holds markup."""
+    page = "To keep text use <ctxgate:keep> tags. " + "Filler about rivers and lakes. " * 200
+    balanced = "wrap text in <ctxgate:keep>like this</ctxgate:keep> to keep it."
+    call = {"id": "c1", "type": "function", "function": {"name": "fetch", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "What does the page say about tags?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": page},
+        {"role": "assistant", "content": "It says: " + balanced},
+        {"role": "user", "content": "And <ctxgate:keep>exactly</ctxgate:keep>?"},
+    ]
+    headers = {"x-ctxgate-bypass": "1"} if bypass else {}
+    r = httpx.post(
+        proxy + "/v1/chat/completions", json={"model": "gpt-4o", "messages": messages}, headers=headers, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    sent = upstream.last("/v1/chat/completions").json["messages"]
+    assert sent[3]["content"] == "It says: " + balanced and sent[4]["content"] == "And exactly?"
+    if bypass:
+        assert sent[2]["content"] == page
+    else:
+        assert "<ctxgate:keep> tags" in sent[2]["content"] and len(sent[2]["content"]) < len(page)
+    assert "\u2060" not in json.dumps(sent, ensure_ascii=False)

@@ -227,10 +227,14 @@ def test_markup_is_honoured_and_never_reaches_upstream(proxy, upstream, nq_item)
             {"role": "user", "content": "and <ctxgate:keep>now</ctxgate:keep>?"},
         ],
     )
-    raw = upstream.last().raw.decode()
-    assert "ctxgate" not in raw
     sent = upstream.last().json["messages"]
-    assert [sent[i]["content"] for i in (0, 2, 3)] == ["Be brief.", "Short reply", "and now?"]
+    # the client's own text is read for markup; a model's (or a tool's) text is literal
+    assert [sent[i]["content"] for i in (0, 2, 3)] == [
+        "Be brief.",
+        "Short <ctxgate:keep>reply</ctxgate:keep>",
+        "and now?",
+    ]
+    assert not any("ctxgate" in sent[i]["content"] for i in (0, 1, 3))
     assert sent[1]["content"].endswith(f"\n\n{keep}\n\nWhat is the code?")
     assert len(sent[1]["content"]) < 0.4 * len(docs)
     with pytest.raises(openai.BadRequestError, match="never closed"):
