@@ -38,13 +38,14 @@ from .._config import Policy, Settings
 from .._metrics import Metrics
 from .._upstream import forward_headers
 from . import _answers
-from ._controller import Change, Controller, SharedController
+from ._controller import MAX_KEYS, Change, Controller, SharedController
 from ._fleet import FleetState
 from ._store import Store
 
 log = logging.getLogger("ctxgate.service")
 
 ROUTES = {"chat": ("openai", "/chat/completions"), "messages": ("anthropic", "/v1/messages")}
+OTHER_MODEL = "(other)"  # the traffic of models past MAX_KEYS (route, model) pairs
 TEE_LIMIT = 8 * 1024 * 1024  # bytes of SSE kept for comparison; a longer stream is not compared
 
 
@@ -90,6 +91,7 @@ class Fidelity:
         self._refresher: asyncio.Task | None = None
         self._closing = False
         self.day, self.calls, self.tokens = _day(), 0, 0
+        self._pairs: set[tuple[str, str]] = set()  # (route, model) pairs on record (read at start); see _recorded_model
         self.pending = 0
         self._slots = asyncio.Semaphore(self.cfg.max_concurrency)
         self._tasks: set[asyncio.Task] = set()
@@ -100,6 +102,8 @@ class Fidelity:
 
     async def start(self) -> None:
         self.store = await asyncio.to_thread(Store, self.settings.fidelity_path())
+        pairs = await asyncio.to_thread(self.store.query, "SELECT DISTINCT route, model FROM traffic")
+        self._pairs = {(r, m) for r, m in pairs}
         if self.fleet is not None:
             self._prune()
             await self._refresh()
@@ -212,6 +216,7 @@ class Fidelity:
             configured, overridden = achieved, True
         if self.cfg.record_traffic and self.store is not None:
             self._roll_day()
+            model = self._recorded_model(route, model)
             self.store.add_traffic(now, route, model, method, policy.rate, tokens_before, tokens_after)
             if self.fleet is not None:
                 self.fleet.count_traffic(now, route, model, tokens_before, tokens_after)
@@ -222,6 +227,17 @@ class Fidelity:
         return Candidate(
             route, provider, path, model, method, policy.rate, configured, overridden, tokens_before, tokens_after, now
         )
+
+    def _recorded_model(self, route: str, model: str) -> str:
+        """``model``, or OTHER_MODEL once MAX_KEYS (route, model) pairs are on record: models are
+        client-chosen strings, and /v1/fidelity (one row per pair) grew to 853 KB over 2,000
+        made-up names (second audit)."""
+        if (route, model) in self._pairs:
+            return model
+        if len(self._pairs) >= MAX_KEYS:
+            return OTHER_MODEL
+        self._pairs.add((route, model))
+        return model
 
     def watch(
         self, cand: Candidate, headers: Mapping[str, str], query: str, raw: bytes, response: Response

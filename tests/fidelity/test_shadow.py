@@ -318,3 +318,17 @@ def test_adapted_rate_survives_a_restart_and_series_reports_it(fid_sidecar, need
     assert sum(p["requests"] for p in s["traffic"]) == 2 and all(p["ratio"] > 1 for p in s["traffic"])
     assert sum(p["samples"] for p in s["fidelity"]) == 2
     assert s["fidelity"][0]["em"] == 0.0 and s["fidelity"][-1]["em"] == 1.0
+
+
+def test_traffic_past_the_model_cap_is_recorded_as_other(fid_sidecar, needle, nq_items, monkeypatch):
+    """Models are client-chosen strings: /v1/fidelity (a row per route and model) grew to 853 KB
+    over 2,000 made-up names (second audit). Past the cap their traffic is one "(other)" row."""
+    from ctxgate.service.fidelity import _shadow
+
+    monkeypatch.setattr(_shadow, "MAX_KEYS", 3)  # the cap itself (1,024) would take 1,024 requests
+    with fid_sidecar(sample_rate=0.0) as url:
+        for i in range(6):
+            ask(url, nq_items[0], model=f"made-up-{i}")
+        ask(url, nq_items[0], model="made-up-0")  # a known pair keeps its own row
+        rows = {r["model"]: r["requests"] for r in report(url)["routes"]}
+    assert rows == {"made-up-0": 2, "made-up-1": 1, "made-up-2": 1, "(other)": 3}, rows
