@@ -51,6 +51,11 @@ class Turn:
     message: dict[str, Any] | None
 
 
+def _ours(tool: Any) -> bool:
+    """A tool definition named ctxgate_expand, in either API's form."""
+    return isinstance(tool, dict) and NAME in (tool.get("name"), (tool.get("function") or {}).get("name"))
+
+
 def offer(route: str, body: dict[str, Any]) -> bool:
     """Add the tool to ``body``; False (nothing added) when the client forbids tools or owns the name."""
     tools = body.get("tools")
@@ -59,9 +64,8 @@ def offer(route: str, body: dict[str, Any]) -> bool:
     choice = body.get("tool_choice")
     if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none") or "functions" in body:
         return False
-    for t in tools or []:
-        if isinstance(t, dict) and NAME in (t.get("name"), (t.get("function") or {}).get("name")):
-            return False
+    if any(_ours(t) for t in tools or []):
+        return False
     if route == "messages":
         tool = {"name": NAME, "description": DESCRIPTION, "input_schema": _PARAMS}
     else:
@@ -226,8 +230,6 @@ def last_round(route: str, body: dict[str, Any]) -> dict[str, Any]:
     tool_choice none, so the model answers instead of calling it once more and the client is sent
     a call to a tool it never defined (second audit). With tools of the client's own nothing is
     changed: forbidding ours alone is not expressible in either API."""
-    tools = body.get("tools") or []
-    ours = [t for t in tools if isinstance(t, dict) and NAME in (t.get("name"), (t.get("function") or {}).get("name"))]
-    if len(ours) != len(tools) or "tool_choice" in body:
+    if not all(_ours(t) for t in body.get("tools") or []) or "tool_choice" in body:
         return body
     return {**body, "tool_choice": {"type": "none"} if route == "messages" else "none"}

@@ -103,7 +103,7 @@ _INERT_OPEN = re.compile("<" + _INERT + "(" + _INERT + "?)")
 
 
 def _escape_tags(text: str) -> str:
-    if "ctxgate:" not in text.lower() and _INERT not in text:
+    if not has_markup(text) and _INERT not in text:
         return text
     return _TAG_OPEN.sub("<" + _INERT, text.replace("<" + _INERT, "<" + _INERT * 2))
 

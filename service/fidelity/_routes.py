@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 from litestar import Request, Response, get
 
+from .._access import path_of
 from . import _fleet_report, _report
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -74,7 +75,7 @@ async def dashboard() -> Response:
 
 @get([f"/dashboard/{name}" for name in _FILES])
 async def dashboard_file(request: Request) -> Response:
-    name = str(request.scope["path"]).rsplit("/", 1)[1]  # one of _FILES: no path from the URL reaches the disk
+    name = path_of(request).rsplit("/", 1)[1]  # one of _FILES: no path from the URL reaches the disk
     return Response(await asyncio.to_thread((STATIC / name).read_bytes), media_type=_FILES[name], headers=_NO_STORE)
 
 
