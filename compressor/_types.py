@@ -62,6 +62,9 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             _check_text(text, name)
         if isinstance(self.context, str):
             _check_text(self.context, "context")
+        else:
+            for i, item in enumerate(self.context):
+                _check_text(item.text if isinstance(item, Document) else item, f"context[{i}]")
 
     @property
     def auto(self) -> bool:
@@ -75,10 +78,8 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         out: list[Document] = []
         for i, item in enumerate(self.context):
             if isinstance(item, Document):
-                _check_text(item.text, f"context[{i}]")
                 out.append(item)
             elif isinstance(item, str):
-                _check_text(item, f"context[{i}]")
                 out.append(Document(text=item))
             else:
                 raise InvalidRequest(f"context[{i}] must be a string or a Document, got {type(item).__name__}")
@@ -89,10 +90,11 @@ class CompressRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return not isinstance(self.context, str)
 
 
-def _check_text(text: str | None, name: str) -> None:
-    """A lone surrogate (U+D800-U+DFFF, from a JSON "\\ud800" escape or a bad decode) is no Unicode
-    text: the tokenizers raised TypeError on it and the cache key UnicodeEncodeError (second audit)."""
-    if text is not None and not text.isascii():
+def _check_text(text: object, name: str) -> None:
+    """Raise on a lone surrogate (U+D800-U+DFFF, from a JSON "\\ud800" escape or a bad decode): no
+    Unicode text, the tokenizers raised TypeError on it and the cache key UnicodeEncodeError (second
+    audit). Checked once, when the request is built; a non-string item is documents()' error."""
+    if isinstance(text, str) and not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
