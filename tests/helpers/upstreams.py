@@ -323,21 +323,6 @@ def stream_events(body: dict[str, Any], anthropic: bool, words: list[str] | None
 EXPAND_REF = re.compile(r"ctxgate_expand ref=(\w+)")
 
 
-def _tool_result(body: dict[str, Any], anthropic: bool) -> str | None:
-    for m in body.get("messages", []):
-        if not anthropic and m.get("role") == "tool" and m.get("tool_call_id") == "call_x1":
-            return m.get("content")
-        if anthropic and isinstance(m.get("content"), list):
-            for b in m["content"]:
-                if (
-                    isinstance(b, dict)
-                    and b.get("type") == "tool_result"
-                    and str(b.get("tool_use_id", "")).startswith("toolu_x")
-                ):
-                    return b.get("content")
-    return None
-
-
 def _tool_results(body: dict[str, Any], anthropic: bool) -> list[str]:
     out = []
     for m in body.get("messages", []):
@@ -352,6 +337,11 @@ def _tool_results(body: dict[str, Any], anthropic: bool) -> list[str]:
                 and str(b.get("tool_use_id", "")).startswith("toolu_x")
             ]
     return out
+
+
+def _tool_result(body: dict[str, Any], anthropic: bool) -> str | None:
+    """The first answer to one of our test calls (call_x..., toolu_x...), or None."""
+    return next(iter(_tool_results(body, anthropic)), None)
 
 
 def expand_turn(body: dict[str, Any], anthropic: bool, mode: str = "once") -> tuple[list[bytes], dict[str, Any]]:
